@@ -1,0 +1,106 @@
+"""Input validation shared by every functional loss.
+
+Errors name the argument, what was expected and what was received, and are raised as ``ValueError`` or
+``TypeError`` (never ``assert``, which ``python -O`` strips).
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import torch
+from torch import Tensor
+
+Reduction = Literal["mean", "sum", "none"]
+_REDUCTIONS = ("mean", "sum", "none")
+
+
+def check_logits(x: Tensor, name: str = "logits") -> None:
+    """Check that ``x`` is a finite floating-point ``(N, C)`` tensor with ``C >= 2``.
+
+    Raises:
+        TypeError: if ``x`` is not a tensor or not floating point.
+        ValueError: if ``x`` is not 2-D, has fewer than 2 classes, no rows, or NaN/Inf entries.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(x).__name__}.")
+    if not x.is_floating_point():
+        raise TypeError(f"Expected `{name}` to be a floating-point tensor of logits, but got dtype {x.dtype}.")
+    if x.ndim != 2:
+        raise ValueError(
+            f"Expected `{name}` to be 2-D with shape (N, C), but got {x.ndim}-D shape {tuple(x.shape)}."
+        )
+    if x.shape[0] < 1:
+        raise ValueError(f"Expected `{name}` to hold at least one sample, but got shape {tuple(x.shape)}.")
+    if x.shape[1] < 2:
+        raise ValueError(f"Expected `{name}` to have at least 2 classes (C >= 2), but got C = {x.shape[1]}.")
+    if not torch.isfinite(x).all():
+        bad = int((~torch.isfinite(x)).sum())
+        raise ValueError(f"Expected `{name}` to be finite, but got {bad} NaN/Inf entries.")
+
+
+def check_pair(student_logits: Tensor, teacher_logits: Tensor) -> None:
+    """Check both logit tensors (see :func:`check_logits`) and that their shapes agree."""
+    check_logits(student_logits, "student_logits")
+    check_logits(teacher_logits, "teacher_logits")
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            "Expected `student_logits` and `teacher_logits` to have the same shape, but got "
+            f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}."
+        )
+
+
+def check_targets(targets: Tensor | None, logits: Tensor, name: str = "targets") -> Tensor:
+    """Check class-index targets of shape ``(N,)`` with values in ``[0, C)`` and return them.
+
+    Raises:
+        ValueError: if ``targets`` is None, has the wrong shape, or holds out-of-range classes.
+        TypeError: if ``targets`` is not an integer tensor.
+    """
+    if targets is None:
+        raise ValueError(f"This loss needs `{name}` (class indices of shape (N,)), but got None.")
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(targets).__name__}.")
+    if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
+        raise TypeError(
+            f"Expected `{name}` to be an integer tensor of class indices, but got dtype {targets.dtype}."
+        )
+    n, c = logits.shape
+    if targets.shape != (n,):
+        raise ValueError(f"Expected `{name}` to have shape ({n},), but got {tuple(targets.shape)}.")
+    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= c):
+        raise ValueError(
+            f"Expected `{name}` to be class indices in [0, {c}), but got values in "
+            f"[{int(targets.min())}, {int(targets.max())}]."
+        )
+    return targets
+
+
+def check_reduction(reduction: str) -> None:
+    """Raise ``ValueError`` unless ``reduction`` is one of ``"mean"``, ``"sum"``, ``"none"``."""
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"Expected `reduction` to be one of {_REDUCTIONS}, but got {reduction!r}.")
+
+
+def check_positive(value: float, name: str) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number > 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
+        raise ValueError(f"Expected `{name}` to be a finite number > 0, but got {value!r}.")
+
+
+def check_non_negative(value: float, name: str) -> None:
+    """Raise ``ValueError`` unless ``value`` is a finite number >= 0."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
+        raise ValueError(f"Expected `{name}` to be a finite number >= 0, but got {value!r}.")
+
+
+def reduce(per_sample: Tensor, reduction: str) -> Tensor:
+    """Reduce a per-sample loss vector of shape ``(N,)`` by ``"mean"``, ``"sum"`` or ``"none"``."""
+    if reduction == "mean":
+        return per_sample.mean()
+    if reduction == "sum":
+        return per_sample.sum()
+    if reduction == "none":
+        return per_sample
+    check_reduction(reduction)
+    raise AssertionError("unreachable")  # pragma: no cover
