@@ -1,0 +1,41 @@
+"""Plain, typed functions on ``(N, C)`` logits: the math of every loss, shared by the modules and metrics."""
+
+from cmkd_lightning.functional.cmkd import (
+    CMKDTerms,
+    TeacherStats,
+    cmkd_loss,
+    cmkd_terms,
+    default_regularization_strength,
+    teacher_stats,
+)
+from cmkd_lightning.functional.correlation import pearson_corr, spearman_corr
+from cmkd_lightning.functional.dist import dist_loss, dist_terms
+from cmkd_lightning.functional.dkd import dkd_loss, dkd_terms
+from cmkd_lightning.functional.kd import kd_loss
+from cmkd_lightning.functional.ls_kd import ls_kd_loss
+from cmkd_lightning.functional.nkd import nkd_loss, nkd_terms
+from cmkd_lightning.functional.rank import rank
+from cmkd_lightning.functional.soft_rank import soft_rank
+from cmkd_lightning.functional.zscore import zscore
+
+__all__ = [
+    "CMKDTerms",
+    "TeacherStats",
+    "cmkd_loss",
+    "cmkd_terms",
+    "default_regularization_strength",
+    "dist_loss",
+    "dist_terms",
+    "dkd_loss",
+    "dkd_terms",
+    "kd_loss",
+    "ls_kd_loss",
+    "nkd_loss",
+    "nkd_terms",
+    "pearson_corr",
+    "rank",
+    "soft_rank",
+    "spearman_corr",
+    "teacher_stats",
+    "zscore",
+]

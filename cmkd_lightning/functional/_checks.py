@@ -104,3 +104,8 @@ def reduce(per_sample: Tensor, reduction: str) -> Tensor:
         return per_sample
     check_reduction(reduction)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def upcast(x: Tensor) -> Tensor:
+    """Return ``x`` in float32 when it is float16/bfloat16, unchanged otherwise (losses never run in half)."""
+    return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x

@@ -1,0 +1,86 @@
+"""DIST: distillation by inter- and intra-class Pearson correlation (Huang et al., NeurIPS 2022)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from torch import Tensor
+
+from cmkd_lightning.functional._checks import check_non_negative, check_pair, check_positive, upcast
+from cmkd_lightning.functional.correlation import _pearson_corr
+
+
+def dist_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 4.0,
+    beta: float = 1.0,
+    gamma: float = 1.0,
+    eps: float = 1e-8,
+    reduction: Literal["mean"] = "mean",
+) -> Tensor:
+    r"""Inter-class plus intra-class relation loss of DIST.
+
+    .. math::
+        y = \operatorname{softmax}(z / \tau),\quad
+        \mathcal{L}_{inter} = 1 - \frac{1}{N}\sum_i r(y^s_{i,:}, y^t_{i,:}),\quad
+        \mathcal{L}_{intra} = 1 - \frac{1}{C}\sum_c r(y^s_{:,c}, y^t_{:,c}),
+
+    .. math::
+        \mathcal{L}_{DIST} = \tau^2\,(\beta\,\mathcal{L}_{inter} + \gamma\,\mathcal{L}_{intra})
+
+    with :func:`pearson_corr` (``eps = 1e-8`` in the denominator). The intra-class term correlates each class's
+    probabilities across the batch, so it is a batch statistic: only ``reduction="mean"`` is defined. **Batch size
+    1:** a single sample carries no intra-class (across-batch) information, so the intra-class term is defined
+    as 0 and the loss is ``tau^2 * beta * L_inter``. Recipes: ``tau = 4`` (CIFAR-100) or 1 (ImageNet), overall
+    weight 2.
+
+    Paper: Huang et al., "Knowledge Distillation from A Stronger Teacher", NeurIPS 2022.
+
+    Args:
+        student_logits: ``(N, C)`` student logits.
+        teacher_logits: ``(N, C)`` teacher logits.
+        temperature: ``tau > 0``.
+        beta: inter-class weight.
+        gamma: intra-class weight.
+        eps: Pearson denominator epsilon.
+        reduction: only ``"mean"``.
+
+    Returns:
+        Scalar loss (float32 for half-precision inputs).
+
+    Example:
+        >>> z = torch.tensor([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0]])
+        >>> round(float(dist_loss(z, z)), 6)
+        0.0
+    """
+    inter, intra = dist_terms(student_logits, teacher_logits, temperature=temperature, eps=eps)
+    check_non_negative(beta, "beta")
+    check_non_negative(gamma, "gamma")
+    if reduction != "mean":
+        raise ValueError(
+            "Expected `reduction` to be 'mean' for DIST (its intra-class term is a batch statistic), "
+            f"but got {reduction!r}."
+        )
+    return temperature**2 * (beta * inter + gamma * intra)
+
+
+def dist_terms(
+    student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 4.0, eps: float = 1e-8
+) -> tuple[Tensor, Tensor]:
+    """The unweighted ``(L_inter, L_intra)`` of :func:`dist_loss`, without the ``tau^2`` factor."""
+    check_pair(student_logits, teacher_logits)
+    check_positive(temperature, "temperature")
+    check_positive(eps, "eps")
+    ys = (upcast(student_logits) / temperature).softmax(dim=-1)
+    yt = (upcast(teacher_logits) / temperature).softmax(dim=-1)
+    inter = 1.0 - _pearson_corr(ys, yt, eps).mean()
+    if ys.shape[0] < 2:
+        intra = inter.new_zeros(())
+    else:
+        intra = 1.0 - _pearson_corr(ys.t(), yt.t(), eps).mean()
+    return inter, intra
+
+
+__all__ = ["dist_loss", "dist_terms"]

@@ -1,0 +1,61 @@
+"""Logit-standardised KD (Sun et al., CVPR 2024)."""
+
+from __future__ import annotations
+
+from torch import Tensor
+
+from cmkd_lightning.functional._checks import (
+    Reduction,
+    check_pair,
+    check_positive,
+    check_reduction,
+    upcast,
+)
+from cmkd_lightning.functional.kd import kd_loss
+from cmkd_lightning.functional.zscore import _zscore
+
+
+def ls_kd_loss(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 2.0,
+    eps: float = 1e-7,
+    reduction: Reduction = "mean",
+) -> Tensor:
+    r"""KD on z-scored logits: the student matches the teacher's logit *relations*, not their scale.
+
+    .. math::
+        \mathcal{L}_{LS,i} = T^2\,\mathrm{KL}\big(\operatorname{softmax}(\hat z^t_i / T)\,\big\Vert\,
+        \operatorname{softmax}(\hat z^s_i / T)\big),\qquad \hat z = \operatorname{zscore}(z)
+
+    with the unbiased standard deviation plus ``eps = 1e-7`` (see :func:`zscore`). Reference recipe: base
+    temperature 2, weights CE 0.1 / KD 9.
+
+    Paper: Sun et al., "Logit Standardization in Knowledge Distillation", CVPR 2024.
+
+    Args:
+        student_logits: ``(N, C)`` student logits.
+        teacher_logits: ``(N, C)`` teacher logits.
+        temperature: base temperature ``T > 0``.
+        eps: added to the standard deviation in the z-score.
+        reduction: ``"mean"`` (batch mean), ``"sum"`` or ``"none"``.
+
+    Returns:
+        Scalar, or ``(N,)`` for ``reduction="none"``.
+
+    Example:
+        >>> z = torch.tensor([[1.0, 2.0, 3.0]])
+        >>> float(ls_kd_loss(z, 10 * z))  # same relations, different scale: no loss
+        0.0
+    """
+    check_pair(student_logits, teacher_logits)
+    check_positive(temperature, "temperature")
+    check_positive(eps, "eps")
+    check_reduction(reduction)
+    zs = _zscore(upcast(student_logits), eps)
+    zt = _zscore(upcast(teacher_logits), eps)
+    return kd_loss(zs, zt, temperature=temperature, reduction=reduction)
+
+
+__all__ = ["ls_kd_loss"]

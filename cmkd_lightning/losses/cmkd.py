@@ -1,0 +1,128 @@
+"""Module wrapper of :func:`~cmkd_lightning.functional.cmkd_loss`, with an optional DDP-global threshold."""
+
+from __future__ import annotations
+
+import warnings
+from typing import Literal
+
+import torch
+import torch.distributed as dist
+from torch import Tensor
+from typing_extensions import override
+
+from cmkd_lightning.functional._checks import check_non_negative, check_positive, upcast
+from cmkd_lightning.functional.cmkd import cmkd_terms, teacher_stats
+from cmkd_lightning.losses.base import DistillationLoss
+
+_RANK_BACKENDS = ("auto", "torch", "torchsort")
+
+
+class CMKDLoss(DistillationLoss):
+    """Correlation Matching KD: entropy-weighted Pearson + soft-Spearman loss on z-scored logits.
+
+    See :func:`~cmkd_lightning.functional.cmkd_loss` for the formula (Eq. 9–16), the Eq. 16 / Sec. V-C
+    discrepancy (Eq. 16 is followed) and the choice of the soft-rank strength (default ``1 / C``).
+
+    Components (detached, batch means): ``pearson`` (``1 - r`` of Eq. 12), ``spearman`` (``1 - rho`` of Eq. 13),
+    ``hard_fraction`` (fraction of samples whose teacher entropy is at or above the threshold) and
+    ``teacher_entropy``.
+
+    Args:
+        temperature: ``T`` (4 on CIFAR-100, 1 on ImageNet).
+        beta: the larger weight of Eq. 16 (paper: 4).
+        gamma: the smaller weight of Eq. 16 (paper: 1).
+        regularization_strength: soft-rank ``eps``; ``None`` for ``1 / C``.
+        zscore: z-score the logits (Eq. 9–11).
+        spearman: include the Spearman term.
+        dynamic_weighting: entropy-based swap of the weights.
+        temperature_squared: multiply by ``T^2`` (not in the paper).
+        sync_entropy_threshold: under ``torch.distributed``, use the entropy mean over the *global* batch
+            (an all-reduce on every call, so every rank must call the loss on every step). Default: per device.
+        eps: z-score epsilon.
+        rank_backend: soft-rank backend (``"auto"``, ``"torch"``, ``"torchsort"``).
+        warmup_epochs: see :class:`DistillationLoss`.
+    """
+
+    name = "cmkd"
+
+    def __init__(
+        self,
+        temperature: float = 4.0,
+        beta: float = 4.0,
+        gamma: float = 1.0,
+        regularization_strength: float | None = None,
+        zscore: bool = True,
+        spearman: bool = True,
+        dynamic_weighting: bool = True,
+        temperature_squared: bool = False,
+        sync_entropy_threshold: bool = False,
+        eps: float = 1e-7,
+        rank_backend: Literal["auto", "torch", "torchsort"] = "auto",
+        warmup_epochs: int = 0,
+    ) -> None:
+        super().__init__(warmup_epochs)
+        check_positive(temperature, "temperature")
+        check_non_negative(beta, "beta")
+        check_non_negative(gamma, "gamma")
+        check_positive(eps, "eps")
+        if regularization_strength is not None:
+            check_positive(regularization_strength, "regularization_strength")
+        if rank_backend not in _RANK_BACKENDS:
+            raise ValueError(f"Expected `rank_backend` to be one of {_RANK_BACKENDS}, but got {rank_backend!r}.")
+        if spearman and not zscore:
+            warnings.warn(
+                "CMKDLoss(spearman=True, zscore=False): the Spearman term on un-normalised logits rewards "
+                "inflating the student's logits; training collapsed to chance in every seed of our pilot. "
+                "Keep `zscore=True` unless this is a deliberate ablation.",
+                UserWarning,
+                stacklevel=2,
+            )
+        self.temperature, self.beta, self.gamma = temperature, beta, gamma
+        self.regularization_strength = regularization_strength
+        self.zscore, self.spearman, self.dynamic_weighting = zscore, spearman, dynamic_weighting
+        self.temperature_squared = temperature_squared
+        self.sync_entropy_threshold = sync_entropy_threshold
+        self.eps = eps
+        self.rank_backend = rank_backend
+
+    @override
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        stats = teacher_stats(teacher_logits, temperature=self.temperature, zscore=self.zscore, eps=self.eps)
+        threshold = self._global_threshold(stats.entropy) if self.sync_entropy_threshold else None
+        with warnings.catch_warnings():
+            # The un-normalised-Spearman warning was given once at construction; do not repeat it every step.
+            warnings.filterwarnings("ignore", message="CMKD's Spearman term is used on un-normalised")
+            terms = cmkd_terms(
+                student_logits,
+                teacher_logits,
+                temperature=self.temperature,
+                beta=self.beta,
+                gamma=self.gamma,
+                regularization_strength=self.regularization_strength,
+                zscore=self.zscore,
+                spearman=self.spearman,
+                dynamic_weighting=self.dynamic_weighting,
+                temperature_squared=self.temperature_squared,
+                entropy_threshold=threshold,
+                teacher=stats,
+                eps=self.eps,
+                rank_backend=self.rank_backend,
+            )
+        return {
+            "loss": terms.loss.mean(),
+            "pearson": terms.pearson.detach().mean(),
+            "spearman": terms.spearman.detach().mean(),
+            "hard_fraction": terms.hard.float().mean(),
+            "teacher_entropy": terms.entropy.mean(),
+        }
+
+    @staticmethod
+    def _global_threshold(entropy: Tensor) -> Tensor | None:
+        """Mean teacher entropy over the global batch (all ranks); ``None`` outside ``torch.distributed``."""
+        if not (dist.is_available() and dist.is_initialized()):
+            return None
+        totals = torch.stack((upcast(entropy).sum(), entropy.new_tensor(float(entropy.numel())))).float()
+        dist.all_reduce(totals, op=dist.ReduceOp.SUM)
+        return (totals[0] / totals[1]).to(entropy.dtype)

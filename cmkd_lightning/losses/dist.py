@@ -1,0 +1,44 @@
+"""Module wrapper of :func:`~cmkd_lightning.functional.dist_loss`."""
+
+from __future__ import annotations
+
+from torch import Tensor
+from typing_extensions import override
+
+from cmkd_lightning.functional._checks import check_non_negative, check_positive
+from cmkd_lightning.functional.dist import dist_terms
+from cmkd_lightning.losses.base import DistillationLoss
+
+
+class DISTLoss(DistillationLoss):
+    """DIST (Huang et al., NeurIPS 2022): ``tau^2 * (beta * L_inter + gamma * L_intra)``.
+
+    Components: ``inter`` and ``intra`` (``1 - mean Pearson``, before weights). With batch size 1 the intra-class
+    term is 0 (see :func:`~cmkd_lightning.functional.dist_loss`). Recipe: ``temperature=4`` (CIFAR-100) or 1
+    (ImageNet), overall weight 2.
+
+    Args:
+        temperature: ``tau``.
+        beta: inter-class weight.
+        gamma: intra-class weight.
+        warmup_epochs: see :class:`DistillationLoss`.
+    """
+
+    name = "dist"
+
+    def __init__(
+        self, temperature: float = 4.0, beta: float = 1.0, gamma: float = 1.0, warmup_epochs: int = 0
+    ) -> None:
+        super().__init__(warmup_epochs)
+        check_positive(temperature, "temperature")
+        check_non_negative(beta, "beta")
+        check_non_negative(gamma, "gamma")
+        self.temperature, self.beta, self.gamma = temperature, beta, gamma
+
+    @override
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        inter, intra = dist_terms(student_logits, teacher_logits.detach(), temperature=self.temperature)
+        loss = self.temperature**2 * (self.beta * inter + self.gamma * intra)
+        return {"loss": loss, "inter": inter.detach(), "intra": intra.detach()}

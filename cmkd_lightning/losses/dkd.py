@@ -1,0 +1,46 @@
+"""Module wrapper of :func:`~cmkd_lightning.functional.dkd_loss`."""
+
+from __future__ import annotations
+
+from torch import Tensor
+from typing_extensions import override
+
+from cmkd_lightning.functional._checks import check_non_negative, check_positive
+from cmkd_lightning.functional.dkd import dkd_terms
+from cmkd_lightning.losses.base import DistillationLoss
+
+
+class DKDLoss(DistillationLoss):
+    """Decoupled KD (Zhao et al., CVPR 2022): ``alpha * TCKD + beta * NCKD`` with a linear warm-up.
+
+    Components: ``tckd`` and ``nckd`` (each with its ``T^2``, before ``alpha``/``beta``). The warm-up
+    ``min(epoch / warmup, 1)`` of the reference is applied by the training module through
+    :meth:`warmup_factor` (20 epochs on CIFAR-100, 1 on ImageNet).
+
+    Args:
+        alpha: TCKD weight.
+        beta: NCKD weight (CIFAR-100: 8; 2 for res56->res20 and res110->res32; 6 for WRN and VGG pairs;
+            ImageNet: 0.5 for R34->R18, 2 for R50->MV1).
+        temperature: softening temperature (4 on CIFAR-100, 1 on ImageNet).
+        warmup_epochs: linear warm-up length in epochs.
+    """
+
+    name = "dkd"
+    requires_targets = True
+
+    def __init__(
+        self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup_epochs: int = 20
+    ) -> None:
+        super().__init__(warmup_epochs)
+        check_non_negative(alpha, "alpha")
+        check_non_negative(beta, "beta")
+        check_positive(temperature, "temperature")
+        self.alpha, self.beta, self.temperature = alpha, beta, temperature
+
+    @override
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        tckd, nckd = dkd_terms(student_logits, teacher_logits.detach(), targets, temperature=self.temperature)
+        tckd, nckd = tckd.mean(), nckd.mean()
+        return {"loss": self.alpha * tckd + self.beta * nckd, "tckd": tckd.detach(), "nckd": nckd.detach()}

@@ -1,0 +1,38 @@
+"""Module wrapper of :func:`~cmkd_lightning.functional.ls_kd_loss`."""
+
+from __future__ import annotations
+
+from torch import Tensor
+from typing_extensions import override
+
+from cmkd_lightning.functional._checks import check_positive
+from cmkd_lightning.functional.ls_kd import ls_kd_loss
+from cmkd_lightning.losses.base import DistillationLoss
+
+
+class LSKDLoss(DistillationLoss):
+    """Logit-standardised KD (Sun et al., CVPR 2024): KD on z-scored logits.
+
+    Components: ``ls_kd``. Recipe: ``temperature=2`` with weights CE 0.1 / KD 9.
+
+    Args:
+        temperature: base temperature.
+        eps: added to the standard deviation of the z-score.
+        warmup_epochs: see :class:`DistillationLoss`.
+    """
+
+    name = "ls_kd"
+
+    def __init__(self, temperature: float = 2.0, eps: float = 1e-7, warmup_epochs: int = 0) -> None:
+        super().__init__(warmup_epochs)
+        check_positive(temperature, "temperature")
+        check_positive(eps, "eps")
+        self.temperature = temperature
+        self.eps = eps
+
+    @override
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        loss = ls_kd_loss(student_logits, teacher_logits.detach(), temperature=self.temperature, eps=self.eps)
+        return {"loss": loss, "ls_kd": loss.detach()}

@@ -1,0 +1,40 @@
+"""Module wrapper of :func:`~cmkd_lightning.functional.nkd_loss`."""
+
+from __future__ import annotations
+
+from torch import Tensor
+from typing_extensions import override
+
+from cmkd_lightning.functional._checks import check_non_negative, check_positive
+from cmkd_lightning.functional.nkd import nkd_terms
+from cmkd_lightning.losses.base import DistillationLoss
+
+
+class NKDLoss(DistillationLoss):
+    """Normalized KD (Yang et al., ICCV 2023): target term plus ``gamma * T^2 *`` non-target cross-entropy.
+
+    Components: ``target`` and ``non_target`` (the latter with its ``T^2``, before ``gamma``). Recipe (ImageNet):
+    ``temperature=1, gamma=1.5``.
+
+    Args:
+        temperature: temperature of the non-target term.
+        gamma: non-target weight.
+        warmup_epochs: see :class:`DistillationLoss`.
+    """
+
+    name = "nkd"
+    requires_targets = True
+
+    def __init__(self, temperature: float = 1.0, gamma: float = 1.5, warmup_epochs: int = 0) -> None:
+        super().__init__(warmup_epochs)
+        check_positive(temperature, "temperature")
+        check_non_negative(gamma, "gamma")
+        self.temperature, self.gamma = temperature, gamma
+
+    @override
+    def forward(
+        self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor | None = None
+    ) -> dict[str, Tensor]:
+        target, non_target = nkd_terms(student_logits, teacher_logits.detach(), targets, temperature=self.temperature)
+        target, non_target = target.mean(), non_target.mean()
+        return {"loss": target + self.gamma * non_target, "target": target.detach(), "non_target": non_target.detach()}
