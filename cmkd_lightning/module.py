@@ -1,0 +1,437 @@
+"""The LightningModule that distils a frozen teacher into a trainable student."""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Sequence
+from typing import Any, Literal
+
+import torch
+import torch.nn.functional as F
+from lightning.pytorch import LightningModule
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch import Tensor, nn
+from torchmetrics.classification import MulticlassAccuracy
+from typing_extensions import override
+
+from cmkd_lightning.losses.base import DistillationLoss
+
+_OPTIMIZERS = ("sgd", "adamw")
+
+# The frozen teacher is in eval mode on purpose; Lightning's generic notice about it is noise here.
+warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
+_SCHEDULES = ("multistep", "cosine", "none")
+
+
+def _holds_module(value: Any) -> bool:
+    if isinstance(value, nn.Module):
+        return True
+    return isinstance(value, (list, tuple)) and any(isinstance(v, nn.Module) for v in value)
+
+
+def _build_model(model: nn.Module | str | None, role: str, num_classes: int | None) -> nn.Module | None:
+    if model is None or isinstance(model, nn.Module):
+        return model
+    if isinstance(model, str):
+        from cmkd_lightning.models import create_model
+
+        if num_classes is None:
+            raise ValueError(
+                f"Expected `num_classes` to be set when `{role}` is a model-zoo name ({model!r}), but got None."
+            )
+        return create_model(model, num_classes=num_classes)
+    raise TypeError(f"Expected `{role}` to be an nn.Module or a model-zoo name, but got {type(model).__name__}.")
+
+
+def _classifier_classes(model: nn.Module) -> int | None:
+    from cmkd_lightning.models import get_classifier
+
+    try:
+        return get_classifier(model).out_features
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
+class DistillationModule(LightningModule):
+    r"""Distil a frozen teacher into a student with any weighted sum of distillation losses.
+
+    .. math::
+        \mathcal{L} = \alpha\,\mathcal{L}_{CE}(z_s, y) + \sum_k w_k\, u_k(e)\, \mathcal{L}_k(z_s, z_t, y)
+
+    with ``alpha = ce_weight``, ``w_k = loss_weights[k]`` and ``u_k(e)`` the loss's own warm-up factor in epoch ``e``
+    (DKD's linear ramp). "DKD + CMKD" is ``losses=[DKDLoss(...), CMKDLoss(...)]``. With no teacher (or no losses)
+    the module trains the student with cross-entropy alone, so the same module, configs and logging train teachers
+    and "student alone" baselines.
+
+    The teacher is frozen: ``requires_grad`` off, eval mode at all times (also after ``.train()``), run under
+    ``torch.no_grad()``, never given to the optimiser. Losses run in float32 outside autocast whatever the
+    precision plugin. The defaults of the optimiser and schedule are the CIFAR-100 recipe (SGD, lr 0.05,
+    momentum 0.9, weight decay 5e-4, x0.1 at epochs 150/180/210 of 240).
+
+    Checkpoints hold the student; the teacher only with ``save_teacher_in_checkpoint=True`` (it is rebuilt from
+    ``teacher`` / ``teacher_checkpoint`` when the checkpoint is loaded). When ``student`` / ``teacher`` / ``losses``
+    are ``nn.Module`` objects (Python use) they are not stored as hyperparameters; pass them again to
+    ``load_from_checkpoint``. Model-zoo names and LightningCLI ``class_path`` configs are stored and rebuilt.
+
+    Logged metrics:
+        - ``train/loss``, ``train/ce``: total loss and cross-entropy (per step and epoch).
+        - ``train/<loss>/loss`` (weighted, warm-up applied) and ``train/<loss>/<component>`` for every loss
+          (e.g. ``train/cmkd/pearson``, ``train/cmkd/spearman``, ``train/cmkd/hard_fraction``, ``train/dkd/nckd``);
+          ``train/<loss>/warmup`` while a warm-up is below 1.
+        - ``train/lr``: learning rate of the first parameter group.
+        - ``train/acc_top1``, ``train/acc_top5``; ``val/...`` and ``test/...`` likewise, plus ``val/loss``,
+          ``val/ce`` and the ``val/<loss>/...`` components when a teacher is present.
+        - ``val/acc_top1_best``: best ``val/acc_top1`` so far (the reference repos report best or last).
+        - ``val/teacher_acc_top1``, ``val/teacher_acc_top5``: the teacher on the validation set.
+        ``top5`` is ``top_k = min(5, C)``.
+
+    Args:
+        student: the trainable network, or a model-zoo name (see :func:`cmkd_lightning.models.list_models`).
+        teacher: the frozen network, a zoo name, or ``None`` for cross-entropy training.
+        losses: one or more :class:`~cmkd_lightning.losses.DistillationLoss` objects.
+        loss_weights: one weight per loss (default 1 each).
+        ce_weight: weight ``alpha`` of the cross-entropy on labels (0 disables it).
+        num_classes: number of classes (linked from the datamodule by the CLI); inferred from the student's
+            classifier when omitted.
+        teacher_checkpoint: weights file for the teacher (RepDistiller ``{'model': ...}``, Lightning checkpoint,
+            or state_dict); loaded strictly at construction.
+        student_checkpoint: optional initial weights for the student.
+        optimizer: ``"sgd"`` or ``"adamw"``.
+        lr: base learning rate.
+        momentum: SGD momentum.
+        weight_decay: weight decay.
+        nesterov: SGD Nesterov momentum.
+        lr_schedule: ``"multistep"`` (``lr_milestones``, ``lr_decay``), ``"cosine"`` (over ``max_epochs``) or
+            ``"none"``.
+        lr_milestones: epochs at which the multistep schedule multiplies the lr by ``lr_decay``.
+        lr_decay: multiplicative decay of the multistep schedule.
+        save_teacher_in_checkpoint: also store the teacher's weights in checkpoints.
+        check_finite: stop with an error naming the component and step when a loss is NaN/Inf (one host sync
+            per step).
+        channels_last: convert both networks to channels-last memory format.
+        compile: ``torch.compile`` the student and teacher (in place, so state_dict keys do not change); the
+            losses stay eager.
+        teacher_chance_factor: warn when the teacher's validation Top-1 is below this multiple of chance.
+    """
+
+    def __init__(
+        self,
+        student: nn.Module | str,
+        teacher: nn.Module | str | None = None,
+        losses: Sequence[DistillationLoss] | DistillationLoss | None = None,
+        loss_weights: Sequence[float] | None = None,
+        ce_weight: float = 1.0,
+        num_classes: int | None = None,
+        teacher_checkpoint: str | None = None,
+        student_checkpoint: str | None = None,
+        optimizer: Literal["sgd", "adamw"] = "sgd",
+        lr: float = 0.05,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        nesterov: bool = False,
+        lr_schedule: Literal["multistep", "cosine", "none"] = "multistep",
+        lr_milestones: Sequence[int] = (150, 180, 210),
+        lr_decay: float = 0.1,
+        save_teacher_in_checkpoint: bool = False,
+        check_finite: bool = True,
+        channels_last: bool = False,
+        compile: bool = False,
+        teacher_chance_factor: float = 2.0,
+    ) -> None:
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`")
+            self.save_hyperparameters()
+        module_valued = [k for k, v in self.hparams.items() if _holds_module(v)]
+        if module_valued:
+            # Python use: modules are not hyperparameters (they are in the state_dict; pass them again to
+            # load_from_checkpoint). Under LightningCLI the hparams hold their class_path configs and stay.
+            self.save_hyperparameters(ignore=module_valued)
+
+        if losses is None:
+            losses = []
+        elif isinstance(losses, DistillationLoss):
+            losses = [losses]
+        losses = list(losses)
+        for i, loss in enumerate(losses):
+            if not isinstance(loss, DistillationLoss):
+                raise TypeError(
+                    f"Expected `losses[{i}]` to be a DistillationLoss (e.g. cmkd_lightning.losses.CMKDLoss), "
+                    f"but got {type(loss).__name__}."
+                )
+        if loss_weights is None:
+            loss_weights = [1.0] * len(losses)
+        loss_weights = [float(w) for w in loss_weights]
+        if len(loss_weights) != len(losses):
+            raise ValueError(
+                f"Expected `loss_weights` to have one weight per loss ({len(losses)}), but got {len(loss_weights)}."
+            )
+        if any(not math.isfinite(w) or w < 0 for w in loss_weights):
+            raise ValueError(f"Expected `loss_weights` to be finite numbers >= 0, but got {loss_weights}.")
+        if not math.isfinite(ce_weight) or ce_weight < 0:
+            raise ValueError(f"Expected `ce_weight` to be a finite number >= 0, but got {ce_weight!r}.")
+        if optimizer not in _OPTIMIZERS:
+            raise ValueError(f"Expected `optimizer` to be one of {_OPTIMIZERS}, but got {optimizer!r}.")
+        if lr_schedule not in _SCHEDULES:
+            raise ValueError(f"Expected `lr_schedule` to be one of {_SCHEDULES}, but got {lr_schedule!r}.")
+        if not lr > 0:
+            raise ValueError(f"Expected `lr` to be a number > 0, but got {lr!r}.")
+        if losses and teacher is None:
+            raise ValueError(
+                f"Expected a `teacher` when distillation `losses` are given, but got teacher=None and "
+                f"{len(losses)} loss(es). Drop `losses` to train with cross-entropy alone."
+            )
+        if teacher is not None and not losses and ce_weight == 0:
+            raise ValueError("Expected `losses` or `ce_weight > 0`: with neither there is nothing to train.")
+
+        self.student = _build_model(student, "student", num_classes)
+        self.teacher = _build_model(teacher, "teacher", num_classes)
+        if num_classes is None:
+            num_classes = _classifier_classes(self.student)
+            if num_classes is None:
+                raise ValueError(
+                    "Expected `num_classes` (the student has no final nn.Linear to infer it from), but got None."
+                )
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(f"Expected `num_classes` to be an integer >= 2, but got {num_classes!r}.")
+        self.num_classes = num_classes
+        self.losses = nn.ModuleList(losses)
+        self.loss_weights = loss_weights
+        self._loss_names = self._unique_names(losses)
+        self.ce_weight = float(ce_weight)
+
+        if student_checkpoint is not None:
+            from cmkd_lightning.checkpoint import load_weights
+
+            load_weights(self.student, student_checkpoint, part="student")
+        if self.teacher is not None:
+            if teacher_checkpoint is not None:
+                from cmkd_lightning.checkpoint import load_weights
+
+                load_weights(self.teacher, teacher_checkpoint, part="teacher")
+            self.teacher.requires_grad_(False)
+            self.teacher.eval()
+        elif teacher_checkpoint is not None:
+            raise ValueError("Expected a `teacher` to load `teacher_checkpoint` into, but got teacher=None.")
+        self._check_classifier_sizes()
+        if channels_last:
+            self.student.to(memory_format=torch.channels_last)
+            if self.teacher is not None:
+                self.teacher.to(memory_format=torch.channels_last)
+        if compile:
+            self.student.compile()
+            if self.teacher is not None:
+                self.teacher.compile()
+
+        top5 = min(5, num_classes)
+        for split in ("train", "val", "test"):
+            setattr(self, f"{split}_top1", MulticlassAccuracy(num_classes, top_k=1, average="micro"))
+            setattr(self, f"{split}_top5", MulticlassAccuracy(num_classes, top_k=top5, average="micro"))
+        self.teacher_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
+        self.teacher_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+        self.best_val_top1 = 0.0
+        self._teacher_checked = False
+
+    # ------------------------------------------------------------------ set-up and freezing
+    @staticmethod
+    def _unique_names(losses: Sequence[DistillationLoss]) -> list[str]:
+        names: list[str] = []
+        for loss in losses:
+            name, k = loss.name, 1
+            while name in names:
+                name, k = f"{loss.name}_{k}", k + 1
+            names.append(name)
+        return names
+
+    def _check_classifier_sizes(self) -> None:
+        for role in ("student", "teacher"):
+            model = getattr(self, role)
+            if model is None:
+                continue
+            classes = _classifier_classes(model)
+            if classes is not None and classes != self.num_classes:
+                raise ValueError(
+                    f"Expected the {role}'s classifier to output `num_classes` = {self.num_classes} classes, "
+                    f"but its final linear layer has {classes} outputs."
+                )
+
+    @override
+    def train(self, mode: bool = True) -> DistillationModule:
+        """Switch the student (and metrics) to ``mode``; the teacher always stays in eval mode."""
+        super().train(mode)
+        if self.teacher is not None:
+            self.teacher.eval()
+        return self
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        """Student logits for a batch of inputs."""
+        return self.student(x)
+
+    def teacher_forward(self, x: Tensor) -> Tensor:
+        """Teacher logits under ``torch.no_grad()`` (never ``inference_mode``, whose tensors autograd rejects)."""
+        if self.teacher is None:
+            raise RuntimeError("This DistillationModule has no teacher.")
+        with torch.no_grad():
+            return self.teacher(x)
+
+    # ------------------------------------------------------------------ losses
+    def _check_logits(self, logits: Tensor, role: str, targets: Tensor) -> None:
+        if logits.ndim != 2 or logits.shape[1] != self.num_classes:
+            raise ValueError(
+                f"Expected the {role} to output logits of shape (N, {self.num_classes}) (`num_classes`), "
+                f"but got {tuple(logits.shape)}."
+            )
+        if logits.shape[0] != targets.shape[0]:
+            raise ValueError(
+                f"Expected as many {role} logits as targets, but got {logits.shape[0]} and {targets.shape[0]}."
+            )
+
+    def compute_losses(
+        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor
+    ) -> dict[str, Tensor]:
+        """Cross-entropy plus every weighted distillation loss, in float32 outside autocast.
+
+        Returns:
+            ``{"loss": total, "ce": ..., "<name>/loss": weighted loss, "<name>/<component>": ...}``.
+        """
+        out: dict[str, Tensor] = {}
+        with torch.autocast(device_type=student_logits.device.type, enabled=False):
+            zs = student_logits.float()
+            ce = F.cross_entropy(zs, targets)
+            total = self.ce_weight * ce
+            out["ce"] = ce.detach()
+            if teacher_logits is not None and len(self.losses):
+                zt = teacher_logits.detach().float()
+                for name, loss, weight in zip(self._loss_names, self.losses, self.loss_weights):
+                    terms = loss(zs, zt, targets)
+                    factor = loss.warmup_factor(self.current_epoch) if self._trainer is not None else 1.0
+                    weighted = weight * factor * terms["loss"]
+                    total = total + weighted
+                    out[f"{name}/loss"] = weighted
+                    for key, value in terms.items():
+                        if key != "loss":
+                            out[f"{name}/{key}"] = value
+                    if factor < 1.0:
+                        out[f"{name}/warmup"] = torch.tensor(factor)
+        out["loss"] = total
+        return out
+
+    def _raise_if_not_finite(self, terms: dict[str, Tensor], stage: str) -> None:
+        values = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
+        if bool(torch.isfinite(values).all()):
+            return
+        bad = [k for k, v in terms.items() if not bool(torch.isfinite(v.detach()).all())]
+        raise FloatingPointError(
+            f"Non-finite loss at {stage} global step {self.global_step} (epoch {self.current_epoch}): "
+            f"{', '.join(f'{stage}/{k}' for k in bad)} is NaN/Inf. Training stopped before the optimiser step, "
+            "so the weights and the last saved checkpoint are intact. Lower the learning rate, check the data "
+            "or the teacher checkpoint."
+        )
+
+    # ------------------------------------------------------------------ steps
+    def _shared_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
+        x, y = batch[0], batch[1]
+        student_logits = self.student(x)
+        self._check_logits(student_logits, "student", y)
+        teacher_logits = None
+        if self.teacher is not None:
+            teacher_logits = self.teacher_forward(x)
+            self._check_logits(teacher_logits, "teacher", y)
+        terms = self.compute_losses(student_logits, teacher_logits, y)
+        if self.hparams.check_finite and stage == "train":
+            self._raise_if_not_finite(terms, stage)
+        top1, top5 = getattr(self, f"{stage}_top1"), getattr(self, f"{stage}_top5")
+        top1.update(student_logits.detach(), y)
+        top5.update(student_logits.detach(), y)
+        on_step = stage == "train"
+        batch_size = y.shape[0]
+        for key, value in terms.items():
+            self.log(f"{stage}/{key}", value.detach(), on_step=on_step, on_epoch=True, batch_size=batch_size,
+                     prog_bar=key == "loss" and stage == "train", sync_dist=not on_step)
+        self.log(f"{stage}/acc_top1", top1, on_step=False, on_epoch=True, prog_bar=stage != "train")
+        self.log(f"{stage}/acc_top5", top5, on_step=False, on_epoch=True)
+        if stage == "val" and teacher_logits is not None:
+            self.teacher_top1.update(teacher_logits, y)
+            self.teacher_top5.update(teacher_logits, y)
+            self.log("val/teacher_acc_top1", self.teacher_top1, on_step=False, on_epoch=True)
+            self.log("val/teacher_acc_top5", self.teacher_top5, on_step=False, on_epoch=True)
+        return terms
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        terms = self._shared_step(batch, "train")
+        optimizer = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
+        if optimizer is not None:
+            self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return terms["loss"]
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "val")
+
+    @override
+    def test_step(self, batch: Any, batch_idx: int) -> None:
+        self._shared_step(batch, "test")
+
+    @override
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        return self.student(x).softmax(dim=-1)
+
+    @override
+    def on_validation_epoch_end(self) -> None:
+        top1 = self.trainer.callback_metrics.get("val/acc_top1")
+        if top1 is not None and not self.trainer.sanity_checking:
+            self.best_val_top1 = max(self.best_val_top1, float(top1))
+            self.log("val/acc_top1_best", self.best_val_top1, sync_dist=False)
+        teacher_top1 = self.trainer.callback_metrics.get("val/teacher_acc_top1")
+        if teacher_top1 is not None and not self._teacher_checked:
+            self._teacher_checked = True
+            chance = 1.0 / self.num_classes
+            rank_zero_info(f"Teacher validation Top-1: {100 * float(teacher_top1):.2f}% (chance {100 * chance:.2f}%)")
+            if float(teacher_top1) < self.hparams.teacher_chance_factor * chance:
+                rank_zero_warn(
+                    f"The teacher's validation Top-1 is {100 * float(teacher_top1):.2f}%, near chance level "
+                    f"({100 * chance:.2f}%): wrong checkpoint, wrong `num_classes` or a different input "
+                    "normalisation than the teacher was trained with?"
+                )
+
+    # ------------------------------------------------------------------ optimisation
+    @override
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        params = [p for p in self.student.parameters() if p.requires_grad]
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(
+                params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=hp.nesterov
+            )
+        else:
+            opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.lr_schedule == "none":
+            return opt
+        if hp.lr_schedule == "multistep":
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.lr_milestones), gamma=hp.lr_decay)
+        else:
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.trainer.max_epochs or 1))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    # ------------------------------------------------------------------ checkpoints
+    @override
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["cmkd_best_val_top1"] = self.best_val_top1
+        if not self.hparams.save_teacher_in_checkpoint:
+            state = checkpoint["state_dict"]
+            for key in [k for k in state if k.startswith("teacher.")]:
+                del state[key]
+
+    @override
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.best_val_top1 = float(checkpoint.get("cmkd_best_val_top1", 0.0))
+        state = checkpoint.get("state_dict", {})
+        if self.teacher is not None and not any(k.startswith("teacher.") for k in state):
+            # The teacher was not saved: keep the one this module was built with (teacher_checkpoint or the
+            # module passed in) so strict loading of the student succeeds.
+            for key, value in self.teacher.state_dict().items():
+                state[f"teacher.{key}"] = value
