@@ -306,7 +306,7 @@ class DistillationModule(LightningModule):
                 zt = teacher_logits.detach().float()
                 for name, loss, weight in zip(self._loss_names, self.losses, self.loss_weights):
                     terms = loss(zs, zt, targets)
-                    factor = loss.warmup_factor(self.current_epoch) if self._trainer is not None else 1.0
+                    factor = loss.warmup_factor(self.current_epoch)
                     weighted = weight * factor * terms["loss"]
                     total = total + weighted
                     out[f"{name}/loss"] = weighted
@@ -335,6 +335,12 @@ class DistillationModule(LightningModule):
         x, y = batch[0], batch[1]
         student_logits = self.student(x)
         self._check_logits(student_logits, "student", y)
+        if self.hparams.check_finite and stage == "train" and not bool(torch.isfinite(student_logits).all()):
+            raise FloatingPointError(
+                f"Non-finite student logits at train global step {self.global_step} (epoch {self.current_epoch}): "
+                "the student's forward pass produced NaN/Inf before any loss. Training stopped before the "
+                "optimiser step, so the last saved checkpoint is intact. Lower the learning rate or check the data."
+            )
         teacher_logits = None
         if self.teacher is not None:
             teacher_logits = self.teacher_forward(x)

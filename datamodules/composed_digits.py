@@ -9,6 +9,7 @@ from sklearn.datasets import load_digits
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from datamodules._sampling import EpochShuffleSampler
 from datamodules._checks import check_bool, check_fraction, check_int, check_optional_bool, loader_kwargs
 
 _SPLITS = ("train", "val", "test")
@@ -229,7 +230,6 @@ class ComposedDigitsDataModule(LightningDataModule):
         self.source_pools: dict[str, np.ndarray] = {}
         self.sources: dict[str, np.ndarray] = {}
         self.datasets: dict[str, Dataset] = {}
-        self._train_generator: torch.Generator | None = None
 
     def setup(self, stage: str | None = None) -> None:
         """Build all three splits once (cheap numpy indexing); later calls are no-ops."""
@@ -258,21 +258,19 @@ class ComposedDigitsDataModule(LightningDataModule):
         self.datasets = {split: TensorDataset(*tensors[split]) for split in _SPLITS}
         if self.augment:
             self.datasets["train"] = _ShiftedTensorDataset(*tensors["train"], max_shift=1, fill=background)
-        self._train_generator = torch.Generator().manual_seed(self.seed)
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
             raise RuntimeError(f"Call `setup()` before requesting the {split} dataloader.")
-        generator = self._train_generator if shuffle else None
+        sampler = EpochShuffleSampler(len(self.datasets[split]), self.seed) if shuffle else None
         return DataLoader(
             self.datasets[split],
-            shuffle=shuffle,
-            generator=generator,
+            sampler=sampler,
             **loader_kwargs(self.batch_size, self.num_workers, self.pin_memory),
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Training batches, shuffled by a generator seeded with ``seed``."""
+        """Training batches, shuffled in an order that depends only on ``seed`` and the epoch (resumable)."""
         return self._loader("train", shuffle=True)
 
     def val_dataloader(self) -> DataLoader:

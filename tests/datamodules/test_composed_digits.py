@@ -117,10 +117,14 @@ def test_train_is_shuffled_val_and_test_are_not():
     for split, loader in (("val", dm.val_dataloader()), ("test", dm.test_dataloader())):
         x, y = next(iter(loader))
         assert torch.equal(x, tensors(dm, split)[0][:50]) and torch.equal(y, tensors(dm, split)[1][:50])
-    first_epoch = torch.cat([y for _, y in dm.train_dataloader()])
-    second_epoch = torch.cat([y for _, y in dm.train_dataloader()])
+    loader = dm.train_dataloader()
+    first_epoch = torch.cat([y for _, y in loader])
+    loader.sampler.set_epoch(1)  # Lightning calls this at the start of every epoch
+    second_epoch = torch.cat([y for _, y in loader])
     assert not torch.equal(first_epoch, tensors(dm, "train")[1])
     assert not torch.equal(first_epoch, second_epoch)  # a new order every epoch
+    loader.sampler.set_epoch(0)
+    assert torch.equal(torch.cat([y for _, y in dm.train_dataloader()]), first_epoch)  # same epoch, same order
     assert torch.equal(first_epoch.sort().values, tensors(dm, "train")[1].sort().values)
 
 

@@ -1,0 +1,309 @@
+"""DistillationModule: frozen teacher, loss composition, checks, checkpoints and resume."""
+
+import copy
+import warnings
+
+import lightning as L
+import pytest
+import torch
+from lightning.pytorch.callbacks import ModelCheckpoint
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from cmkd_lightning import DistillationModule
+from cmkd_lightning.losses import CMKDLoss, DistillationLoss, DKDLoss, KDLoss
+from datamodules._sampling import EpochShuffleSampler
+
+C = 10
+
+
+class TinyNet(nn.Module):
+    def __init__(self, num_classes: int = C, hidden: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(12, hidden), nn.BatchNorm1d(hidden), nn.ReLU())
+        self.fc = nn.Linear(hidden, num_classes)
+        with torch.no_grad():
+            for p in self.parameters():
+                p.copy_(torch.randn(p.shape, generator=g) * 0.3)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+def _loader(n=64, batch_size=16, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(n, 3, 4, generator=g)
+    y = torch.randint(0, C, (n,), generator=g)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=False)
+
+
+def _trainer(tmp_path, **kw):
+    opts = dict(
+        accelerator="cpu",
+        max_epochs=1,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+        deterministic=True,
+    )
+    opts.update(kw)
+    return L.Trainer(**opts)
+
+
+def _module(**kw):
+    opts = dict(student=TinyNet(seed=1), teacher=TinyNet(hidden=32, seed=2), losses=[CMKDLoss()], num_classes=C)
+    opts.update(kw)
+    return DistillationModule(**opts)
+
+
+def test_teacher_is_frozen_through_training(tmp_path):
+    module = _module()
+    before = copy.deepcopy(module.teacher.state_dict())
+    student_before = copy.deepcopy(module.student.state_dict())
+    assert not any(p.requires_grad for p in module.teacher.parameters())
+    _trainer(tmp_path, max_epochs=2).fit(module, _loader(), _loader(n=32))
+    for key, value in module.teacher.state_dict().items():
+        assert torch.equal(value, before[key]), key  # BatchNorm running stats included
+    assert any(not torch.equal(v, student_before[k]) for k, v in module.student.state_dict().items())
+    optimizer = module.configure_optimizers()["optimizer"]
+    optimised = {id(p) for group in optimizer.param_groups for p in group["params"]}
+    assert not optimised & {id(p) for p in module.teacher.parameters()}
+
+
+def test_teacher_stays_in_eval_mode_after_train():
+    module = _module()
+    module.train()
+    assert module.student.training and not module.teacher.training
+    assert all(not m.training for m in module.teacher.modules())
+
+
+def test_no_teacher_trains_with_cross_entropy_alone(tmp_path):
+    module = DistillationModule(TinyNet(), num_classes=C)
+    trainer = _trainer(tmp_path)
+    trainer.fit(module, _loader(), _loader(n=32))
+    assert "train/ce" in trainer.callback_metrics
+    assert not any(k.startswith("train/cmkd") for k in trainer.callback_metrics)
+    assert "val/teacher_acc_top1" not in trainer.callback_metrics
+
+
+def test_logged_metrics(tmp_path):
+    module = _module(losses=[DKDLoss(warmup_epochs=2), CMKDLoss()], loss_weights=[1.0, 0.5])
+    trainer = _trainer(tmp_path)
+    trainer.fit(module, _loader(), _loader(n=32))
+    logged = set(trainer.callback_metrics)
+    expected = {
+        "train/loss", "train/ce", "train/lr", "train/acc_top1", "train/acc_top5",
+        "train/dkd/loss", "train/dkd/tckd", "train/dkd/nckd", "train/dkd/warmup",
+        "train/cmkd/loss", "train/cmkd/pearson", "train/cmkd/spearman", "train/cmkd/hard_fraction",
+        "val/loss", "val/ce", "val/acc_top1", "val/acc_top5", "val/acc_top1_best",
+        "val/teacher_acc_top1", "val/teacher_acc_top5", "val/cmkd/pearson",
+    }
+    assert expected <= logged, expected - logged
+    trainer.test(module, _loader(n=32))
+    assert {"test/acc_top1", "test/acc_top5"} <= set(trainer.callback_metrics)
+
+
+def test_total_loss_is_the_weighted_sum_with_warmup():
+    module = _module(losses=[DKDLoss(warmup_epochs=4), CMKDLoss()], loss_weights=[2.0, 0.5], ce_weight=0.3)
+    x, y = next(iter(_loader()))
+    zs, zt = module.student(x), module.teacher_forward(x)
+    out = module.compute_losses(zs, zt, y)  # no trainer: epoch 0, DKD factor 1/4
+    dkd = DKDLoss()(zs, zt, y)["loss"]
+    cmkd = CMKDLoss()(zs, zt, y)["loss"]
+    ce = torch.nn.functional.cross_entropy(zs, y)
+    torch.testing.assert_close(out["loss"], 0.3 * ce + 2.0 * 0.25 * dkd + 0.5 * cmkd)
+    torch.testing.assert_close(out["dkd/warmup"], torch.tensor(0.25))
+
+
+def test_same_loss_twice_gets_distinct_names():
+    module = _module(losses=[CMKDLoss(), CMKDLoss(temperature=1.0)])
+    x, y = next(iter(_loader()))
+    out = module.compute_losses(module.student(x), module.teacher_forward(x), y)
+    assert {"cmkd/loss", "cmkd_1/loss"} <= set(out)
+
+
+def test_losses_run_in_float32_under_bf16_autocast():
+    module = _module()
+    x, y = next(iter(_loader()))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        zs, zt = module.student(x), module.teacher_forward(x)
+        out = module.compute_losses(zs, zt, y)
+    assert zs.dtype == torch.bfloat16
+    assert all(v.dtype == torch.float32 for v in out.values())
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "exc", "match"),
+    [
+        ({"teacher": None}, ValueError, r"Expected a `teacher` when distillation `losses` are given"),
+        ({"losses": [nn.MSELoss()]}, TypeError, r"Expected `losses\[0\]` to be a DistillationLoss .* but got MSELoss"),
+        ({"loss_weights": [1.0, 2.0]}, ValueError, r"Expected `loss_weights` to have one weight per loss \(1\), but got 2"),
+        ({"ce_weight": -1.0}, ValueError, r"Expected `ce_weight` to be a finite number >= 0, but got -1.0"),
+        ({"optimizer": "lamb"}, ValueError, r"Expected `optimizer` to be one of \('sgd', 'adamw'\), but got 'lamb'"),
+        ({"num_classes": 7}, ValueError, r"Expected the student's classifier to output `num_classes` = 7 classes, but its final linear layer has 10 outputs"),
+        ({"teacher": TinyNet(num_classes=12)}, ValueError, r"Expected the teacher's classifier to output `num_classes` = 10 classes, but its final linear layer has 12"),
+        ({"student": 3}, TypeError, r"Expected `student` to be an nn.Module or a model-zoo name, but got int"),
+    ],
+)
+def test_constructor_errors(kwargs, exc, match):
+    with pytest.raises(exc, match=match):
+        _module(**kwargs)
+
+
+def test_logit_shape_mismatch_is_caught_before_the_first_step(tmp_path):
+    class NoLinearHead(nn.Module):  # the classifier size cannot be read: caught on the first batch instead
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv1d(3, 7, 4)
+
+        def forward(self, x):
+            return self.conv(x).flatten(1)
+
+    module = _module(teacher=NoLinearHead())
+    with pytest.raises(ValueError, match=r"Expected the teacher to output logits of shape \(N, 10\) .* but got \(16, 7\)"):
+        _trainer(tmp_path).fit(module, _loader())
+
+
+def test_teacher_near_chance_warns(tmp_path):
+    module = _module()
+    with pytest.warns(UserWarning, match=r"teacher's validation Top-1 is .* near chance level"):
+        _trainer(tmp_path, limit_train_batches=1).fit(module, _loader(), _loader(n=32))
+
+
+class _NaNAfter(DistillationLoss):
+    """A loss that turns NaN from global call ``start`` on (finite logits, exploding loss)."""
+
+    name = "boom"
+
+    def __init__(self, start: int) -> None:
+        super().__init__()
+        self.start, self.calls = start, 0
+
+    def forward(self, student_logits, teacher_logits, targets=None):
+        self.calls += 1
+        loss = (student_logits - teacher_logits).pow(2).mean()
+        return {"loss": loss * float("nan") if self.calls > self.start else loss}
+
+
+def test_non_finite_loss_names_the_component_and_keeps_the_last_checkpoint(tmp_path):
+    module = _module(losses=[CMKDLoss(), _NaNAfter(start=6)])
+    ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=2)
+    trainer = _trainer(tmp_path, max_epochs=3, enable_checkpointing=True, callbacks=[ckpt], limit_val_batches=0)
+    with pytest.raises(FloatingPointError, match=r"Non-finite loss at train global step 6 \(epoch 1\): train/boom/loss"):
+        trainer.fit(module, _loader())
+    assert all(torch.isfinite(p).all() for p in module.parameters())  # no optimiser step on the bad batch
+    restored = DistillationModule.load_from_checkpoint(
+        tmp_path / "ckpt" / "last.ckpt", student=TinyNet(seed=1), teacher=TinyNet(hidden=32, seed=2), losses=[CMKDLoss()]
+    )
+    assert all(torch.isfinite(p).all() for p in restored.parameters())
+    assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 6
+
+
+def test_non_finite_student_logits_stop_training(tmp_path):
+    class Explode(TinyNet):
+        def forward(self, x):
+            return super().forward(x) * (float("nan") if self.training else 1.0)
+
+    module = _module(student=Explode(seed=1))
+    with pytest.raises(FloatingPointError, match=r"Non-finite student logits at train global step 0 \(epoch 0\)"):
+        _trainer(tmp_path).fit(module, _loader())
+
+
+def test_checkpoint_holds_no_teacher_by_default_and_reloads(tmp_path):
+    module = _module()
+    trainer = _trainer(tmp_path, enable_checkpointing=True)
+    trainer.fit(module, _loader(), _loader(n=32))
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert not any(k.startswith("teacher.") for k in state)
+    assert any(k.startswith("student.") for k in state)
+    teacher = TinyNet(hidden=32, seed=2)
+    restored = DistillationModule.load_from_checkpoint(path, student=TinyNet(seed=5), teacher=teacher, losses=[CMKDLoss()])
+    for key, value in module.student.state_dict().items():
+        assert torch.equal(restored.student.state_dict()[key], value)
+    assert restored.teacher is teacher
+
+
+def test_checkpoint_with_teacher_on_request(tmp_path):
+    module = _module(save_teacher_in_checkpoint=True)
+    trainer = _trainer(tmp_path)
+    trainer.fit(module, _loader(), _loader(n=32))
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    state = torch.load(path, weights_only=True)["state_dict"]
+    assert any(k.startswith("teacher.") for k in state)
+    restored = DistillationModule.load_from_checkpoint(
+        path, student=TinyNet(seed=5), teacher=TinyNet(hidden=32, seed=9), losses=[CMKDLoss()]
+    )
+    for key, value in module.teacher.state_dict().items():
+        assert torch.equal(restored.teacher.state_dict()[key], value)
+
+
+def test_zoo_names_are_hyperparameters_and_reload_without_arguments(tmp_path):
+    module = DistillationModule(student="resnet8", teacher="resnet14", losses=[KDLoss()], num_classes=10)
+    assert module.hparams.student == "resnet8" and "losses" not in module.hparams
+    trainer = _trainer(tmp_path)
+    x = torch.randn(8, 3, 32, 32)
+    y = torch.randint(0, 10, (8,))
+    dl = DataLoader(TensorDataset(x, y), batch_size=4)
+    trainer.fit(module, dl, limit_train_batches=1) if False else trainer.fit(module, dl)
+    path = tmp_path / "zoo.ckpt"
+    trainer.save_checkpoint(path)
+    restored = DistillationModule.load_from_checkpoint(path, losses=[KDLoss()])
+    module.eval()
+    restored.eval()
+    torch.testing.assert_close(restored(x), module(x))
+
+
+def _fit_resumable(tmp_path, max_epochs, ckpt_path=None):
+    L.seed_everything(123)
+    module = _module(losses=[KDLoss(), CMKDLoss()])
+    ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
+    trainer = _trainer(tmp_path, max_epochs=max_epochs, enable_checkpointing=True, callbacks=[ckpt])
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(64, 3, 4, generator=g), torch.randint(0, C, (64,), generator=g)
+    train = DataLoader(TensorDataset(x, y), batch_size=16, sampler=EpochShuffleSampler(64, seed=1))
+    trainer.fit(module, train, _loader(n=32), ckpt_path=ckpt_path)
+    return module, trainer
+
+
+def test_resume_from_mid_training_checkpoint_matches_uninterrupted_run(tmp_path):
+    full, full_trainer = _fit_resumable(tmp_path / "full", max_epochs=4)
+    _fit_resumable(tmp_path / "part", max_epochs=2)
+    resumed, resumed_trainer = _fit_resumable(
+        tmp_path / "resumed", max_epochs=4, ckpt_path=tmp_path / "part" / "epoch=1.ckpt"
+    )
+    for key, value in full.student.state_dict().items():
+        torch.testing.assert_close(resumed.student.state_dict()[key], value, rtol=0, atol=1e-6, msg=key)
+    for key in ("val/acc_top1", "val/acc_top5", "val/loss", "val/acc_top1_best"):
+        torch.testing.assert_close(resumed_trainer.callback_metrics[key], full_trainer.callback_metrics[key])
+
+
+def test_teacher_checkpoint_errors(tmp_path):
+    missing = tmp_path / "nope.pth"
+    with pytest.raises(FileNotFoundError, match="nope.pth"):
+        _module(teacher_checkpoint=str(missing))
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"model": TinyNet(hidden=8).state_dict()}, wrong)
+    with pytest.raises(ValueError, match=r"size mismatch|shape"):
+        _module(teacher_checkpoint=str(wrong))
+    other = tmp_path / "other.pth"
+    torch.save({"model": {"conv.weight": torch.zeros(1)}}, other)
+    with pytest.raises(ValueError, match=r"(?s)missing.*body\.1\.weight.*unexpected.*conv\.weight"):
+        _module(teacher_checkpoint=str(other))
+
+
+def test_teacher_checkpoint_in_community_format_loads(tmp_path):
+    teacher = TinyNet(hidden=32, seed=7)
+    path = tmp_path / "ckpt_epoch_240.pth"
+    torch.save({"epoch": 240, "model": teacher.state_dict(), "accuracy": 79.42, "optimizer": {}}, path)
+    module = _module(teacher_checkpoint=str(path))
+    x = torch.randn(4, 3, 4)
+    teacher.eval()
+    with warnings.catch_warnings():
+        torch.testing.assert_close(module.teacher_forward(x), teacher(x))
