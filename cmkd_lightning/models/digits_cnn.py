@@ -40,7 +40,8 @@ class DigitsCNN(nn.Module):
         c_in = in_channels
         for i, width in enumerate(widths):
             for _ in range(2 if double else 1):
-                layers += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU(inplace=True)]
+                layers += [nn.Conv2d(c_in, width, 3, padding=1, bias=False), nn.BatchNorm2d(width)]
+                layers.append(nn.ReLU(inplace=True))
                 c_in = width
             if i < len(widths) - 1:
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))

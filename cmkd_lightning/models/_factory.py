@@ -1,0 +1,174 @@
+"""The model zoo's front door: one plain dict from name to constructor, ``create_model`` and ``list_models``."""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any
+
+from torch import nn
+
+from cmkd_lightning.models import imagenet
+from cmkd_lightning.models.digits_cnn import digits_student, digits_teacher
+from cmkd_lightning.models.mobilenetv1 import mobilenetv1
+from cmkd_lightning.models.mobilenetv2 import mobilenetv2_half
+from cmkd_lightning.models.resnet50_cifar import resnet50_cifar
+from cmkd_lightning.models.resnet_cifar import (
+    resnet8,
+    resnet8x4,
+    resnet14,
+    resnet20,
+    resnet32,
+    resnet32x4,
+    resnet44,
+    resnet56,
+    resnet110,
+)
+from cmkd_lightning.models.shufflenetv1 import shufflenetv1
+from cmkd_lightning.models.shufflenetv2 import shufflenetv2
+from cmkd_lightning.models.vgg import vgg8, vgg11, vgg13, vgg16, vgg19
+from cmkd_lightning.models.wrn import wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2
+
+__all__ = ["MODELS", "create_model", "list_models", "resolve_model_name"]
+
+# The registry. CIFAR names are RepDistiller's (its checkpoint folders are `<name>_vanilla/`); ImageNet ResNets
+# use torchvision's names. Every constructor takes `num_classes` as a keyword.
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    # CIFAR-100 (32×32 inputs)
+    "resnet8": resnet8,
+    "resnet14": resnet14,
+    "resnet20": resnet20,
+    "resnet32": resnet32,
+    "resnet44": resnet44,
+    "resnet56": resnet56,
+    "resnet110": resnet110,
+    "resnet8x4": resnet8x4,
+    "resnet32x4": resnet32x4,
+    "wrn_16_1": wrn_16_1,
+    "wrn_16_2": wrn_16_2,
+    "wrn_40_1": wrn_40_1,
+    "wrn_40_2": wrn_40_2,
+    "vgg8": vgg8,
+    "vgg11": vgg11,
+    "vgg13": vgg13,
+    "vgg16": vgg16,
+    "vgg19": vgg19,
+    "MobileNetV2": mobilenetv2_half,
+    "ShuffleV1": shufflenetv1,
+    "ShuffleV2": shufflenetv2,
+    "ResNet50": resnet50_cifar,
+    # ImageNet (224×224 inputs)
+    "resnet18": imagenet.resnet18,
+    "resnet34": imagenet.resnet34,
+    "resnet50": imagenet.resnet50,
+    "MobileNetV1": mobilenetv1,
+    # Composed UCI digits (1 x 8 x 8k inputs), the offline quickstart data
+    "digits_teacher": digits_teacher,
+    "digits_student": digits_student,
+}
+
+# Other spellings found in the reference repositories (their constructor names).
+_ALIASES = {
+    "mobile_half": "MobileNetV2",
+    "vgg8_bn": "vgg8",
+    "vgg11_bn": "vgg11",
+    "vgg13_bn": "vgg13",
+    "vgg16_bn": "vgg16",
+    "vgg19_bn": "vgg19",
+}
+
+
+def list_models() -> list[str]:
+    """Return the registered model names (CIFAR models first, then ImageNet ones).
+
+    Example:
+        >>> "resnet32x4" in list_models() and "MobileNetV1" in list_models()
+        True
+    """
+    return list(MODELS)
+
+
+def _normalise(name: str) -> str:
+    return name.strip().lower().replace("-", "_")
+
+
+def resolve_model_name(name: str) -> str:
+    """Map a user-supplied model name to its registered spelling.
+
+    An exact registered name wins. Otherwise the match ignores case and treats ``-`` as ``_``, and the reference
+    repositories' constructor names (``mobile_half``, ``vgg13_bn``, ...) are accepted. ``"ResNet50"`` (the CIFAR
+    ResNet-50 of RepDistiller) and ``"resnet50"`` (torchvision's ImageNet ResNet-50) are both registered, so a
+    spelling that differs from both only by case is ambiguous and rejected.
+
+    Args:
+        name: model name, e.g. ``"resnet32x4"``, ``"shufflev1"``, ``"WRN-40-2"``.
+
+    Returns:
+        The key of :data:`MODELS`.
+
+    Raises:
+        TypeError: if ``name`` is not a string.
+        ValueError: if the name is unknown (the message lists the valid names) or ambiguous.
+
+    Example:
+        >>> resolve_model_name("shufflev1"), resolve_model_name("WRN-40-2"), resolve_model_name("mobile_half")
+        ('ShuffleV1', 'wrn_40_2', 'MobileNetV2')
+    """
+    if not isinstance(name, str):
+        raise TypeError(f"Expected `name` to be a str, but got {type(name).__name__}.")
+    if name in MODELS:
+        return name
+    key = _normalise(name)
+    matches = {registered for registered in MODELS if _normalise(registered) == key}
+    matches |= {target for alias, target in _ALIASES.items() if _normalise(alias) == key}
+    if len(matches) == 1:
+        return matches.pop()
+    if len(matches) > 1:
+        raise ValueError(
+            f"Expected `name` to match exactly one model, but {name!r} matches {sorted(matches)} when case is "
+            "ignored; pass the exact name ('ResNet50' is the CIFAR ResNet-50, 'resnet50' torchvision's)."
+        )
+    raise ValueError(f"Expected `name` to be one of {list_models()} (case-insensitive), but got {name!r}.")
+
+
+def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
+    """Build a model of the zoo by name.
+
+    CIFAR models expect 32×32 inputs and keep the state_dict layout of RepDistiller / mdistiller, so the
+    community's ``<name>_vanilla/ckpt_epoch_240.pth`` teachers load with
+    :func:`cmkd_lightning.checkpoint.load_weights`. ImageNet models (``resnet18``, ``resnet34``, ``resnet50``,
+    ``MobileNetV1``) expect 224×224 inputs; pass ``num_classes=1000``. Every model's forward returns logits
+    ``(N, num_classes)``; use :func:`~cmkd_lightning.models.extract_features` for the penultimate features.
+
+    Args:
+        name: a name from :func:`list_models` (see :func:`resolve_model_name` for accepted spellings).
+        num_classes: number of output classes, an int >= 2.
+        **kwargs: extra constructor arguments; the torchvision ResNets accept ``pretrained: bool`` (torchvision's
+            ``IMAGENET1K_V1`` weights) and ``weights: str`` (e.g. ``"IMAGENET1K_V2"``). No weights by default.
+
+    Returns:
+        The freshly initialised (or torchvision-pretrained) model.
+
+    Raises:
+        TypeError: if ``num_classes`` is not an int or a keyword argument is not accepted by the model.
+        ValueError: if ``num_classes < 2`` or the name is unknown.
+
+    Example:
+        >>> import torch
+        >>> model = create_model("resnet8x4", num_classes=100).eval()
+        >>> tuple(model(torch.randn(2, 3, 32, 32)).shape)
+        (2, 100)
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int):
+        raise TypeError(f"Expected `num_classes` to be an int >= 2, but got {type(num_classes).__name__}.")
+    if num_classes < 2:
+        raise ValueError(f"Expected `num_classes` to be an int >= 2, but got {num_classes}.")
+    registered = resolve_model_name(name)
+    constructor = MODELS[registered]
+    accepted = [p for p in inspect.signature(constructor).parameters if p != "num_classes"]
+    unknown = sorted(set(kwargs) - set(accepted))
+    if unknown:
+        raise TypeError(
+            f"Expected keyword arguments of model {registered!r} to be among {accepted}, but got {unknown}."
+        )
+    return constructor(num_classes=num_classes, **kwargs)
