@@ -408,7 +408,10 @@ class DistillationModule(LightningModule):
     @override
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        params = [p for p in self.student.parameters() if p.requires_grad]
+        # Every trainable parameter of the module: the student, plus whatever a subclass adds (e.g. a projection
+        # head); the teacher is excluded because its parameters never require grad.
+        teacher_ids = {id(p) for p in self.teacher.parameters()} if self.teacher is not None else set()
+        params = [p for p in self.parameters() if p.requires_grad and id(p) not in teacher_ids]
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(
                 params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=hp.nesterov

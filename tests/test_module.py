@@ -96,11 +96,27 @@ def test_logged_metrics(tmp_path):
     trainer.fit(module, _loader(), _loader(n=32))
     logged = set(trainer.callback_metrics)
     expected = {
-        "train/loss", "train/ce", "train/lr", "train/acc_top1", "train/acc_top5",
-        "train/dkd/loss", "train/dkd/tckd", "train/dkd/nckd", "train/dkd/warmup",
-        "train/cmkd/loss", "train/cmkd/pearson", "train/cmkd/spearman", "train/cmkd/hard_fraction",
-        "val/loss", "val/ce", "val/acc_top1", "val/acc_top5", "val/acc_top1_best",
-        "val/teacher_acc_top1", "val/teacher_acc_top5", "val/cmkd/pearson",
+        "train/loss",
+        "train/ce",
+        "train/lr",
+        "train/acc_top1",
+        "train/acc_top5",
+        "train/dkd/loss",
+        "train/dkd/tckd",
+        "train/dkd/nckd",
+        "train/dkd/warmup",
+        "train/cmkd/loss",
+        "train/cmkd/pearson",
+        "train/cmkd/spearman",
+        "train/cmkd/hard_fraction",
+        "val/loss",
+        "val/ce",
+        "val/acc_top1",
+        "val/acc_top5",
+        "val/acc_top1_best",
+        "val/teacher_acc_top1",
+        "val/teacher_acc_top5",
+        "val/cmkd/pearson",
     }
     assert expected <= logged, expected - logged
     trainer.test(module, _loader(n=32))
@@ -141,11 +157,23 @@ def test_losses_run_in_float32_under_bf16_autocast():
     [
         ({"teacher": None}, ValueError, r"Expected a `teacher` when distillation `losses` are given"),
         ({"losses": [nn.MSELoss()]}, TypeError, r"Expected `losses\[0\]` to be a DistillationLoss .* but got MSELoss"),
-        ({"loss_weights": [1.0, 2.0]}, ValueError, r"Expected `loss_weights` to have one weight per loss \(1\), but got 2"),
+        (
+            {"loss_weights": [1.0, 2.0]},
+            ValueError,
+            r"Expected `loss_weights` to have one weight per loss \(1\), but got 2",
+        ),
         ({"ce_weight": -1.0}, ValueError, r"Expected `ce_weight` to be a finite number >= 0, but got -1.0"),
         ({"optimizer": "lamb"}, ValueError, r"Expected `optimizer` to be one of \('sgd', 'adamw'\), but got 'lamb'"),
-        ({"num_classes": 7}, ValueError, r"Expected the student's classifier to output `num_classes` = 7 classes, but its final linear layer has 10 outputs"),
-        ({"teacher": TinyNet(num_classes=12)}, ValueError, r"Expected the teacher's classifier to output `num_classes` = 10 classes, but its final linear layer has 12"),
+        (
+            {"num_classes": 7},
+            ValueError,
+            r"Expected the student's classifier to output `num_classes` = 7 classes, but its final linear layer has 10 outputs",
+        ),
+        (
+            {"teacher": TinyNet(num_classes=12)},
+            ValueError,
+            r"Expected the teacher's classifier to output `num_classes` = 10 classes, but its final linear layer has 12",
+        ),
         ({"student": 3}, TypeError, r"Expected `student` to be an nn.Module or a model-zoo name, but got int"),
     ],
 )
@@ -164,7 +192,9 @@ def test_logit_shape_mismatch_is_caught_before_the_first_step(tmp_path):
             return self.conv(x).flatten(1)
 
     module = _module(teacher=NoLinearHead())
-    with pytest.raises(ValueError, match=r"Expected the teacher to output logits of shape \(N, 10\) .* but got \(16, 7\)"):
+    with pytest.raises(
+        ValueError, match=r"Expected the teacher to output logits of shape \(N, 10\) .* but got \(16, 7\)"
+    ):
         _trainer(tmp_path).fit(module, _loader())
 
 
@@ -193,11 +223,16 @@ def test_non_finite_loss_names_the_component_and_keeps_the_last_checkpoint(tmp_p
     module = _module(losses=[CMKDLoss(), _NaNAfter(start=6)])
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=2)
     trainer = _trainer(tmp_path, max_epochs=3, enable_checkpointing=True, callbacks=[ckpt], limit_val_batches=0)
-    with pytest.raises(FloatingPointError, match=r"Non-finite loss at train global step 6 \(epoch 1\): train/boom/loss"):
+    with pytest.raises(
+        FloatingPointError, match=r"Non-finite loss at train global step 6 \(epoch 1\): train/boom/loss"
+    ):
         trainer.fit(module, _loader())
     assert all(torch.isfinite(p).all() for p in module.parameters())  # no optimiser step on the bad batch
     restored = DistillationModule.load_from_checkpoint(
-        tmp_path / "ckpt" / "last.ckpt", student=TinyNet(seed=1), teacher=TinyNet(hidden=32, seed=2), losses=[CMKDLoss()]
+        tmp_path / "ckpt" / "last.ckpt",
+        student=TinyNet(seed=1),
+        teacher=TinyNet(hidden=32, seed=2),
+        losses=[CMKDLoss()],
     )
     assert all(torch.isfinite(p).all() for p in restored.parameters())
     assert torch.load(tmp_path / "ckpt" / "last.ckpt", weights_only=True)["global_step"] == 6
@@ -223,7 +258,9 @@ def test_checkpoint_holds_no_teacher_by_default_and_reloads(tmp_path):
     assert not any(k.startswith("teacher.") for k in state)
     assert any(k.startswith("student.") for k in state)
     teacher = TinyNet(hidden=32, seed=2)
-    restored = DistillationModule.load_from_checkpoint(path, student=TinyNet(seed=5), teacher=teacher, losses=[CMKDLoss()])
+    restored = DistillationModule.load_from_checkpoint(
+        path, student=TinyNet(seed=5), teacher=teacher, losses=[CMKDLoss()]
+    )
     for key, value in module.student.state_dict().items():
         assert torch.equal(restored.student.state_dict()[key], value)
     assert restored.teacher is teacher

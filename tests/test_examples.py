@@ -1,0 +1,70 @@
+"""The example scripts and the quickstart run end to end in a fast mode, so they never rot."""
+
+import json
+import runpy
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.mark.parametrize("script", ["plain_script.py", "subclass_script.py"])
+def test_example_script_runs(script, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
+    namespace = runpy.run_path(str(ROOT / "examples" / script))
+    results = namespace["main"](fast=True)
+    assert 0.0 <= results["test/acc_top1"] <= 1.0
+    assert "test/acc_top5" in results
+
+
+def test_subclass_trains_its_projection_head(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    namespace = runpy.run_path(str(ROOT / "examples" / "subclass_script.py"))
+    cls = namespace["HintDistillationModule"]
+    from cmkd_lightning.losses import CMKDLoss
+
+    module = cls("digits_student", teacher="digits_teacher", losses=[CMKDLoss()], num_classes=100)
+    optimised = {id(p) for g in module.configure_optimizers()["optimizer"].param_groups for p in g["params"]}
+    assert {id(p) for p in module.proj.parameters()} <= optimised
+    assert not optimised & {id(p) for p in module.teacher.parameters()}
+
+
+def test_quickstart_command_writes_table_files_and_chart(tmp_path):
+    out = tmp_path / "qs"
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cmkd_lightning.quickstart",
+            "--out",
+            str(out),
+            "--seeds",
+            "0",
+            "--epochs",
+            "1",
+            "--teacher-epochs",
+            "1",
+            "--train-size",
+            "512",
+            "--eval-size",
+            "256",
+            "--no-progress",
+            "--threads",
+            "1",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "Top-1 %" in proc.stdout and "cmkd" in proc.stdout
+    result = json.loads((out / "results.json").read_text())
+    assert set(result["summary"]) == {"ce", "kd", "cmkd"}
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + 3
+    from PIL import Image
+
+    with Image.open(out / "results.png") as im:
+        assert im.size[0] > 600 and im.size[1] > 300
