@@ -54,7 +54,7 @@ def nkd_loss(
     Example:
         >>> z = torch.tensor([[0.0, 0.0, 9.0]])
         >>> round(float(nkd_loss(z, z, torch.tensor([2]))), 4)
-        1.0397
+        1.04
     """
     check_non_negative(gamma, "gamma")
     check_reduction(reduction)
