@@ -23,6 +23,7 @@ from lightning.pytorch.callbacks import RichProgressBar
 from rich.console import Console
 from rich.table import Table
 
+from cmkd_lightning.callbacks import CorrelationMonitor, EmbeddingProjection, LogitCorrelationHeatmap, TrainingCost
 from cmkd_lightning.functional import spearman_corr
 from cmkd_lightning.losses import CMKDLoss, KDLoss
 from cmkd_lightning.module import DistillationModule
@@ -47,6 +48,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
     p.add_argument("--threads", type=int, default=1, help="torch threads; the models are tiny, 1 is fastest")
     p.add_argument("--no-progress", action="store_true", help="plain output (no rich progress bars)")
+    p.add_argument("--no-figures", action="store_true", help="skip the figure callbacks (heatmap, t-SNE, ...)")
     args = p.parse_args(argv)
     for name in ("epochs", "teacher_epochs", "train_size", "eval_size", "threads"):
         if getattr(args, name) < 1:
@@ -54,7 +56,19 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def _trainer(args: argparse.Namespace, epochs: int, out: Path) -> L.Trainer:
+def _figure_callbacks(args: argparse.Namespace, dirpath: Path) -> list[Any]:
+    """The paper's figures for one run: correlation per epoch, logit-correlation gap, t-SNE, training cost."""
+    if args.no_figures:
+        return []
+    return [
+        CorrelationMonitor(),
+        LogitCorrelationHeatmap(every_n_epochs=args.epochs, vmax=0.4, dirpath=dirpath),
+        EmbeddingProjection(num_samples=500, max_classes=20, dirpath=dirpath, num_threads=args.threads),
+        TrainingCost(dirpath=dirpath),
+    ]
+
+
+def _trainer(args: argparse.Namespace, epochs: int, out: Path, callbacks: list[Any] | None = None) -> L.Trainer:
     return L.Trainer(
         accelerator="cpu",
         max_epochs=epochs,
@@ -62,7 +76,7 @@ def _trainer(args: argparse.Namespace, epochs: int, out: Path) -> L.Trainer:
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=not args.no_progress,
-        callbacks=[] if args.no_progress else [RichProgressBar(leave=False)],
+        callbacks=(callbacks or []) + ([] if args.no_progress else [RichProgressBar(leave=False)]),
         num_sanity_val_steps=0,
         default_root_dir=out,
     )
@@ -169,8 +183,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 lr=0.05,
                 lr_schedule="cosine",
             )
+            callbacks = (
+                _figure_callbacks(args, out / "figures" / method) if method != "ce" and seed == args.seeds[0] else []
+            )
             start = time.perf_counter()
-            _trainer(args, args.epochs, out).fit(module, data)
+            _trainer(args, args.epochs, out, callbacks).fit(module, data)
             seconds = time.perf_counter() - start
             row = {
                 "method": method,

@@ -68,3 +68,7 @@ def test_quickstart_command_writes_table_files_and_chart(tmp_path):
 
     with Image.open(out / "results.png") as im:
         assert im.size[0] > 600 and im.size[1] > 300
+    for method in ("kd", "cmkd"):  # the paper's figures, for the first seed's distilled runs
+        figures = out / "figures" / method
+        assert (figures / "tsne_end.png").is_file() and (figures / "training_cost.json").is_file()
+        assert list(figures.glob("logit_correlation_epoch*.png"))
