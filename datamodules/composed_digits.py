@@ -9,8 +9,8 @@ from sklearn.datasets import load_digits
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from datamodules._sampling import EpochShuffleSampler
 from datamodules._checks import check_bool, check_fraction, check_int, check_optional_bool, loader_kwargs
+from datamodules._sampling import EpochShuffleSampler
 
 _SPLITS = ("train", "val", "test")
 _DIGIT_SIZE = 8  # UCI digits are 8x8
