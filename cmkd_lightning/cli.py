@@ -48,14 +48,18 @@ class RunConfigCallback(SaveConfigCallback):
 
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        if self.already_saved or not trainer.is_global_zero:
+        if self.already_saved:
             return
         logger = trainer.logger
+        # `trainer.log_dir` broadcasts from rank 0: every rank must evaluate it, or DDP ranks fall out of step.
+        log_dir = None if isinstance(logger, WandbLogger) else trainer.log_dir
+        if not trainer.is_global_zero:
+            return
         if isinstance(logger, WandbLogger):
             run_dir = Path(logger.experiment.dir)
             logger.experiment.config.update({"cli": self.config.as_dict()}, allow_val_change=True)
         else:
-            run_dir = Path(trainer.log_dir or trainer.default_root_dir)
+            run_dir = Path(log_dir or trainer.default_root_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         target = run_dir / "config.yaml"
         k = 1

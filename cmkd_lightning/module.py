@@ -96,7 +96,10 @@ class DistillationModule(LightningModule):
             classifier when omitted.
         teacher_checkpoint: weights file for the teacher (RepDistiller ``{'model': ...}``, Lightning checkpoint,
             or state_dict); loaded strictly at construction.
-        student_checkpoint: optional initial weights for the student.
+        teacher_checkpoint_part: which network of a Lightning checkpoint of this module to load as the teacher.
+            ``None`` takes the only one present: a teacher trained with cross-entropy by this module is stored as
+            its ``student``; a checkpoint holding both asks for the part.
+        student_checkpoint: optional initial weights for the student (same formats; one part only).
         optimizer: ``"sgd"`` or ``"adamw"``.
         lr: base learning rate.
         momentum: SGD momentum.
@@ -117,13 +120,14 @@ class DistillationModule(LightningModule):
 
     def __init__(
         self,
-        student: nn.Module | str,
-        teacher: nn.Module | str | None = None,
+        student: str | nn.Module,
+        teacher: str | nn.Module | None = None,
         losses: Sequence[DistillationLoss] | DistillationLoss | None = None,
         loss_weights: Sequence[float] | None = None,
         ce_weight: float = 1.0,
         num_classes: int | None = None,
         teacher_checkpoint: str | None = None,
+        teacher_checkpoint_part: Literal["student", "teacher"] | None = None,
         student_checkpoint: str | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.05,
@@ -204,12 +208,12 @@ class DistillationModule(LightningModule):
         if student_checkpoint is not None:
             from cmkd_lightning.checkpoint import load_weights
 
-            load_weights(self.student, student_checkpoint, part="student")
+            load_weights(self.student, student_checkpoint)
         if self.teacher is not None:
             if teacher_checkpoint is not None:
                 from cmkd_lightning.checkpoint import load_weights
 
-                load_weights(self.teacher, teacher_checkpoint, part="teacher")
+                load_weights(self.teacher, teacher_checkpoint, part=teacher_checkpoint_part)
             self.teacher.requires_grad_(False)
             self.teacher.eval()
         elif teacher_checkpoint is not None:

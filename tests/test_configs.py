@@ -1,0 +1,348 @@
+"""Every YAML under examples/configs parses and instantiates through the real `cmkd` CLI; a subset trains.
+
+Experiment files compose with their dataset's ``_base.yaml`` (``cmkd fit -c <dir>/_base.yaml -c <file>``) when
+there is one; the digits configs stand alone. New files are picked up by the glob, so they are tested without
+editing this file. Data paths point at fake datasets written in the real on-disk formats (``tests/_fakes.py``),
+teacher checkpoints are dropped, and the multi-GPU trainer settings are overridden to one CPU process.
+"""
+
+from __future__ import annotations
+
+import functools
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import jsonargparse._typehints
+import pytest
+import torch
+import yaml
+from lightning.pytorch import LightningDataModule
+from torch import nn
+
+from cmkd_lightning import DistillationModule
+from cmkd_lightning.cli import DistillationCLI, RunConfigCallback
+from cmkd_lightning.models import create_model
+from tests._fakes import write_fake_cifar100, write_fake_imagenet
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG_DIR = REPO / "examples" / "configs"
+EXPERIMENTS = sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml") if p.name[0] != "_")
+BASES = sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("_*.yaml"))
+
+# DKD's beta per CIFAR-100 pair (DESIGN §3; mdistiller configs/cifar100/dkd/*.yaml), T = 4, warm-up 20.
+CIFAR_DKD_BETA = {
+    "res32x4_res8x4": 8.0,
+    "res56_res20": 2.0,
+    "res110_res32": 2.0,
+    "wrn40_2_wrn40_1": 6.0,
+    "wrn40_2_wrn16_2": 6.0,
+    "vgg13_vgg8": 6.0,
+    "res32x4_shuv1": 8.0,
+    "wrn40_2_shuv1": 8.0,
+    "res32x4_shuv2": 8.0,
+    "res50_mv2": 8.0,
+    "vgg13_mv2": 6.0,
+    "wrn40_2_res8x4": 8.0,
+}
+IMAGENET_DKD_BETA = {"res34_res18": 0.5, "res50_mv1": 2.0}
+LOW_LR_STUDENTS = {"ShuffleV1", "ShuffleV2", "mobilenetv2"}  # lr 0.01 on CIFAR-100 (paper Sec. VI-A)
+
+
+def _merge(base: dict[str, Any], update: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in update.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _base_of(rel: str) -> Path | None:
+    base = CONFIG_DIR / rel.split("/")[0] / "_base.yaml"
+    return base if base.is_file() else None
+
+
+def _config_files(rel: str) -> list[str]:
+    base = _base_of(rel)
+    return (["-c", str(base)] if base else []) + ["-c", str(CONFIG_DIR / rel)]
+
+
+def _resolved(rel: str) -> dict[str, Any]:
+    """The YAML of ``rel`` merged over its base, as plain data (what the two ``-c`` files say)."""
+    base = _base_of(rel)
+    merged = yaml.safe_load(base.read_text()) if base else {}
+    return _merge(merged, yaml.safe_load((CONFIG_DIR / rel).read_text()))
+
+
+def _model_args(rel: str) -> dict[str, Any]:
+    return _resolved(rel)["model"]["init_args"]
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _memoised_subclass_scan():
+    """Memoise jsonargparse's scan of all imported ``nn.Module`` subclasses for this module's CLI parses.
+
+    A string given for ``student: nn.Module | str`` is first looked up as a class name, and every lookup walks the
+    ~900 imported ``nn.Module`` subclasses twice: about 1 s per parse, which would make the sweep over ~100 configs
+    take minutes. The scan result only changes when new classes are imported, so the models are imported first;
+    name collisions are tested on their own (``test_model_names_are_not_nn_module_class_names``).
+    """
+    import torchvision.models  # noqa: F401
+
+    import cmkd_lightning.models  # noqa: F401
+
+    scan = getattr(jsonargparse._typehints, "get_all_subclass_paths", None)
+    if scan is None:  # a jsonargparse without this helper: run uncached (slower, same results)
+        yield
+        return
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(jsonargparse._typehints, "get_all_subclass_paths", functools.lru_cache(maxsize=None)(scan))
+        yield
+
+
+@pytest.fixture(scope="module")
+def fake_data(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("fake_data")
+    return {
+        "cifar100": write_fake_cifar100(root / "cifar100", n_train=16, n_test=8),
+        "imagenet": write_fake_imagenet(root / "imagenet", num_classes=3, per_class=2, size=72),
+    }
+
+
+def _overrides(rel: str, fake_data: dict[str, Path]) -> list[str]:
+    """Point the data at fake files, drop teacher weights, run one CPU process without a logger."""
+    dataset = rel.split("/")[0]
+    args = [
+        "--trainer.logger=false",
+        "--trainer.accelerator=cpu",
+        "--trainer.devices=1",
+        "--trainer.num_nodes=1",
+        "--trainer.strategy=auto",
+        "--trainer.sync_batchnorm=false",
+        "--trainer.enable_progress_bar=false",
+        "--trainer.enable_model_summary=false",
+    ]
+    if dataset == "digits":
+        args += [
+            "--data.init_args.train_size=64",
+            "--data.init_args.val_size=32",
+            "--data.init_args.test_size=32",
+            "--data.init_args.batch_size=16",
+        ]
+    elif dataset == "cifar100":
+        args += [
+            f"--data.init_args.data_dir={fake_data['cifar100']}",
+            "--data.init_args.download=false",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.batch_size=8",
+        ]
+    elif dataset == "imagenet":
+        args += [
+            f"--data.init_args.data_dir={fake_data['imagenet']}",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.batch_size=4",
+            "--data.init_args.image_size=64",
+            "--data.init_args.resize_size=72",
+        ]
+    else:
+        raise ValueError(f"Expected a config under digits/, cifar100/ or imagenet/, but got {rel!r}.")
+    if _model_args(rel).get("teacher_checkpoint"):
+        args.append("--model.init_args.teacher_checkpoint=null")
+    return args
+
+
+def _cli(args: list[str], run: bool) -> DistillationCLI:
+    return DistillationCLI(
+        DistillationModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=RunConfigCallback,
+        run=run,
+        args=args,
+    )
+
+
+@pytest.fixture
+def cli_env(tmp_path, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["cmkd"])  # LightningCLI warns about pytest's own arguments otherwise
+    monkeypatch.chdir(tmp_path)  # ModelCheckpoint dirpaths and default_root_dir are relative
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield tmp_path
+    torch.set_num_threads(previous)
+
+
+def test_config_tree_is_complete():
+    methods = {rel.split("/")[1] for rel in EXPERIMENTS if rel.startswith("cifar100/")}
+    assert {"vanilla", "kd", "dkd", "dist", "lskd", "nkd", "cmkd", "dkd_cmkd", "ablation"} <= methods
+    for method in ("cmkd", "dkd_cmkd", "kd", "dkd"):
+        assert {f"cifar100/{method}/{pair}.yaml" for pair in CIFAR_DKD_BETA} <= set(EXPERIMENTS), method
+    for method in ("kd", "dkd", "dist", "lskd", "nkd", "cmkd", "dkd_cmkd"):
+        assert {f"imagenet/{method}/{pair}.yaml" for pair in IMAGENET_DKD_BETA} <= set(EXPERIMENTS), method
+    assert BASES == ["cifar100/_base.yaml", "imagenet/_base.yaml"]
+
+
+@pytest.mark.parametrize("rel", EXPERIMENTS)
+def test_config_instantiates_through_the_cli(rel, cli_env, fake_data):
+    # Weights are allocated on the meta device: every constructor and check runs, no memory or init time is spent.
+    with torch.device("meta"):
+        cli = _cli([*_config_files(rel), *_overrides(rel, fake_data)], run=False)
+    spec = _model_args(rel)
+    model = cli.model
+    assert isinstance(model, DistillationModule)
+    assert model.num_classes == cli.datamodule.num_classes  # linked from the datamodule
+    for role in ("student", "teacher"):
+        name = spec.get(role)
+        if name is None:
+            assert getattr(model, role) is None
+            continue
+        with torch.device("meta"):
+            expected = create_model(name, num_classes=model.num_classes)
+        assert type(getattr(model, role)) is type(expected), role
+        assert sum(p.numel() for p in getattr(model, role).parameters()) == sum(
+            p.numel() for p in expected.parameters()
+        )
+    losses = spec.get("losses") or []
+    assert [type(loss).__name__ for loss in model.losses] == [entry["class_path"].rsplit(".", 1)[1] for entry in losses]
+    for loss, entry in zip(model.losses, losses):
+        for key, value in (entry.get("init_args") or {}).items():
+            assert getattr(loss, key) == value, (loss, key)
+    assert model.ce_weight == spec.get("ce_weight", 1.0)
+    assert model.loss_weights == spec.get("loss_weights", [1.0] * len(losses))
+    for key in ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "lr_milestones"):
+        if key in spec:
+            assert model.hparams[key] == spec[key], key
+    assert cli.trainer.max_epochs == _resolved(rel)["trainer"]["max_epochs"]
+
+
+def _pair_and_method(rel: str) -> tuple[str, str]:
+    _, method, file = rel.split("/")
+    return method, file.removesuffix(".yaml")
+
+
+@pytest.mark.parametrize("rel", [r for r in EXPERIMENTS if r.startswith("cifar100/") and "/vanilla/" not in r])
+def test_cifar100_configs_follow_the_recipe(rel):
+    method, key = _pair_and_method(rel)
+    spec = _model_args(rel)
+    trainer = _resolved(rel)["trainer"]
+    data = _resolved(rel)["data"]["init_args"]
+    assert (trainer["max_epochs"], data["batch_size"], spec["weight_decay"]) == (240, 64, 5.0e-4)
+    assert spec["lr_milestones"] == [150, 180, 210]
+    assert spec["lr"] == (0.01 if spec["student"] in LOW_LR_STUDENTS else 0.05)
+    assert spec["teacher_checkpoint"] == f"checkpoints/{spec['teacher']}_vanilla/ckpt_epoch_240.pth"
+    for entry in spec["losses"]:
+        name, args = entry["class_path"].rsplit(".", 1)[1], entry["init_args"]
+        if name == "DKDLoss":
+            assert args == {"alpha": 1.0, "beta": CIFAR_DKD_BETA[key], "temperature": 4.0, "warmup_epochs": 20}
+        elif name == "CMKDLoss":
+            assert (args["temperature"], args["beta"], args["gamma"]) == (4.0, 4.0, 1.0)
+            assert spec["ce_weight"] == 1.0
+        elif name == "KDLoss":
+            assert (args["temperature"], spec["ce_weight"], spec["loss_weights"]) == (4.0, 0.1, [0.9])
+    if method == "ablation":
+        (entry,) = spec["losses"]
+        assert entry["init_args"]["spearman"] is False
+        assert entry["init_args"]["zscore"] is key.endswith("_zscore")
+
+
+@pytest.mark.parametrize("rel", [r for r in EXPERIMENTS if r.startswith("imagenet/") and "/vanilla/" not in r])
+def test_imagenet_configs_follow_the_recipe(rel):
+    method, key = _pair_and_method(rel)
+    config = _resolved(rel)
+    trainer, spec = config["trainer"], config["model"]["init_args"]
+    devices, batch = trainer["devices"], config["data"]["init_args"]["batch_size"]
+    assert (trainer["strategy"], devices * batch, trainer["max_epochs"]) == ("ddp", 512, 100)
+    assert (spec["lr"], spec["weight_decay"], spec["lr_milestones"]) == (0.2, 1.0e-4, [30, 60, 90])
+    assert spec["teacher"] == {"res34_res18": "resnet34", "res50_mv1": "resnet50"}[key]
+    assert re.fullmatch(rf"checkpoints/torchvision/{spec['teacher']}-[0-9a-f]{{8}}\.pth", spec["teacher_checkpoint"])
+    for entry in spec["losses"]:
+        name, args = entry["class_path"].rsplit(".", 1)[1], entry["init_args"]
+        if name != "LSKDLoss":
+            assert args["temperature"] == 1.0, name
+        if name == "DKDLoss":
+            assert (args["beta"], args["warmup_epochs"]) == (IMAGENET_DKD_BETA[key], 1)
+        if name == "CMKDLoss":
+            assert (args["beta"], args["gamma"], args["sync_entropy_threshold"]) == (4.0, 1.0, True)
+        if name == "KDLoss":
+            assert (spec["ce_weight"], spec["loss_weights"]) == (0.5, [0.5])
+
+
+def test_digits_configs_share_one_recipe_and_read_the_teachers_checkpoint():
+    # The quickstart files stand alone (one `-c` each), so this test keeps their shared parts identical.
+    def recipe(config: dict[str, Any]) -> tuple:
+        trainer = {k: v for k, v in config["trainer"].items() if k not in ("logger", "callbacks")}
+        logger = {k: v for k, v in config["trainer"]["logger"]["init_args"].items() if k != "name"}
+        optim = {
+            k: v
+            for k, v in config["model"]["init_args"].items()
+            if k in ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule")
+        }
+        return config["seed_everything"], trainer, logger, optim, config["data"]
+
+    digits = [rel for rel in EXPERIMENTS if rel.startswith("digits/")]
+    assert len({repr(recipe(_resolved(rel))) for rel in digits}) == 1
+    (checkpoint,) = _resolved("digits/teacher.yaml")["trainer"]["callbacks"]
+    args = checkpoint["init_args"]
+    written = f"{args['dirpath']}/{args['filename']}.ckpt"
+    for rel in digits:
+        spec = _model_args(rel)
+        if rel != "digits/teacher.yaml" and "losses" in spec:
+            assert (spec["teacher"], spec["teacher_checkpoint"]) == ("digits_teacher", written), rel
+
+
+def _module_class_names() -> set[str]:
+    import torchvision.models  # noqa: F401  (its classes are candidates for jsonargparse's name lookup)
+
+    import cmkd_lightning.models  # noqa: F401
+
+    names, stack = set(), [nn.Module]
+    while stack:
+        cls = stack.pop()
+        names.add(cls.__name__)
+        stack.extend(cls.__subclasses__())
+    return names
+
+
+def test_model_names_are_not_nn_module_class_names():
+    # jsonargparse resolves a string given for an `nn.Module | str` argument as a class name first: "MobileNetV2"
+    # would silently build torchvision's ImageNet MobileNetV2, "MobileNetV1" this zoo's class with its defaults.
+    # The configs therefore use spellings (``mobilenetv2``, ``mobilenetv1``) that only the zoo understands.
+    classes = _module_class_names()
+    assert {"MobileNetV2", "MobileNetV1"} <= classes
+    for rel in EXPERIMENTS:
+        spec = _model_args(rel)
+        for role in ("student", "teacher"):
+            if isinstance(spec.get(role), str):
+                assert spec[role] not in classes, (rel, role, spec[role])
+
+
+def test_experiments_doc_lists_every_config():
+    doc = (REPO / "docs" / "EXPERIMENTS.md").read_text()
+    listed = set(re.findall(r"examples/configs/([\w/]+\.yaml)", doc))
+    assert set(EXPERIMENTS) - {r for r in EXPERIMENTS if r.startswith("digits/")} <= listed
+    missing = sorted(rel for rel in listed if not (CONFIG_DIR / rel).is_file())
+    assert not missing, missing
+
+
+FAST_RUNS = {
+    "cifar100/cmkd/res32x4_res8x4.yaml": ("cmkd",),
+    "cifar100/dkd_cmkd/res56_res20.yaml": ("dkd", "cmkd"),
+    "cifar100/ablation/res56_res20_pearson.yaml": ("cmkd",),
+    "imagenet/cmkd/res34_res18.yaml": ("cmkd",),
+}
+
+
+@pytest.mark.parametrize("rel", sorted(FAST_RUNS))
+def test_config_trains_one_step_on_fake_data(rel, cli_env, fake_data):
+    extra = ["--data.init_args.num_classes=3"] if rel.startswith("imagenet/") else []
+    cli = _cli(["fit", *_config_files(rel), *_overrides(rel, fake_data), *extra, "--trainer.fast_dev_run=1"], run=True)
+    assert cli.trainer.state.finished
+    assert cli.trainer.global_step == 1
+    metrics = cli.trainer.callback_metrics
+    for key in ("train/loss", "train/ce", "val/acc_top1", "val/teacher_acc_top1"):
+        assert torch.isfinite(metrics[key]), key
+    for name in FAST_RUNS[rel]:
+        assert torch.isfinite(metrics[f"train/{name}/loss"]), name
+    if rel.startswith("imagenet/"):
+        assert cli.model.num_classes == 3 and cli.datamodule.image_shape == (3, 64, 64)
