@@ -344,3 +344,17 @@ def test_teacher_checkpoint_in_community_format_loads(tmp_path):
     teacher.eval()
     with warnings.catch_warnings():
         torch.testing.assert_close(module.teacher_forward(x), teacher(x))
+
+
+def test_teacher_trained_by_this_module_loads_as_teacher(tmp_path):
+    """A cross-entropy run stores the network as `student.`; `teacher_checkpoint` takes the only part present."""
+    teacher_run = DistillationModule(TinyNet(hidden=32, seed=3), num_classes=C)
+    trainer = _trainer(tmp_path)
+    trainer.fit(teacher_run, _loader())
+    path = tmp_path / "teacher.ckpt"
+    trainer.save_checkpoint(path)
+    module = _module(teacher=TinyNet(hidden=32, seed=4), teacher_checkpoint=str(path))
+    for key, value in teacher_run.student.state_dict().items():
+        assert torch.equal(module.teacher.state_dict()[key], value), key
+    with pytest.raises(ValueError, match="teacher"):
+        _module(teacher=TinyNet(hidden=32, seed=4), teacher_checkpoint=str(path), teacher_checkpoint_part="teacher")
