@@ -29,7 +29,7 @@ def rank(x: Tensor) -> Tensor:
         n, c = x.shape
         # float32 holds the integer sums exactly up to C ~ 5000; float64 only where the input already is.
         work = torch.float64 if x.dtype == torch.float64 else torch.float32
-        sorted_x, order = torch.sort(x, dim=-1, stable=True)
+        sorted_x, order = torch.sort(x, dim=-1)  # tie order is irrelevant: ties get their average rank
         new_group = torch.ones_like(sorted_x, dtype=torch.bool)
         new_group[:, 1:] = sorted_x[:, 1:] != sorted_x[:, :-1]
         group = new_group.cumsum(dim=-1) - 1  # group id per sorted position, 0..G-1 within each row

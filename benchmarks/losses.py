@@ -1,0 +1,188 @@
+"""Section A: forward + backward cost of every loss as a ratio to KD, the soft-rank backends, and CMKD's pieces.
+
+Each measured call builds a fresh leaf from the student logits, runs the loss module exactly as the training module
+calls it (``loss(student_logits, teacher_logits, targets)["loss"]``) and back-propagates to the logits.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from _timing import interleaved
+from torch import Tensor
+
+from cmkd_lightning.functional import pearson_corr, rank, soft_rank, teacher_stats, zscore
+from cmkd_lightning.losses import CMKDLoss, DistillationLoss, DISTLoss, DKDLoss, KDLoss, LSKDLoss, NKDLoss
+
+SHAPES = ((64, 100), (128, 1000), (512, 1000))
+TEMPERATURE = 4.0
+# (shape, max ratio to KD) for the default CMKD loss
+CMKD_TARGETS = {(64, 100): 4.0, (512, 1000): 8.0}
+
+
+def torchsort_usable(device: torch.device) -> tuple[bool, str]:
+    """Whether torchsort is importable and has a kernel for ``device``; the reason when not."""
+    try:
+        import torchsort
+    except ImportError:
+        return False, "torchsort is not installed"
+    try:
+        x = torch.randn(2, 5, device=device)
+        torchsort.soft_rank(x, regularization_strength=0.1)
+    except Exception as err:  # noqa: BLE001 - no kernel for this device, build problems, ...
+        return False, f"torchsort fails on {device.type}: {type(err).__name__}: {err}"
+    return True, ""
+
+
+def make_logits(n: int, c: int, device: torch.device, seed: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+    """Student logits ~ N(0, 1), teacher logits ~ N(0, 4) plus 4 on the target class (a confident teacher)."""
+    g = torch.Generator().manual_seed(seed)
+    targets = torch.randint(0, c, (n,), generator=g)
+    student = torch.randn(n, c, generator=g)
+    teacher = 2.0 * torch.randn(n, c, generator=g) + 4.0 * F.one_hot(targets, c)
+    return student.to(device), teacher.to(device), targets.to(device)
+
+
+def loss_candidates(has_torchsort: bool) -> dict[str, DistillationLoss]:
+    losses: dict[str, DistillationLoss] = {
+        "KD": KDLoss(temperature=TEMPERATURE),
+        "DKD": DKDLoss(temperature=TEMPERATURE, warmup_epochs=0),
+        "DIST": DISTLoss(temperature=TEMPERATURE),
+        "LS-KD": LSKDLoss(),
+        "NKD": NKDLoss(),
+        "CMKD": CMKDLoss(temperature=TEMPERATURE),
+        "CMKD[torch]": CMKDLoss(temperature=TEMPERATURE, rank_backend="torch"),
+    }
+    if has_torchsort:
+        losses["CMKD[torchsort]"] = CMKDLoss(temperature=TEMPERATURE, rank_backend="torchsort")
+    return losses
+
+
+def _fwd_bwd(loss: DistillationLoss, zs: Tensor, zt: Tensor, y: Tensor) -> Callable[[], None]:
+    def run() -> None:
+        leaf = zs.detach().requires_grad_(True)
+        loss(leaf, zt, y)["loss"].backward()
+
+    return run
+
+
+def _soft_rank_fwd_bwd(zs: Tensor, backend: str) -> Callable[[], None]:
+    eps = 1.0 / zs.shape[1]
+    weights = torch.linspace(-1.0, 1.0, zs.shape[1], device=zs.device).expand_as(zs)
+
+    def run() -> None:
+        leaf = zs.detach().requires_grad_(True)
+        (soft_rank(zscore(leaf), eps, backend=backend) * weights).sum().backward()
+
+    return run
+
+
+def _breakdown_candidates(
+    zs: Tensor, zt: Tensor, y: Tensor, backends: list[str]
+) -> dict[str, Callable[[], Any]]:
+    """Pieces of CMKD, each timed on its own (forward + backward where it carries a gradient)."""
+    eps = 1.0 / zs.shape[1]
+    stats = teacher_stats(zt, temperature=TEMPERATURE)
+    kd = KDLoss(temperature=TEMPERATURE)
+
+    def pearson_path() -> None:
+        leaf = zs.detach().requires_grad_(True)
+        ps = F.softmax(zscore(leaf) / TEMPERATURE, dim=-1)
+        (1.0 - pearson_corr(ps, stats.probs)).mean().backward()
+
+    def spearman_path(backend: str) -> Callable[[], None]:
+        def run() -> None:
+            leaf = zs.detach().requires_grad_(True)
+            ranks = soft_rank(zscore(leaf), eps, backend=backend)
+            (1.0 - pearson_corr(ranks, stats.ranks)).mean().backward()
+
+        return run
+
+    fns: dict[str, Callable[[], Any]] = {
+        "KD (fwd+bwd)": _fwd_bwd(kd, zs, zt, y),
+        "torch.sort (N, C), no grad": lambda: torch.sort(zs, dim=1),
+        **(
+            {"numpy argsort (N, C), for comparison": lambda: np.argsort(zs.numpy(), axis=1)}
+            if zs.device.type == "cpu"
+            else {}
+        ),
+        "teacher stats (z-score, softmax, entropy, exact rank)": lambda: teacher_stats(zt, temperature=TEMPERATURE),
+        "exact rank of teacher logits": lambda: rank(zt),
+        "Pearson path: z-score, softmax, Pearson (fwd+bwd)": pearson_path,
+    }
+    for backend in backends:
+        fns[f"Spearman path [{backend}]: z-score, soft rank, Pearson (fwd+bwd)"] = spearman_path(backend)
+    fns["CMKD spearman=False (fwd+bwd)"] = _fwd_bwd(CMKDLoss(temperature=TEMPERATURE, spearman=False), zs, zt, y)
+    fns["CMKD (fwd+bwd)"] = _fwd_bwd(CMKDLoss(temperature=TEMPERATURE), zs, zt, y)
+    return fns
+
+
+def profile_table(fn: Callable[[], Any], device: torch.device, iterations: int = 5, rows: int = 10) -> dict[str, Any]:
+    """torch.profiler over ``iterations`` calls: the top ``rows`` ops by self time, per call."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    for _ in range(2):
+        fn()
+    with profile(activities=activities) as prof:
+        for _ in range(iterations):
+            fn()
+    averages = prof.key_averages()
+    key = "self_device_time_total" if device.type == "cuda" else "self_cpu_time_total"
+    total = sum(getattr(e, key) for e in averages) or 1.0
+    top = sorted(averages, key=lambda e: getattr(e, key), reverse=True)[:rows]
+    return {
+        "sort_by": key,
+        "total_ms_per_call": total / iterations / 1e3,
+        "ops": [
+            {
+                "name": e.key,
+                "self_ms_per_call": getattr(e, key) / iterations / 1e3,
+                "share": getattr(e, key) / total,
+                "calls_per_call": e.count / iterations,
+            }
+            for e in top
+        ],
+    }
+
+
+def run(device: torch.device, quick: bool, threads: int, profile: bool) -> dict[str, Any]:
+    rounds, min_run_time = (3, 0.05) if quick else (5, 0.1)
+    has_torchsort, why_not = torchsort_usable(device)
+    backends = ["torch", "torchsort"] if has_torchsort else ["torch"]
+    result: dict[str, Any] = {
+        "rounds": rounds,
+        "min_run_time_s": min_run_time,
+        "torchsort": has_torchsort,
+        "torchsort_note": why_not,
+        "losses": {},
+        "soft_rank": {},
+        "cmkd_breakdown": {},
+        "profiles": {},
+    }
+    for n, c in SHAPES:
+        zs, zt, y = make_logits(n, c, device)
+        shape = f"{n}x{c}"
+        fns = {name: _fwd_bwd(loss.to(device), zs, zt, y) for name, loss in loss_candidates(has_torchsort).items()}
+        result["losses"][shape] = interleaved(fns, "KD", rounds, min_run_time, threads)
+        target = CMKD_TARGETS.get((n, c))
+        if target is not None:
+            result["losses"][shape]["CMKD"]["target"] = target
+
+        sr = {b: _soft_rank_fwd_bwd(zs, b) for b in backends}
+        result["soft_rank"][shape] = interleaved(sr, backends[-1], rounds, min_run_time, threads)
+
+        result["cmkd_breakdown"][shape] = interleaved(
+            _breakdown_candidates(zs, zt, y, backends), "KD (fwd+bwd)", rounds, min_run_time, threads
+        )
+        missed = target is not None and result["losses"][shape]["CMKD"]["ratio"] > target
+        if profile and (missed or not quick):
+            torch.set_num_threads(threads)
+            result["profiles"][f"CMKD {shape}"] = profile_table(
+                _fwd_bwd(CMKDLoss(temperature=TEMPERATURE), zs, zt, y), device
+            )
+    return result
