@@ -75,8 +75,8 @@ class DistillationModule(LightningModule):
     ``load_from_checkpoint``. Model-zoo names and LightningCLI ``class_path`` configs are stored and rebuilt.
 
     Logged metrics:
-        Per training step: ``train/loss_step`` (total loss, also on the progress bar) and ``train/lr``
-        (learning rate of the first parameter group). Per epoch, for ``<stage>`` in ``train``, ``val``, ``test``
+        Per training step: ``train/loss_step`` (total loss, also on the progress bar); every
+        ``log_every_n_steps`` steps ``train/lr`` (learning rate of the first parameter group). Per epoch, for ``<stage>`` in ``train``, ``val``, ``test``
         (means over the epoch's samples, all-reduced over DDP ranks):
 
         - ``<stage>/loss``, ``<stage>/ce``: total loss and cross-entropy.
@@ -416,9 +416,10 @@ class DistillationModule(LightningModule):
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
         terms = self._shared_step(batch, "train")
         self.log("train/loss_step", terms["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True)
-        optimizer = self.optimizers(use_pl_optimizer=False) if self._trainer is not None else None
-        if optimizer is not None:
-            self.log("train/lr", optimizer.param_groups[0]["lr"], on_step=True, on_epoch=False)
+        # The learning rate is only read on the steps Lightning sends to the logger (every `log_every_n_steps`).
+        if self._trainer is not None and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+            lr = self.optimizers(use_pl_optimizer=False).param_groups[0]["lr"]
+            self.log("train/lr", lr, on_step=True, on_epoch=False)
         return terms["loss"]
 
     @override
