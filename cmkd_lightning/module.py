@@ -76,8 +76,8 @@ class DistillationModule(LightningModule):
 
     Logged metrics:
         Per training step: ``train/loss_step`` (total loss, also on the progress bar); every
-        ``log_every_n_steps`` steps ``train/lr`` (learning rate of the first parameter group). Per epoch, for ``<stage>`` in ``train``, ``val``, ``test``
-        (means over the epoch's samples, all-reduced over DDP ranks):
+        ``log_every_n_steps`` steps ``train/lr`` (learning rate of the first parameter group). Per epoch, for
+        ``<stage>`` in ``train``, ``val``, ``test`` (means over the epoch's samples, all-reduced over DDP ranks):
 
         - ``<stage>/loss``, ``<stage>/ce``: total loss and cross-entropy.
         - ``<stage>/<loss>/loss`` (weighted, warm-up applied) and ``<stage>/<loss>/<component>`` for every
