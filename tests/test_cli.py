@@ -210,3 +210,33 @@ def test_imagenet_config_runs_its_ddp_strategy_on_two_cpu_processes(tmp_path):
     config = yaml.safe_load((tmp_path / "config.yaml").read_text())
     assert config["trainer"]["strategy"] == "ddp"
     assert not (tmp_path / "config-1.yaml").exists()  # written once, by rank 0
+
+
+def test_cli_checkpoint_reloads_from_python_without_arguments(tmp_path):
+    """Under the CLI the hparams hold class_path configs, so load_from_checkpoint rebuilds everything."""
+    ckpt_dir = tmp_path / "ckpt"
+    _cmkd(
+        [
+            "fit",
+            "-c",
+            str(DIGITS / "dkd_cmkd.yaml"),
+            *SMALL_DATA,
+            *SHORT_FIT,
+            *QUIET,
+            "--trainer.logger=false",
+            "--model.init_args.teacher_checkpoint=null",
+            "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.dirpath={ckpt_dir}",
+            "--trainer.callbacks.filename=last",
+        ],
+        tmp_path,
+    )
+    from cmkd_lightning import DistillationModule
+    from cmkd_lightning.losses import CMKDLoss, DKDLoss
+
+    module = DistillationModule.load_from_checkpoint(ckpt_dir / "last.ckpt")  # safe (weights_only) load
+    assert [type(loss) for loss in module.losses] == [DKDLoss, CMKDLoss]
+    assert module.num_classes == 100 and module.teacher is not None
+    state = torch.load(ckpt_dir / "last.ckpt", weights_only=False)["state_dict"]
+    for key, value in module.student.state_dict().items():
+        assert torch.equal(value, state[f"student.{key}"]), key
