@@ -62,13 +62,13 @@ def test_quickstart_command_writes_table_files_and_chart(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "Top-1 %" in proc.stdout and "cmkd" in proc.stdout
     result = json.loads((out / "results.json").read_text())
-    assert set(result["summary"]) == {"ce", "kd", "cmkd"}
-    assert len((out / "results.csv").read_text().splitlines()) == 1 + 3
+    assert set(result["summary"]) == {"ce", "kd", "kd_ce1", "cmkd"}
+    assert len((out / "results.csv").read_text().splitlines()) == 1 + 4
     from PIL import Image
 
     with Image.open(out / "results.png") as im:
         assert im.size[0] > 600 and im.size[1] > 300
-    for method in ("kd", "cmkd"):  # the paper's figures, for the first seed's distilled runs
+    for method in ("kd", "kd_ce1", "cmkd"):  # the paper's figures, for the first seed's distilled runs
         figures = out / "figures" / method
         assert (figures / "tsne_end.png").is_file() and (figures / "training_cost.json").is_file()
         assert list(figures.glob("logit_correlation_epoch*.png"))
