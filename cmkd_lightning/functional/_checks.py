@@ -15,8 +15,11 @@ Reduction = Literal["mean", "sum", "none"]
 _REDUCTIONS = ("mean", "sum", "none")
 
 
-def check_logits(x: Tensor, name: str = "logits") -> None:
+def check_logits(x: Tensor, name: str = "logits", validate_args: bool = True) -> None:
     """Check that ``x`` is a finite floating-point ``(N, C)`` tensor with ``C >= 2``.
+
+    Type and shape checks are free (no device read) and always run; the finiteness check reads the values (a
+    host-device sync on accelerators) and runs only with ``validate_args=True``.
 
     Raises:
         TypeError: if ``x`` is not a tensor or not floating point.
@@ -34,15 +37,15 @@ def check_logits(x: Tensor, name: str = "logits") -> None:
         raise ValueError(f"Expected `{name}` to hold at least one sample, but got shape {tuple(x.shape)}.")
     if x.shape[1] < 2:
         raise ValueError(f"Expected `{name}` to have at least 2 classes (C >= 2), but got C = {x.shape[1]}.")
-    if not torch.isfinite(x).all():
+    if validate_args and not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
         raise ValueError(f"Expected `{name}` to be finite, but got {bad} NaN/Inf entries.")
 
 
-def check_pair(student_logits: Tensor, teacher_logits: Tensor) -> None:
+def check_pair(student_logits: Tensor, teacher_logits: Tensor, validate_args: bool = True) -> None:
     """Check both logit tensors (see :func:`check_logits`) and that their shapes agree."""
-    check_logits(student_logits, "student_logits")
-    check_logits(teacher_logits, "teacher_logits")
+    check_logits(student_logits, "student_logits", validate_args)
+    check_logits(teacher_logits, "teacher_logits", validate_args)
     if student_logits.shape != teacher_logits.shape:
         raise ValueError(
             "Expected `student_logits` and `teacher_logits` to have the same shape, but got "
@@ -50,8 +53,12 @@ def check_pair(student_logits: Tensor, teacher_logits: Tensor) -> None:
         )
 
 
-def check_targets(targets: Tensor | None, logits: Tensor, name: str = "targets") -> Tensor:
+def check_targets(
+    targets: Tensor | None, logits: Tensor, name: str = "targets", validate_args: bool = True
+) -> Tensor:
     """Check class-index targets of shape ``(N,)`` with values in ``[0, C)`` and return them.
+
+    The range check reads the values (a host-device sync) and runs only with ``validate_args=True``.
 
     Raises:
         ValueError: if ``targets`` is None, has the wrong shape, or holds out-of-range classes.
@@ -68,7 +75,7 @@ def check_targets(targets: Tensor | None, logits: Tensor, name: str = "targets")
     n, c = logits.shape
     if targets.shape != (n,):
         raise ValueError(f"Expected `{name}` to have shape ({n},), but got {tuple(targets.shape)}.")
-    if targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= c):
+    if validate_args and targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= c):
         raise ValueError(
             f"Expected `{name}` to be class indices in [0, {c}), but got values in "
             f"[{int(targets.min())}, {int(targets.max())}]."
@@ -104,6 +111,31 @@ def reduce(per_sample: Tensor, reduction: str) -> Tensor:
         return per_sample
     check_reduction(reduction)
     raise AssertionError("unreachable")  # pragma: no cover
+
+
+def check_result(loss: Tensor, name: str, *logits: Tensor) -> Tensor:
+    """Raise a clear ``ValueError`` when a loss computed from finite logits is NaN/Inf; return it otherwise.
+
+    Only reached with ``validate_args=True`` (it reads the values). Finite logits can still overflow float32 inside
+    a loss whose true value exceeds the float range (e.g. a KL divergence between logits of +-3e38).
+    """
+    if bool(torch.isfinite(loss).all()):
+        return loss
+    largest = max(float(x.detach().abs().max()) for x in logits) if logits else float("nan")
+    raise ValueError(
+        f"Expected `{name}` to be finite for finite logits, but it overflowed to NaN/Inf: the logits reach "
+        f"|z| = {largest:.3g}, so the true loss exceeds the range of {loss.dtype}. Logits this large come from a "
+        "diverged network; lower the learning rate or pass float64 logits."
+    )
+
+
+def log_softmax_safe(x: Tensor, dim: int = -1) -> Tensor:
+    """``log_softmax`` whose ``-inf`` entries (a row spanning more than the float range) become ``-finfo.max``.
+
+    Every finite value is unchanged. Only a probability that underflows to exactly 0 is affected, where
+    ``p * (log q - log p)`` terms then read ``0 * finite = 0`` instead of ``0 * (-inf + inf) = NaN``.
+    """
+    return torch.log_softmax(x, dim=dim).clamp_min(torch.finfo(x.dtype).min)
 
 
 def upcast(x: Tensor) -> Tensor:

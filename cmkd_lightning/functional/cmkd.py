@@ -15,6 +15,7 @@ from cmkd_lightning.functional._checks import (
     check_pair,
     check_positive,
     check_reduction,
+    check_result,
     reduce,
     upcast,
 )
@@ -110,6 +111,7 @@ def cmkd_terms(
     teacher: TeacherStats | None = None,
     eps: float = 1e-7,
     rank_backend: Literal["auto", "torch", "torchsort"] = "auto",
+    validate_args: bool = True,
 ) -> CMKDTerms:
     """Per-sample CMKD terms; :func:`cmkd_loss` documents every argument.
 
@@ -118,16 +120,17 @@ def cmkd_terms(
         teacher: precomputed :func:`teacher_stats` with the same ``temperature``/``zscore``/``eps`` (saves work
             when several consumers share one teacher forward).
     """
-    check_pair(student_logits, teacher_logits)
-    check_positive(temperature, "temperature")
-    check_non_negative(beta, "beta")
-    check_non_negative(gamma, "gamma")
-    check_positive(eps, "eps")
+    check_pair(student_logits, teacher_logits, validate_args)
     num_classes = student_logits.shape[-1]
     if regularization_strength is None:
         regularization_strength = default_regularization_strength(num_classes)
-    check_positive(regularization_strength, "regularization_strength")
-    if spearman and not zscore:
+    if validate_args:
+        check_positive(temperature, "temperature")
+        check_non_negative(beta, "beta")
+        check_non_negative(gamma, "gamma")
+        check_positive(eps, "eps")
+        check_positive(regularization_strength, "regularization_strength")
+    if validate_args and spearman and not zscore:
         warnings.warn(
             "CMKD's Spearman term is used on un-normalised logits (`zscore=False`): the soft rank then rewards "
             "inflating the student's logits, which made training collapse in our pilots, and "
@@ -144,7 +147,8 @@ def cmkd_terms(
     ps = F.softmax(zs / temperature, dim=-1)
     pearson = 1.0 - _pearson_corr(ps, teacher.probs.to(ps.dtype))
     if spearman:
-        soft = soft_rank(zs, regularization_strength, backend=rank_backend)
+        # the only host-device syncs of CMKD: the pooling rounds of the torch backend (docs/DEVICE.md)
+        soft = soft_rank(zs, regularization_strength, backend=rank_backend, validate_args=False)
         spearman_loss = 1.0 - _pearson_corr(soft, teacher.ranks.to(soft.dtype))
     else:
         spearman_loss = torch.zeros_like(pearson)
@@ -180,6 +184,7 @@ def cmkd_loss(
     eps: float = 1e-7,
     rank_backend: Literal["auto", "torch", "torchsort"] = "auto",
     reduction: Reduction = "mean",
+    validate_args: bool = True,
 ) -> Tensor:
     r"""Correlation Matching Knowledge Distillation loss (the distillation part of Eq. 16).
 
@@ -241,9 +246,14 @@ def cmkd_loss(
         eps: added to the standard deviation of the z-score.
         rank_backend: soft-rank backend, ``"auto"``, ``"torch"`` or ``"torchsort"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample ``(N,)``).
+        validate_args: check the values (finite logits and result; host-device syncs) and the scalar arguments.
+            Shape and dtype checks always run. Training modules pass ``False`` after validating once.
 
     Returns:
         Scalar, or ``(N,)`` for ``reduction="none"``; float32 for half-precision inputs.
+
+    Raises:
+        ValueError: with ``validate_args``, for NaN/Inf logits, bad scalar arguments or a non-finite result.
 
     Example:
         >>> z = torch.tensor([[0.5, 2.0, -1.0, 0.0], [3.0, 0.1, 0.2, 0.3]])
@@ -266,8 +276,10 @@ def cmkd_loss(
         temperature_squared=temperature_squared,
         eps=eps,
         rank_backend=rank_backend,
+        validate_args=validate_args,
     )
-    return reduce(terms.loss, reduction)
+    loss = reduce(terms.loss, reduction)
+    return check_result(loss, "cmkd_loss", student_logits, teacher_logits) if validate_args else loss
 
 
 __all__ = ["CMKDTerms", "TeacherStats", "cmkd_loss", "cmkd_terms", "default_regularization_strength", "teacher_stats"]

@@ -35,6 +35,7 @@ _MIN_ROUND_WORK = 1 << 15
 _SMALL_WORK = 1 << 15
 
 _affine_warned = False
+_torchsort_affine_checked = False
 _torchsort: ModuleType | None = None
 _torchsort_missing = False
 _torchsort_cuda: bool | None = None
@@ -42,14 +43,16 @@ _torchsort_cuda: bool | None = None
 
 def reset_affine_warning() -> None:
     """Re-arm the once-per-process affine-regime warning of :func:`soft_rank` (for tests)."""
-    global _affine_warned
+    global _affine_warned, _torchsort_affine_checked
     _affine_warned = False
+    _torchsort_affine_checked = False
 
 
 def soft_rank(
     values: Tensor,
     regularization_strength: float = 1.0,
     backend: SoftRankBackend = "auto",
+    validate_args: bool = True,
 ) -> Tensor:
     r"""Ascending soft ranks of every row: ``1`` for the smallest value, ``n`` for the largest.
 
@@ -97,14 +100,18 @@ def soft_rank(
         backend: ``"torch"`` (pure PyTorch, any device), ``"torchsort"`` (compiled kernel; ``pip install
             --no-build-isolation torchsort``) or ``"auto"``: torchsort when it is importable and has a kernel
             for the device of ``values``, else torch.
+        validate_args: check that ``values`` is finite (reads the values: one host-device sync) and the
+            scalar arguments. Type and shape checks always run. Host-device syncs of the ``"torch"`` backend
+            itself: ``2 + R`` per call (``3 + R`` when some row could be a single block), ``R`` the number of
+            pooling rounds (see ``docs/DEVICE.md``).
 
     Returns:
         ``(N, n)`` tensor of soft ranks in the dtype of ``values``, differentiable with respect to ``values``.
 
     Raises:
         TypeError: if ``values`` is not a floating-point tensor.
-        ValueError: if ``values`` is not 2-D, ``regularization_strength`` is not a finite number > 0, or
-            ``backend`` is unknown.
+        ValueError: if ``values`` is not 2-D, holds NaN/Inf (with ``validate_args``), ``regularization_strength``
+            is not a finite number > 0, or ``backend`` is unknown.
         ImportError: if ``backend="torchsort"`` and torchsort is not installed.
 
     Warns:
@@ -118,8 +125,15 @@ def soft_rank(
         >>> soft_rank(x, regularization_strength=0.5, backend="torch")
         tensor([[2.4000, 1.0000, 4.0000, 2.6000]])
     """
+    global _torchsort_affine_checked
     _check_values(values)
-    check_positive(regularization_strength, "regularization_strength")
+    if validate_args:
+        check_positive(regularization_strength, "regularization_strength")
+        if values.numel() and not bool(torch.isfinite(values).all()):
+            bad = int((~torch.isfinite(values)).sum())
+            raise ValueError(
+                f"Expected `values` to be finite, but got {bad} NaN/Inf entries (soft ranks of NaN are undefined)."
+            )
     if backend not in _BACKENDS:
         raise ValueError(f"Expected `backend` to be one of {_BACKENDS}, but got {backend!r}.")
     eps = float(regularization_strength)
@@ -132,13 +146,16 @@ def soft_rank(
     compute = values.float() if values.dtype in _HALF_TYPES else values
     if ts is not None:
         ranks = ts.soft_rank(compute, regularization="l2", regularization_strength=eps)
-        if not _affine_warned:
+        # the check reads the values: every call with validate_args, otherwise only the first call of the process
+        if not _affine_warned and (validate_args or not _torchsort_affine_checked):
+            _torchsort_affine_checked = True
             with torch.no_grad():
                 _maybe_warn_affine(_output_is_affine(ranks.detach(), compute.detach() / eps), values.shape[1])
     else:
-        ranks, affine = _soft_rank_torch(compute, eps)
-        if not _affine_warned:
-            _maybe_warn_affine(affine, values.shape[1])
+        info: dict[str, bool] = {}
+        ranks, _ = _SoftRankL2.apply(compute, eps, info)
+        if not _affine_warned and info["all_affine"]:  # known on the host already: no extra sync
+            _maybe_warn_affine(None, values.shape[1])
     return ranks.to(values.dtype)
 
 
@@ -188,7 +205,8 @@ class _SoftRankL2(torch.autograd.Function):
     """Soft rank with a hand-written backward: Jacobian ``(I - B) / eps``, ``B`` averaging per block."""
 
     @staticmethod
-    def forward(ctx, values: Tensor, eps: float) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+    def forward(ctx, values: Tensor, eps: float, info: dict | None = None) -> tuple[Tensor, Tensor]:  # type: ignore[override]
+        values = values.contiguous()  # sort keeps the input's strides; the flat views below need rows in order
         n_rows, n = values.shape
         scale = 1.0 / eps
         theta = values * scale
@@ -197,6 +215,8 @@ class _SoftRankL2(torch.autograd.Function):
         starts, affine = _isotonic_block_starts(y)
         ctx.scale = scale
         ctx.mark_non_differentiable(affine)
+        if info is not None:
+            info["all_affine"] = starts is None
         if starts is None:  # every row is one block: r = theta - mean(theta) + (n + 1) / 2
             ctx.block = None
             return theta - (theta.mean(1, keepdim=True) - (n + 1) / 2), affine
@@ -204,23 +224,23 @@ class _SoftRankL2(torch.autograd.Function):
         block = starts.reshape(-1).cumsum(0).sub_(1)
         sizes = torch.zeros(y.numel(), dtype=y.dtype, device=y.device)
         sizes.index_add_(0, block, torch.ones(1, dtype=y.dtype, device=y.device).expand(y.numel()))
-        means = torch.zeros_like(sizes).index_add_(0, block, y.view(-1)).div_(sizes)
+        means = torch.zeros_like(sizes).index_add_(0, block, y.reshape(-1)).div_(sizes)
         # block ids in the input order: neither the output nor the backward needs the permutation again
         block = torch.empty_like(perm).scatter_(1, perm, block.view(n_rows, n)).view(-1)
         ctx.block, ctx.sizes = block, sizes
         return theta - means.index_select(0, block).view(n_rows, n), affine
 
     @staticmethod
-    def backward(ctx, grad: Tensor, _: Tensor | None) -> tuple[Tensor, None]:  # type: ignore[override]
+    def backward(ctx, grad: Tensor, _: Tensor | None) -> tuple[Tensor, None, None]:  # type: ignore[override]
         if ctx.block is None:
-            return (grad - grad.mean(1, keepdim=True)) * ctx.scale, None
+            return (grad - grad.mean(1, keepdim=True)) * ctx.scale, None, None
         block_mean = torch.zeros_like(ctx.sizes).index_add_(0, ctx.block, grad.reshape(-1)).div_(ctx.sizes)
-        return (grad - block_mean.index_select(0, ctx.block).view_as(grad)) * ctx.scale, None
+        return (grad - block_mean.index_select(0, ctx.block).reshape(grad.shape)) * ctx.scale, None, None
 
 
 def _soft_rank_torch(values: Tensor, eps: float) -> tuple[Tensor, Tensor]:
     """Soft ranks (differentiable) and the ``(N,)`` affine-regime flags (one block per row)."""
-    return _SoftRankL2.apply(values, eps)
+    return _SoftRankL2.apply(values, eps, None)
 
 
 def _isotonic_block_starts(y: Tensor) -> tuple[Tensor | None, Tensor]:
@@ -432,9 +452,10 @@ def _output_is_affine(ranks: Tensor, theta: Tensor) -> Tensor:
     return (diff.amax(1) - diff.amin(1)) <= tol
 
 
-def _maybe_warn_affine(affine: Tensor, n: int) -> None:
+def _maybe_warn_affine(affine: Tensor | None, n: int) -> None:
+    """Warn once when every row is affine; ``affine=None`` means the caller knows they all are."""
     global _affine_warned
-    if _affine_warned or not bool(affine.all()):
+    if _affine_warned or (affine is not None and not bool(affine.all())):
         return
     _affine_warned = True
     warnings.warn(

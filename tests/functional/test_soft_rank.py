@@ -218,12 +218,35 @@ def test_empty_and_single_column_inputs():
     torch.testing.assert_close(soft_rank(torch.randn(3, 1), 0.1, backend="torch"), torch.ones(3, 1))
 
 
-def test_nan_row_does_not_hang_or_leak_into_other_rows():
+def test_nan_input_is_a_clear_error():
     x = torch.randn(3, 20, dtype=torch.float64)
     x[0, 4] = float("nan")
-    ranks = soft_rank(x, 0.1, backend="torch")
+    x[2, 0] = float("inf")
+    with pytest.raises(ValueError, match=r"Expected `values` to be finite, but got 2 NaN/Inf entries"):
+        soft_rank(x, 0.1, backend="torch")
+
+
+def test_nan_row_without_validation_does_not_hang_or_leak_into_other_rows():
+    x = torch.randn(3, 20, dtype=torch.float64)
+    x[0, 4] = float("nan")
+    ranks = soft_rank(x, 0.1, backend="torch", validate_args=False)
     assert torch.isnan(ranks[0]).any()
     torch.testing.assert_close(ranks[1:], soft_rank(x[1:], 0.1, backend="torch"))
+
+
+@pytest.mark.parametrize("backend", ["torch", "torchsort"])
+def test_non_contiguous_input_equals_contiguous(backend):
+    base = torch.randn(30, 8, dtype=torch.float64)
+    x = base.t()  # (8, 30), non-contiguous
+    assert not x.is_contiguous()
+    x.requires_grad_(True)
+    ref = x.detach().contiguous().requires_grad_(True)
+    out, out_ref = soft_rank(x, 0.05, backend=backend), soft_rank(ref, 0.05, backend=backend)
+    torch.testing.assert_close(out, out_ref)
+    w = torch.randn_like(out)
+    (out * w).sum().backward()
+    (out_ref * w).sum().backward()
+    torch.testing.assert_close(x.grad, ref.grad)
 
 
 @pytest.mark.parametrize(
