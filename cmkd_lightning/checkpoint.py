@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -54,20 +55,72 @@ def _strip_wrappers(state_dict: dict[str, Any]) -> dict[str, Any]:
     return state_dict
 
 
+_CODE_MODULES = frozenset(
+    {
+        "os",
+        "posix",
+        "nt",
+        "sys",
+        "subprocess",
+        "shutil",
+        "builtins",
+        "__builtin__",
+        "importlib",
+        "runpy",
+        "code",
+        "pty",
+        "socket",
+        "ctypes",
+        "pickle",
+        "marshal",
+        "types",
+        "functools",
+        "operator",
+        "webbrowser",
+        "torch._C",
+    }
+)
+_UNREADABLE = (EOFError, RuntimeError, KeyError, ValueError, UnicodeDecodeError, OSError, IndexError)
+
+
+def _unreadable(path: Path, err: BaseException, detail: str | None = None) -> ValueError:
+    """The error for a file that is not a readable checkpoint (empty, truncated or not a checkpoint at all)."""
+    size = path.stat().st_size if path.exists() else 0
+    what = "is empty (0 bytes)" if size == 0 else f"is damaged or not a PyTorch checkpoint ({size} bytes)"
+    if detail is None:
+        detail = " ".join(str(err).split()).split(". This is an internal miniz error")[0]
+    reason = f"{type(err).__name__}: {detail}" if detail else type(err).__name__
+    return ValueError(
+        f"Could not read the checkpoint '{path}': the file {what}; torch.load said {reason}. "
+        "It was probably cut off while being written or copied, or is another kind of file: write or download "
+        "it again."
+    )
+
+
 def _read(path: Path, weights_only: bool) -> Any:
     try:
         return torch.load(path, map_location="cpu", weights_only=weights_only)
     except pickle.UnpicklingError as err:
-        message = str(err)
-        if not weights_only or "WeightsUnpickler error:" not in message:
-            raise
-        paragraphs = message.split("WeightsUnpickler error:", 1)[1].split("\n\n")
-        reason = next((" ".join(p.split()) for p in paragraphs if p.strip()), "").rstrip(".")
+        message = " ".join(str(err).split())
+        found = re.search(r"GLOBAL ([\w.]+)", message)
+        if not weights_only or found is None:  # an opcode or structure no checkpoint holds: a damaged file
+            detail = message.split("WeightsUnpickler error:", 1)[1] if "WeightsUnpickler error:" in message else ""
+            detail = detail.split(" Check the documentation")[0].strip().rstrip(".")
+            raise _unreadable(path, err, detail or "not a pickle the safe loader can read") from err
+        name = found.group(1)
+        module = name.rsplit(".", 1)[0]
+        if module in _CODE_MODULES or module.split(".")[0] in _CODE_MODULES:
+            raise pickle.UnpicklingError(
+                f"Refused to load '{path}': it refers to `{name}`, which can run code when the file is loaded. "
+                "A checkpoint of weights never needs it; do not load this file."
+            ) from err
         raise pickle.UnpicklingError(
-            f"Could not load '{path}' with the safe loader (weights_only=True): {reason or 'unreadable pickle'}. "
-            "If the file is a checkpoint from a source you trust, pass `weights_only=False` (that can run "
-            "arbitrary code stored in the file)."
+            f"Could not load '{path}' with the safe loader (weights_only=True): it stores a `{name}` object, which "
+            "is not a tensor or plain container. If the file is a checkpoint from a source you trust, pass "
+            "`weights_only=False` (that can run arbitrary code stored in the file)."
         ) from err
+    except _UNREADABLE as err:
+        raise _unreadable(path, err) from err
 
 
 def _find_state_dict(obj: Any, path: Path) -> dict[str, Any]:
@@ -112,7 +165,9 @@ def load_state_dict_file(
 
     Raises:
         FileNotFoundError: if ``path`` does not exist.
-        pickle.UnpicklingError: if the safe loader refuses the file (the message suggests ``weights_only=False``).
+        ValueError: if the file is empty, truncated or not a PyTorch checkpoint.
+        pickle.UnpicklingError: if the safe loader refuses an object stored in the file (the message suggests
+            ``weights_only=False`` only for plain data objects, never for a reference to code such as ``os.system``).
         ValueError: if ``part`` is invalid, the file is ambiguous, or the requested part is absent.
         TypeError: if the file does not hold a dict of tensors.
 

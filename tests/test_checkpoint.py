@@ -1,4 +1,5 @@
 import argparse
+import os
 import pickle
 import re
 
@@ -211,6 +212,53 @@ def test_untrusted_pickle_needs_weights_only_false(tmp_path):
         load_weights(create_model("resnet8"), path)
     loaded = load_weights(create_model("resnet8"), path, weights_only=False)
     assert torch.equal(_logits(loaded), _logits(model))
+
+
+class _RunsCode:
+    """Unpickling this object would create a file: the kind of payload a crafted checkpoint carries."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+@pytest.mark.parametrize(
+    ("damage", "message"),
+    [
+        ("empty", "the file is empty (0 bytes); torch.load said EOFError."),
+        ("truncated", "is damaged or not a PyTorch checkpoint"),
+        ("text", "is damaged or not a PyTorch checkpoint (29 bytes)"),
+        ("legacy_pickle", "Unsupported operand"),
+    ],
+)
+def test_damaged_files_get_a_plain_error_never_the_weights_only_advice(tmp_path, damage, message):
+    path = tmp_path / "teacher.ckpt"
+    torch.save({"state_dict": {"student.fc.weight": torch.ones(2, 3)}}, path)
+    whole = path.read_bytes()
+    path.write_bytes(
+        {
+            "empty": b"",
+            "truncated": whole[: len(whole) // 2],
+            "text": b"epoch: 240, not a checkpoint\n",
+            "legacy_pickle": pickle.dumps({"model": [1, 2]}),
+        }[damage]
+    )
+    with pytest.raises(ValueError, match=re.escape(message)) as info:
+        load_state_dict_file(path)
+    assert f"Could not read the checkpoint '{path}'" in str(info.value)
+    assert "weights_only" not in str(info.value)
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_without_advice(tmp_path):
+    target = tmp_path / "created_by_the_checkpoint"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {"fc.weight": torch.ones(1)}, "payload": _RunsCode(target)}, path)
+    with pytest.raises(pickle.UnpicklingError, match=r"refers to `posix\.system`, which can run code") as info:
+        load_state_dict_file(path)
+    assert "weights_only=False" not in str(info.value)
+    assert not target.exists()
 
 
 @pytest.mark.parametrize(
