@@ -5,12 +5,14 @@
 - :class:`EmbeddingProjection`: t-SNE of the student's penultimate features (Fig. 10).
 - :class:`CorruptionRobustness`: CIFAR-100-C accuracy and drop from clean (Table V).
 - :class:`TrainingCost`: time per epoch, throughput, peak memory, parameter counts (Fig. 7).
+- :class:`RunSummary`: what a run produced, printed when fit / validate / test ends (``cmkd`` adds it).
 """
 
 from cmkd_lightning.callbacks.correlation_monitor import CorrelationMonitor, correlation_sums
 from cmkd_lightning.callbacks.corruption_robustness import CorruptionRobustness
 from cmkd_lightning.callbacks.embedding_projection import EmbeddingProjection
 from cmkd_lightning.callbacks.logit_heatmap import LogitCorrelationHeatmap, class_correlation, correlation_gap
+from cmkd_lightning.callbacks.run_summary import RunSummary
 from cmkd_lightning.callbacks.training_cost import TrainingCost
 
 __all__ = [
@@ -18,6 +20,7 @@ __all__ = [
     "CorruptionRobustness",
     "EmbeddingProjection",
     "LogitCorrelationHeatmap",
+    "RunSummary",
     "TrainingCost",
     "class_correlation",
     "correlation_gap",
