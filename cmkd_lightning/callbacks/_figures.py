@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from lightning.pytorch import Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from matplotlib.figure import Figure
 from PIL import Image
@@ -21,6 +21,47 @@ def run_directory(trainer: Trainer, dirpath: Path | None, subfolder: str = "") -
         return dirpath
     log_dir = trainer.log_dir
     return Path(log_dir if log_dir is not None else trainer.default_root_dir) / subfolder
+
+
+def _number(value: float) -> str:
+    return f"{value:g}"
+
+
+def describe_method(pl_module: LightningModule) -> str:
+    """A one-line name of the training method for figure titles, e.g. ``"digits_student: CE 1 + CMKD 1 (T=4)"``.
+
+    For a module with ``student``, ``losses``, ``loss_weights`` and ``ce_weight`` (as
+    :class:`~cmkd_lightning.DistillationModule`): the student's class or zoo name, then the weighted terms; a
+    loss's ``temperature`` is shown when it has one. Other modules: their class name.
+
+    Example:
+        >>> from cmkd_lightning import DistillationModule
+        >>> from cmkd_lightning.losses import KDLoss
+        >>> m = DistillationModule("digits_student", teacher="digits_teacher", losses=[KDLoss()], num_classes=100)
+        >>> describe_method(m)
+        'digits_student (DigitsCNN): CE 1 + KD 1 (T=4)'
+    """
+    losses = getattr(pl_module, "losses", None)
+    student = getattr(pl_module, "student", None)
+    if losses is None or student is None:
+        return type(pl_module).__name__
+    hparams = getattr(pl_module, "hparams", {})
+    name = hparams.get("student") if isinstance(hparams.get("student"), str) else None
+    network = type(student).__name__
+    who = f"{name} ({network})" if name else network
+    terms = []
+    ce_weight = float(getattr(pl_module, "ce_weight", 1.0))
+    if ce_weight:
+        terms.append(f"CE {_number(ce_weight)}")
+    weights = list(getattr(pl_module, "loss_weights", None) or [1.0] * len(losses))
+    for loss, weight in zip(losses, weights):
+        label = type(loss).__name__.removesuffix("Loss") or type(loss).__name__
+        temperature = getattr(loss, "temperature", None)
+        suffix = f" (T={_number(float(temperature))})" if isinstance(temperature, (int, float)) else ""
+        terms.append(f"{label} {_number(float(weight))}{suffix}")
+    if getattr(pl_module, "teacher", None) is None:
+        terms.append("no teacher")
+    return f"{who}: {' + '.join(terms)}"
 
 
 def save_figure(fig: Figure, path: Path, dpi: int) -> Path:

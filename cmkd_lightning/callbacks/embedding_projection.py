@@ -25,7 +25,7 @@ from cmkd_lightning.callbacks._checks import (
     check_positive_int,
     check_str,
 )
-from cmkd_lightning.callbacks._figures import log_image_file, run_directory, save_figure
+from cmkd_lightning.callbacks._figures import describe_method, log_image_file, run_directory, save_figure
 from cmkd_lightning.models import extract_features
 
 _LEGEND_MAX_CLASSES = 20
@@ -99,25 +99,36 @@ def tsne_embedding(
         return tsne.fit_transform(features.astype(np.float32))
 
 
+# 20 colours chosen to be told apart (after Sasha Trubetskoy's "20 distinct colours", white-ish ones replaced by
+# black and grey); classes 10-19 also get a triangle marker, so no two classes share colour and shape.
+_DISTINCT_COLOURS = (
+    "#e6194b", "#3cb44b", "#4363d8", "#f58231", "#911eb4", "#42d4f4", "#f032e6", "#9a6324", "#000000", "#808000",
+    "#800000", "#469990", "#ffe119", "#000075", "#bfef45", "#a9a9a9", "#fabed4", "#dcbeff", "#aaffc3", "#ffd8b1",
+)  # fmt: skip
+
+
 def draw_embedding(ax: Axes, embedding: np.ndarray, labels: np.ndarray, title: str = "") -> None:
     """Scatter a 2-D embedding on ``ax``, coloured by class.
 
-    Up to 20 classes get distinct colours (``tab10`` / ``tab20``) and a legend; more classes a continuous colour
-    map (``turbo``) and a colour bar.
+    Up to 10 classes get ``tab10`` colours, up to 20 twenty distinct colours with a circle marker for the first
+    ten classes and a triangle for the rest, both with a legend; more classes a continuous colour map (``turbo``)
+    and a colour bar.
     """
     classes = np.unique(labels)
     if len(classes) <= _LEGEND_MAX_CLASSES:
-        cmap = matplotlib.colormaps["tab10" if len(classes) <= 10 else "tab20"]
+        tab10 = matplotlib.colormaps["tab10"]
         for i, cls in enumerate(classes):
             mask = labels == cls
             ax.scatter(
                 embedding[mask, 0],
                 embedding[mask, 1],
-                s=12,
-                color=cmap(i),
+                s=12 if i < 10 else 16,
+                color=tab10(i) if len(classes) <= 10 else _DISTINCT_COLOURS[i],
+                marker="o" if i < 10 else "^",
                 label=str(cls),
                 alpha=0.85,
-                linewidths=0,
+                edgecolors="0.25",
+                linewidths=0.2,
             )
         ax.legend(
             title="class",
@@ -246,13 +257,15 @@ class EmbeddingProjection(Callback):
             return
         if (trainer.current_epoch + 1) % n == 0:
             epoch = trainer.current_epoch
-            self._project(trainer, pl_module, f"tsne_epoch{epoch:03d}.png", f"after epoch {epoch}")
+            when = f"after epoch {epoch + 1} of {trainer.max_epochs}"
+            self._project(trainer, pl_module, f"tsne_epoch{epoch:03d}.png", when)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self.at_train_end:
-            epochs = trainer.current_epoch
-            self._project(trainer, pl_module, "tsne_end.png", f"end of training ({epochs} epochs)")
+            epochs = trainer.current_epoch  # after fit: the number of epochs trained
+            when = f"after epoch {epochs} of {trainer.max_epochs} (end)"
+            self._project(trainer, pl_module, "tsne_end.png", when)
 
     # ------------------------------------------------------------------ work
     def _find_dataset(self, trainer: Trainer) -> Dataset | None:
@@ -317,6 +330,7 @@ class EmbeddingProjection(Callback):
         )
         num_classes = len(np.unique(labels))
         title = (
+            f"{describe_method(pl_module)}\n"
             f"t-SNE of the student's penultimate features, {when}\n"
             f"{len(labels)} validation samples, {num_classes} classes"
         )

@@ -24,7 +24,7 @@ from cmkd_lightning.callbacks._checks import (
     check_positive_int,
     check_str,
 )
-from cmkd_lightning.callbacks._figures import log_image_file, run_directory, save_figure
+from cmkd_lightning.callbacks._figures import describe_method, log_image_file, run_directory, save_figure
 
 
 def class_correlation(class_means: Tensor) -> Tensor:
@@ -324,8 +324,14 @@ class LogitCorrelationHeatmap(Callback):
         )  # a collective under DDP: every process calls it
         if not trainer.is_global_zero:
             return
+        when = (
+            f"after epoch {trainer.current_epoch + 1} of {trainer.max_epochs}"
+            if trainer.state.fn == TrainerFn.FITTING
+            else f"validation after {trainer.current_epoch} epoch(s)"
+        )
         title = (
-            f"Teacher vs student: class correlation of mean logits, epoch {trainer.current_epoch}\n"
+            f"{describe_method(pl_module)}\n"
+            f"Teacher vs student: class correlation of mean logits, {when}\n"
             f"mean off-diagonal |difference| = {mean_abs_diff:.3f} ({int(count.sum())} validation samples)"
         )
         fig = plot_correlation_gap(
