@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import warnings
 from collections.abc import Sequence
@@ -22,6 +23,18 @@ _OPTIMIZERS = ("sgd", "adamw")
 # The frozen teacher is in eval mode on purpose; Lightning's generic notice about it is noise here.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 _SCHEDULES = ("multistep", "cosine", "none")
+
+
+def _accuracy(num_classes: int, top_k: int) -> MulticlassAccuracy:
+    # validate_args=False: torchmetrics' input checks read the targets' values (host-device syncs every step)
+    return MulticlassAccuracy(num_classes, top_k=top_k, average="micro", validate_args=False)
+
+
+def _no_autocast(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device_type``; nothing for devices without autocast (e.g. ``meta``)."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
 
 
 def _holds_module(value: Any) -> bool:
@@ -111,8 +124,12 @@ class DistillationModule(LightningModule):
         lr_milestones: epochs at which the multistep schedule multiplies the lr by ``lr_decay``.
         lr_decay: multiplicative decay of the multistep schedule.
         save_teacher_in_checkpoint: also store the teacher's weights in checkpoints.
-        check_finite: stop with an error naming the component and step when a loss is NaN/Inf (one host sync
-            per step).
+        check_finite: the module's one runtime guard: stop with an error naming the stage, step and component
+            when the student's logits or a loss term are NaN/Inf, in training (before the optimiser step),
+            validation and test. ``True`` checks every step, an integer ``n >= 1`` every ``n``-th step (training:
+            global step; validation/test: batch index), ``False`` or ``0`` never. Cost: one host-device sync per
+            checked step (it reads one flag); nothing else in the module's step reads device values
+            (``docs/DEVICE.md``).
         channels_last: convert both networks to channels-last memory format.
         compile: ``torch.compile`` the student and teacher (in place, so state_dict keys do not change); the
             losses stay eager.
@@ -139,7 +156,7 @@ class DistillationModule(LightningModule):
         lr_milestones: Sequence[int] = (150, 180, 210),
         lr_decay: float = 0.1,
         save_teacher_in_checkpoint: bool = False,
-        check_finite: bool = True,
+        check_finite: bool | int = True,
         channels_last: bool = False,
         compile: bool = False,
         teacher_chance_factor: float = 2.0,
@@ -182,6 +199,12 @@ class DistillationModule(LightningModule):
             raise ValueError(f"Expected `lr_schedule` to be one of {_SCHEDULES}, but got {lr_schedule!r}.")
         if not lr > 0:
             raise ValueError(f"Expected `lr` to be a number > 0, but got {lr!r}.")
+        if not isinstance(check_finite, (bool, int)) or check_finite < 0:
+            raise ValueError(
+                f"Expected `check_finite` to be a bool or an integer >= 0 (check every n-th step), but got "
+                f"{check_finite!r}."
+            )
+        self._check_every = int(check_finite)  # True -> every step, False -> never
         if losses and teacher is None:
             raise ValueError(
                 f"Expected a `teacher` when distillation `losses` are given, but got teacher=None and "
@@ -231,10 +254,10 @@ class DistillationModule(LightningModule):
 
         top5 = min(5, num_classes)
         for split in ("train", "val", "test"):
-            setattr(self, f"{split}_top1", MulticlassAccuracy(num_classes, top_k=1, average="micro"))
-            setattr(self, f"{split}_top5", MulticlassAccuracy(num_classes, top_k=top5, average="micro"))
-        self.teacher_top1 = MulticlassAccuracy(num_classes, top_k=1, average="micro")
-        self.teacher_top5 = MulticlassAccuracy(num_classes, top_k=top5, average="micro")
+            setattr(self, f"{split}_top1", _accuracy(num_classes, 1))
+            setattr(self, f"{split}_top5", _accuracy(num_classes, top5))
+        self.teacher_top1 = _accuracy(num_classes, 1)
+        self.teacher_top5 = _accuracy(num_classes, top5)
         self.best_val_top1 = 0.0
         self._teacher_checked = False
         self._epoch_sums: dict[str, dict[str, Tensor]] = {}
@@ -304,7 +327,7 @@ class DistillationModule(LightningModule):
             ``{"loss": total, "ce": ..., "<name>/loss": weighted loss, "<name>/<component>": ...}``.
         """
         out: dict[str, Tensor] = {}
-        with torch.autocast(device_type=student_logits.device.type, enabled=False):
+        with _no_autocast(student_logits.device.type):
             zs = student_logits.float()
             ce = F.cross_entropy(zs, targets)
             total = self.ce_weight * ce
@@ -320,41 +343,61 @@ class DistillationModule(LightningModule):
                     for key, value in terms.items():
                         if key != "loss":
                             out[f"{name}/{key}"] = value
-                    if factor < 1.0:
-                        out[f"{name}/warmup"] = torch.tensor(factor)
+                    if factor < 1.0:  # made on the device by a fill kernel: no host tensor, no copy
+                        out[f"{name}/warmup"] = zs.new_full((), factor)
         out["loss"] = total
         return out
 
-    def _raise_if_not_finite(self, terms: dict[str, Tensor], stage: str) -> None:
-        values = torch.stack([t.detach().float().reshape(()) for t in terms.values()])
-        if bool(torch.isfinite(values).all()):
+    def _check_due(self, stage: str, batch_idx: int) -> bool:
+        """Whether the ``check_finite`` guard runs on this step (host-side arithmetic only)."""
+        if self._check_every == 0:
+            return False
+        step = self.global_step if stage == "train" else batch_idx
+        return step % self._check_every == 0
+
+    def _where(self, stage: str, batch_idx: int) -> str:
+        if stage == "train":
+            return f"train global step {self.global_step} (epoch {self.current_epoch})"
+        return f"{stage} batch {batch_idx} (global step {self.global_step}, epoch {self.current_epoch})"
+
+    def _raise_if_not_finite(
+        self, terms: dict[str, Tensor], stage: str, student_logits: Tensor | None = None, batch_idx: int = 0
+    ) -> None:
+        """The ``check_finite`` guard: one host-device sync (a single flag) when everything is finite."""
+        flags = [torch.isfinite(t.detach()).all() for t in terms.values()]
+        if student_logits is not None:
+            flags.append(torch.isfinite(student_logits.detach()).all())
+        if bool(torch.stack(flags).all()):
             return
+        after = (
+            "Training stopped before the optimiser step, so the weights and the last saved checkpoint are intact."
+            if stage == "train"
+            else f"The weights reached {stage} non-finite or produce non-finite outputs on this batch."
+        )
+        if student_logits is not None and not bool(torch.isfinite(student_logits.detach()).all()):
+            raise FloatingPointError(
+                f"Non-finite student logits at {self._where(stage, batch_idx)}: the student's forward pass "
+                f"produced NaN/Inf before any loss. {after} Lower the learning rate or check the data."
+            )
         bad = [k for k, v in terms.items() if not bool(torch.isfinite(v.detach()).all())]
         raise FloatingPointError(
-            f"Non-finite loss at {stage} global step {self.global_step} (epoch {self.current_epoch}): "
-            f"{', '.join(f'{stage}/{k}' for k in bad)} is NaN/Inf. Training stopped before the optimiser step, "
-            "so the weights and the last saved checkpoint are intact. Lower the learning rate, check the data "
-            "or the teacher checkpoint."
+            f"Non-finite loss at {self._where(stage, batch_idx)}: "
+            f"{', '.join(f'{stage}/{k}' for k in bad)} is NaN/Inf. {after} Lower the learning rate, check the "
+            "data or the teacher checkpoint."
         )
 
     # ------------------------------------------------------------------ steps
-    def _shared_step(self, batch: Any, stage: str) -> dict[str, Tensor]:
+    def _shared_step(self, batch: Any, stage: str, batch_idx: int = 0) -> dict[str, Tensor]:
         x, y = batch[0], batch[1]
         student_logits = self.student(x)
         self._check_logits(student_logits, "student", y)
-        if self.hparams.check_finite and stage == "train" and not bool(torch.isfinite(student_logits).all()):
-            raise FloatingPointError(
-                f"Non-finite student logits at train global step {self.global_step} (epoch {self.current_epoch}): "
-                "the student's forward pass produced NaN/Inf before any loss. Training stopped before the "
-                "optimiser step, so the last saved checkpoint is intact. Lower the learning rate or check the data."
-            )
         teacher_logits = None
         if self.teacher is not None:
             teacher_logits = self.teacher_forward(x)
             self._check_logits(teacher_logits, "teacher", y)
         terms = self.compute_losses(student_logits, teacher_logits, y)
-        if self.hparams.check_finite and stage == "train":
-            self._raise_if_not_finite(terms, stage)
+        if self._check_due(stage, batch_idx):
+            self._raise_if_not_finite(terms, stage, student_logits, batch_idx)
         top1, top5 = getattr(self, f"{stage}_top1"), getattr(self, f"{stage}_top5")
         top1.update(student_logits.detach(), y)
         top5.update(student_logits.detach(), y)
@@ -380,11 +423,12 @@ class DistillationModule(LightningModule):
         logged: dict[str, float] = {}
         if sums:
             keys = sorted(sums)
-            totals = torch.stack([sums[k] for k in keys] + [sums[keys[0]].new_tensor(float(count))])
+            totals = torch.stack([sums[k] for k in keys] + [sums[keys[0]].new_full((), float(count))])
             if self.trainer.world_size > 1:
                 totals = self.trainer.strategy.reduce(totals, reduce_op="sum")
-            for key, total in zip(keys, totals[:-1]):
-                logged[f"{stage}/{key}"] = float(total / totals[-1])
+            means = (totals[:-1] / totals[-1]).tolist()  # one device read per epoch for every component
+            for key, mean in zip(keys, means):
+                logged[f"{stage}/{key}"] = mean
         metrics = [
             (f"{stage}/acc_top1", getattr(self, f"{stage}_top1")),
             (f"{stage}/acc_top5", getattr(self, f"{stage}_top5")),
@@ -414,7 +458,7 @@ class DistillationModule(LightningModule):
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        terms = self._shared_step(batch, "train")
+        terms = self._shared_step(batch, "train", batch_idx)
         self.log("train/loss_step", terms["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True)
         # The learning rate is only read on the steps Lightning sends to the logger (every `log_every_n_steps`).
         if self._trainer is not None and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
@@ -424,11 +468,11 @@ class DistillationModule(LightningModule):
 
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "val")
+        self._shared_step(batch, "val", batch_idx)
 
     @override
     def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "test")
+        self._shared_step(batch, "test", batch_idx)
 
     @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:

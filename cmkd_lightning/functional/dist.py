@@ -6,7 +6,7 @@ from typing import Literal
 
 from torch import Tensor
 
-from cmkd_lightning.functional._checks import check_non_negative, check_pair, check_positive, upcast
+from cmkd_lightning.functional._checks import check_non_negative, check_pair, check_positive, check_result, upcast
 from cmkd_lightning.functional.correlation import _pearson_corr
 
 
@@ -19,6 +19,7 @@ def dist_loss(
     gamma: float = 1.0,
     eps: float = 1e-8,
     reduction: Literal["mean"] = "mean",
+    validate_args: bool = True,
 ) -> Tensor:
     r"""Inter-class plus intra-class relation loss of DIST.
 
@@ -46,6 +47,8 @@ def dist_loss(
         gamma: intra-class weight.
         eps: Pearson denominator epsilon.
         reduction: only ``"mean"``.
+        validate_args: check the values (finite logits, finite result; host-device syncs) and the
+            scalar arguments. Shape and dtype checks always run. Training modules pass ``False``.
 
     Returns:
         Scalar loss (float32 for half-precision inputs).
@@ -55,24 +58,34 @@ def dist_loss(
         >>> round(float(dist_loss(z, z)), 3)
         0.0
     """
-    inter, intra = dist_terms(student_logits, teacher_logits, temperature=temperature, eps=eps)
-    check_non_negative(beta, "beta")
-    check_non_negative(gamma, "gamma")
+    inter, intra = dist_terms(
+        student_logits, teacher_logits, temperature=temperature, eps=eps, validate_args=validate_args
+    )
+    if validate_args:
+        check_non_negative(beta, "beta")
+        check_non_negative(gamma, "gamma")
     if reduction != "mean":
         raise ValueError(
             "Expected `reduction` to be 'mean' for DIST (its intra-class term is a batch statistic), "
             f"but got {reduction!r}."
         )
-    return temperature**2 * (beta * inter + gamma * intra)
+    loss = temperature**2 * (beta * inter + gamma * intra)
+    return check_result(loss, "dist_loss", student_logits, teacher_logits) if validate_args else loss
 
 
 def dist_terms(
-    student_logits: Tensor, teacher_logits: Tensor, *, temperature: float = 4.0, eps: float = 1e-8
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 4.0,
+    eps: float = 1e-8,
+    validate_args: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """The unweighted ``(L_inter, L_intra)`` of :func:`dist_loss`, without the ``tau^2`` factor."""
-    check_pair(student_logits, teacher_logits)
-    check_positive(temperature, "temperature")
-    check_positive(eps, "eps")
+    check_pair(student_logits, teacher_logits, validate_args)
+    if validate_args:
+        check_positive(temperature, "temperature")
+        check_positive(eps, "eps")
     ys = (upcast(student_logits) / temperature).softmax(dim=-1)
     yt = (upcast(teacher_logits) / temperature).softmax(dim=-1)
     inter = 1.0 - _pearson_corr(ys, yt, eps).mean()

@@ -12,12 +12,12 @@ from cmkd_lightning.functional._checks import (
     check_pair,
     check_positive,
     check_reduction,
+    check_result,
     check_targets,
+    log_softmax_safe,
     reduce,
     upcast,
 )
-
-_MASK = 1000.0
 
 
 def dkd_loss(
@@ -29,6 +29,7 @@ def dkd_loss(
     beta: float = 8.0,
     temperature: float = 4.0,
     reduction: Reduction = "mean",
+    validate_args: bool = True,
 ) -> Tensor:
     r"""Target-class (TCKD) plus non-target-class (NCKD) knowledge distillation.
 
@@ -37,8 +38,9 @@ def dkd_loss(
         \tilde p^s)
 
     where :math:`b = (p_{gt}, 1 - p_{gt})` is the binary target/rest distribution of ``softmax(z / T)`` and
-    :math:`\tilde p = \operatorname{softmax}(z / T - 1000\,\mathbb{1}_{gt})` the distribution over the non-target
-    classes (the target column masked by -1000, as in the reference code). The linear warm-up
+    :math:`\tilde p = \operatorname{softmax}(z / T - \infty\,\mathbb{1}_{gt})` the distribution over the non-target
+    classes (the reference code masks the target column by -1000, which is the same in float32 and float64 for
+    logits within 700 of each other; the exact mask also holds for logits far beyond that). The linear warm-up
     ``min(epoch / warmup, 1)`` of the reference is applied by the training module (see
     :class:`~cmkd_lightning.losses.DKDLoss`), not here. Recipes: CIFAR-100 ``alpha = 1, T = 4, beta = 8``
     (2 for res56->res20 and res110->res32, 6 for WRN and VGG pairs); ImageNet ``T = 1, beta = 0.5``
@@ -54,6 +56,8 @@ def dkd_loss(
         beta: NCKD weight.
         temperature: ``T > 0``.
         reduction: ``"mean"`` (batch mean), ``"sum"`` or ``"none"``.
+        validate_args: check the values (finite logits, targets in range, finite result; host-device syncs) and the
+            scalar arguments. Shape and dtype checks always run. Training modules pass ``False``.
 
     Returns:
         Scalar, or ``(N,)`` for ``reduction="none"``.
@@ -63,26 +67,39 @@ def dkd_loss(
         >>> float(dkd_loss(z, z, torch.tensor([2])))
         0.0
     """
-    check_non_negative(alpha, "alpha")
-    check_non_negative(beta, "beta")
+    if validate_args:
+        check_non_negative(alpha, "alpha")
+        check_non_negative(beta, "beta")
     check_reduction(reduction)
-    tckd, nckd = dkd_terms(student_logits, teacher_logits, targets, temperature=temperature)
-    return reduce(alpha * tckd + beta * nckd, reduction)
+    tckd, nckd = dkd_terms(
+        student_logits, teacher_logits, targets, temperature=temperature, validate_args=validate_args
+    )
+    loss = reduce(alpha * tckd + beta * nckd, reduction)
+    return check_result(loss, "dkd_loss", student_logits, teacher_logits) if validate_args else loss
 
 
 def dkd_terms(
-    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, temperature: float = 4.0
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    *,
+    temperature: float = 4.0,
+    validate_args: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Per-sample ``(T^2 * TCKD, T^2 * NCKD)`` of :func:`dkd_loss`, each of shape ``(N,)``, unweighted."""
-    check_pair(student_logits, teacher_logits)
-    check_targets(targets, student_logits)
-    check_positive(temperature, "temperature")
+    check_pair(student_logits, teacher_logits, validate_args)
+    check_targets(targets, student_logits, validate_args=validate_args)
+    if validate_args:
+        check_positive(temperature, "temperature")
     zs = upcast(student_logits) / temperature
     zt = upcast(teacher_logits) / temperature
-    gt = F.one_hot(targets, zs.shape[-1]).to(torch.bool)
-    log_ps, log_pt = F.log_softmax(zs, dim=-1), F.log_softmax(zt, dim=-1)
+    # a comparison, not F.one_hot (which may read the targets to check them): no host-device sync
+    gt = targets.reshape(-1, 1) == torch.arange(zs.shape[-1], device=zs.device)
+    log_ps, log_pt = log_softmax_safe(zs), log_softmax_safe(zt)
     tckd = _kl_rows(_binary_log_probs(log_ps, gt), _binary_log_probs(log_pt, gt))
-    nckd = _kl_rows(F.log_softmax(zs - _MASK * gt, dim=-1), F.log_softmax(zt - _MASK * gt, dim=-1))
+    nckd = _kl_rows(
+        log_softmax_safe(zs.masked_fill(gt, float("-inf"))), log_softmax_safe(zt.masked_fill(gt, float("-inf")))
+    )
     return tckd * temperature**2, nckd * temperature**2
 
 
@@ -90,7 +107,7 @@ def _binary_log_probs(log_p: Tensor, gt: Tensor) -> Tensor:
     """``(N, 2)`` log-probabilities of (target, every other class), from full log-probabilities."""
     log_target = log_p.masked_fill(~gt, float("-inf")).logsumexp(dim=-1)
     log_rest = log_p.masked_fill(gt, float("-inf")).logsumexp(dim=-1)
-    return torch.stack((log_target, log_rest), dim=-1)
+    return torch.stack((log_target, log_rest), dim=-1).clamp_min(torch.finfo(log_p.dtype).min)
 
 
 def _kl_rows(log_ps: Tensor, log_pt: Tensor) -> Tensor:

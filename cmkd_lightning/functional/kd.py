@@ -10,6 +10,8 @@ from cmkd_lightning.functional._checks import (
     check_pair,
     check_positive,
     check_reduction,
+    check_result,
+    log_softmax_safe,
     reduce,
     upcast,
 )
@@ -21,6 +23,7 @@ def kd_loss(
     *,
     temperature: float = 4.0,
     reduction: Reduction = "mean",
+    validate_args: bool = True,
 ) -> Tensor:
     r"""Temperature-scaled KL divergence from the teacher's to the student's softened distribution.
 
@@ -38,6 +41,8 @@ def kd_loss(
         teacher_logits: ``(N, C)`` teacher logits.
         temperature: softening temperature ``T > 0``.
         reduction: ``"mean"`` (batch mean), ``"sum"`` or ``"none"`` (per-sample ``(N,)``).
+        validate_args: check the values (finite logits, finite result; host-device syncs) and the
+            scalar arguments. Shape and dtype checks always run. Training modules pass ``False``.
 
     Returns:
         Scalar, or ``(N,)`` for ``reduction="none"``; float32 for half-precision inputs.
@@ -47,13 +52,19 @@ def kd_loss(
         >>> float(kd_loss(z, z))
         0.0
     """
-    check_pair(student_logits, teacher_logits)
-    check_positive(temperature, "temperature")
+    check_pair(student_logits, teacher_logits, validate_args)
+    if validate_args:
+        check_positive(temperature, "temperature")
     check_reduction(reduction)
-    log_ps = F.log_softmax(upcast(student_logits) / temperature, dim=-1)
-    log_pt = F.log_softmax(upcast(teacher_logits) / temperature, dim=-1)
-    per_sample = F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(dim=-1) * temperature**2
-    return reduce(per_sample, reduction)
+    loss = reduce(_kd_per_sample(upcast(student_logits), upcast(teacher_logits), temperature), reduction)
+    return check_result(loss, "kd_loss", student_logits, teacher_logits) if validate_args else loss
+
+
+def _kd_per_sample(student_logits: Tensor, teacher_logits: Tensor, temperature: float) -> Tensor:
+    """Per-sample ``T^2 KL`` of :func:`kd_loss`, without checks."""
+    log_ps = log_softmax_safe(student_logits / temperature)
+    log_pt = log_softmax_safe(teacher_logits / temperature)
+    return F.kl_div(log_ps, log_pt, reduction="none", log_target=True).sum(dim=-1) * temperature**2
 
 
 __all__ = ["kd_loss"]

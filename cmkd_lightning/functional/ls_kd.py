@@ -9,9 +9,11 @@ from cmkd_lightning.functional._checks import (
     check_pair,
     check_positive,
     check_reduction,
+    check_result,
+    reduce,
     upcast,
 )
-from cmkd_lightning.functional.kd import kd_loss
+from cmkd_lightning.functional.kd import _kd_per_sample
 from cmkd_lightning.functional.zscore import _zscore
 
 
@@ -22,6 +24,7 @@ def ls_kd_loss(
     temperature: float = 2.0,
     eps: float = 1e-7,
     reduction: Reduction = "mean",
+    validate_args: bool = True,
 ) -> Tensor:
     r"""KD on z-scored logits: the student matches the teacher's logit *relations*, not their scale.
 
@@ -40,6 +43,8 @@ def ls_kd_loss(
         temperature: base temperature ``T > 0``.
         eps: added to the standard deviation in the z-score.
         reduction: ``"mean"`` (batch mean), ``"sum"`` or ``"none"``.
+        validate_args: check the values (finite logits, finite result; host-device syncs) and the
+            scalar arguments. Shape and dtype checks always run. Training modules pass ``False``.
 
     Returns:
         Scalar, or ``(N,)`` for ``reduction="none"``.
@@ -49,13 +54,15 @@ def ls_kd_loss(
         >>> round(float(ls_kd_loss(z, 10 * z)), 6)  # same relations, different scale: no loss
         0.0
     """
-    check_pair(student_logits, teacher_logits)
-    check_positive(temperature, "temperature")
-    check_positive(eps, "eps")
+    check_pair(student_logits, teacher_logits, validate_args)
+    if validate_args:
+        check_positive(temperature, "temperature")
+        check_positive(eps, "eps")
     check_reduction(reduction)
-    zs = _zscore(upcast(student_logits), eps)
+    zs = _zscore(upcast(student_logits), eps)  # scale-safe: finite for any finite logits
     zt = _zscore(upcast(teacher_logits), eps)
-    return kd_loss(zs, zt, temperature=temperature, reduction=reduction)
+    loss = reduce(_kd_per_sample(zs, zt, temperature), reduction)
+    return check_result(loss, "ls_kd_loss", student_logits, teacher_logits) if validate_args else loss
 
 
 __all__ = ["ls_kd_loss"]

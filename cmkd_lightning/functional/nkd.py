@@ -12,7 +12,9 @@ from cmkd_lightning.functional._checks import (
     check_pair,
     check_positive,
     check_reduction,
+    check_result,
     check_targets,
+    log_softmax_safe,
     reduce,
     upcast,
 )
@@ -26,6 +28,7 @@ def nkd_loss(
     temperature: float = 1.0,
     gamma: float = 1.5,
     reduction: Reduction = "mean",
+    validate_args: bool = True,
 ) -> Tensor:
     r"""Target term weighted by the teacher's target probability plus normalised non-target cross-entropy.
 
@@ -47,6 +50,8 @@ def nkd_loss(
         temperature: ``T > 0`` for the non-target term.
         gamma: non-target weight.
         reduction: ``"mean"`` (batch mean), ``"sum"`` or ``"none"``.
+        validate_args: check the values (finite logits, targets in range, finite result; host-device syncs) and the
+            scalar arguments. Shape and dtype checks always run. Training modules pass ``False``.
 
     Returns:
         Scalar, or ``(N,)`` for ``reduction="none"``. Not zero at ``student == teacher``: it is a cross-entropy.
@@ -56,30 +61,43 @@ def nkd_loss(
         >>> round(float(nkd_loss(z, z, torch.tensor([2]))), 4)
         1.04
     """
-    check_non_negative(gamma, "gamma")
+    if validate_args:
+        check_non_negative(gamma, "gamma")
     check_reduction(reduction)
-    target_term, non_target = nkd_terms(student_logits, teacher_logits, targets, temperature=temperature)
-    return reduce(target_term + gamma * non_target, reduction)
+    target_term, non_target = nkd_terms(
+        student_logits, teacher_logits, targets, temperature=temperature, validate_args=validate_args
+    )
+    loss = reduce(target_term + gamma * non_target, reduction)
+    return check_result(loss, "nkd_loss", student_logits, teacher_logits) if validate_args else loss
 
 
 def nkd_terms(
-    student_logits: Tensor, teacher_logits: Tensor, targets: Tensor, *, temperature: float = 1.0
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    targets: Tensor,
+    *,
+    temperature: float = 1.0,
+    validate_args: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Per-sample ``(target term, T^2 * non-target cross-entropy)`` of :func:`nkd_loss`, each ``(N,)``."""
-    check_pair(student_logits, teacher_logits)
-    check_targets(targets, student_logits)
-    check_positive(temperature, "temperature")
+    check_pair(student_logits, teacher_logits, validate_args)
+    check_targets(targets, student_logits, validate_args=validate_args)
+    if validate_args:
+        check_positive(temperature, "temperature")
     zs, zt = upcast(student_logits), upcast(teacher_logits)
     n, c = zs.shape
-    idx = targets.view(n, 1)
-    log_ps = F.log_softmax(zs, dim=-1)
+    idx = targets.reshape(n, 1)
+    log_ps = log_softmax_safe(zs)
     with torch.no_grad():
         pt_gt = F.softmax(zt, dim=-1).gather(1, idx).squeeze(1)
     target_term = -pt_gt * log_ps.gather(1, idx).squeeze(1)
-    keep = torch.ones_like(zs, dtype=torch.bool).scatter_(1, idx, False)
-    zs_rest = zs[keep].view(n, c - 1) / temperature
-    zt_rest = zt[keep].view(n, c - 1) / temperature
-    non_target = -(F.softmax(zt_rest, dim=-1) * F.log_softmax(zs_rest, dim=-1)).sum(dim=-1)
+    # the C - 1 non-target columns by index (j, skipping the target), not by a boolean mask: a mask's output
+    # size is data-dependent, which costs a host-device sync
+    rest = torch.arange(c - 1, device=zs.device).expand(n, c - 1)
+    rest = rest + (rest >= idx).to(rest.dtype)
+    zs_rest = zs.gather(1, rest) / temperature
+    zt_rest = zt.gather(1, rest) / temperature
+    non_target = -(F.softmax(zt_rest, dim=-1) * log_softmax_safe(zs_rest)).sum(dim=-1)
     return target_term, non_target * temperature**2
 
 

@@ -32,5 +32,7 @@ class KDLoss(DistillationLoss):
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor | None = None
     ) -> dict[str, Tensor]:
-        loss = kd_loss(student_logits, teacher_logits.detach(), temperature=self.temperature)
+        loss = kd_loss(
+            student_logits, teacher_logits.detach(), temperature=self.temperature, validate_args=False
+        )
         return {"loss": loss, "kd": loss.detach()}

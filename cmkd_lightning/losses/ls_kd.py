@@ -34,5 +34,7 @@ class LSKDLoss(DistillationLoss):
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor | None = None
     ) -> dict[str, Tensor]:
-        loss = ls_kd_loss(student_logits, teacher_logits.detach(), temperature=self.temperature, eps=self.eps)
+        loss = ls_kd_loss(
+            student_logits, teacher_logits.detach(), temperature=self.temperature, eps=self.eps, validate_args=False
+        )
         return {"loss": loss, "ls_kd": loss.detach()}
