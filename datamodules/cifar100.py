@@ -166,6 +166,9 @@ class CIFAR100DataModule(LightningDataModule):
         num_workers: DataLoader worker processes.
         pin_memory: pin host memory; None pins when CUDA is available.
         augment: apply the training augmentation (turn off only for debugging).
+        synthetic: serve deterministic random images of the real size through the real transforms instead of
+            files (no download, no data directory); for smoke tests and device checks.
+        synthetic_size: number of synthetic samples per split.
 
     Attributes:
         num_classes: 100.
@@ -180,10 +183,14 @@ class CIFAR100DataModule(LightningDataModule):
         num_workers: int = 4,
         pin_memory: bool | None = None,
         augment: bool = True,
+        synthetic: bool = False,
+        synthetic_size: int = 1024,
     ) -> None:
         super().__init__()
         self.data_dir = check_path(data_dir, "data_dir")
         self.download = check_bool(download, "download")
+        self.synthetic = check_bool(synthetic, "synthetic")
+        self.synthetic_size = check_int(synthetic_size, "synthetic_size", minimum=1)
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.num_workers = check_int(num_workers, "num_workers", minimum=0)
         self.pin_memory = check_optional_bool(pin_memory, "pin_memory")
@@ -196,11 +203,22 @@ class CIFAR100DataModule(LightningDataModule):
 
     def prepare_data(self) -> None:
         """Download the archive when ``download`` is True and the files are missing (rank 0 only)."""
-        if self.download:
+        if self.download and not self.synthetic:
             CIFAR100Dataset(self.data_dir, train=False, download=True)
 
     def setup(self, stage: str | None = None) -> None:
         """Load the training split for ``fit`` and the official test split for every stage."""
+        if self.synthetic:
+            from datamodules._synthetic import SyntheticImageDataset
+
+            if stage in (None, "fit") and self.train_set is None:
+                train_tf = cifar100_train_transform() if self.augment else cifar100_test_transform()
+                self.train_set = SyntheticImageDataset(self.synthetic_size, 100, 32, 32, transform=train_tf, seed=0)
+            if self.test_set is None:
+                self.test_set = SyntheticImageDataset(
+                    self.synthetic_size, 100, 32, 32, transform=cifar100_test_transform(), seed=1
+                )
+            return
         if stage in (None, "fit") and self.train_set is None:
             train_tf = cifar100_train_transform() if self.augment else cifar100_test_transform()
             self.train_set = CIFAR100Dataset(self.data_dir, train=True, transform=train_tf)

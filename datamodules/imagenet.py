@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from datamodules._checks import check_bool, check_int, check_optional_bool, check_path, loader_kwargs
+from datamodules._synthetic import SyntheticImageDataset
 
 #: Per-channel mean and std of the ImageNet training images (torchvision's values).
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -84,6 +86,9 @@ class ImageNetDataModule(LightningDataModule):
         resize_size: side of the shorter edge before the evaluation centre crop (256 in the recipe).
         num_classes: number of classes; checked against the class folders found at ``setup``.
         augment: apply the training augmentation (else training images get the evaluation transform).
+        synthetic: serve deterministic random images of the real size through the real transforms instead of
+            files (no download, no data directory); for smoke tests and device checks.
+        synthetic_size: number of synthetic samples per split.
 
     Attributes:
         num_classes: as given (1000 by default).
@@ -105,6 +110,8 @@ class ImageNetDataModule(LightningDataModule):
         resize_size: int = 256,
         num_classes: int = 1000,
         augment: bool = True,
+        synthetic: bool = False,
+        synthetic_size: int = 1024,
     ) -> None:
         super().__init__()
         self.data_dir = check_path(data_dir, "data_dir")
@@ -117,6 +124,8 @@ class ImageNetDataModule(LightningDataModule):
             raise ValueError(f"Expected `resize_size` to be >= `image_size` = {image_size}, but got {resize_size}.")
         self.num_classes: int = check_int(num_classes, "num_classes", minimum=2)
         self.augment = check_bool(augment, "augment")
+        self.synthetic = check_bool(synthetic, "synthetic")
+        self.synthetic_size = check_int(synthetic_size, "synthetic_size", minimum=1)
         self.save_hyperparameters()
         self.image_shape: tuple[int, int, int] = (3, image_size, image_size)
         self.train_set: ImageFolder | None = None
@@ -133,6 +142,9 @@ class ImageNetDataModule(LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Index ``train`` (for ``fit``) and ``val`` (for every stage) and check their class folders."""
+        if self.synthetic:
+            self._setup_synthetic(stage)
+            return
         val_classes = self._checked_classes("val")
         if stage in (None, "fit") and self.train_set is None:
             train_classes = self._checked_classes("train")
@@ -148,10 +160,20 @@ class ImageNetDataModule(LightningDataModule):
         if self.val_set is None:
             self.val_set = _image_folder(self.data_dir / "val", self._eval_transform())
 
+    def _setup_synthetic(self, stage: str | None) -> None:
+        # raw images a little larger than the evaluation resize, as real photos are; same transforms as files
+        side = self.resize_size + self.resize_size // 8
+        make = functools.partial(SyntheticImageDataset, self.synthetic_size, self.num_classes, side, side)
+        if stage in (None, "fit") and self.train_set is None:
+            train_tf = imagenet_train_transform(self.image_size) if self.augment else self._eval_transform()
+            self.train_set = make(transform=train_tf, seed=0)
+        if self.val_set is None:
+            self.val_set = make(transform=self._eval_transform(), seed=1)
+
     def _eval_transform(self) -> Callable:
         return imagenet_eval_transform(self.image_size, self.resize_size)
 
-    def _loader(self, dataset: ImageFolder | None, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: ImageFolder | SyntheticImageDataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
             raise RuntimeError("Call `setup()` before requesting a dataloader.")
         return DataLoader(dataset, shuffle=shuffle, **loader_kwargs(self.batch_size, self.num_workers, self.pin_memory))
