@@ -11,7 +11,7 @@ from lightning import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules._checks import check_int, check_optional_bool, check_path, loader_kwargs
+from datamodules._checks import check_bool, check_int, check_optional_bool, check_path, loader_kwargs
 from datamodules.cifar100 import cifar100_test_transform
 
 #: The 15 corruptions of the CIFAR-100-C benchmark (Hendrycks & Dietterich, 2019), in the paper's order.
@@ -182,6 +182,9 @@ class CIFAR100CDataModule(LightningDataModule):
         batch_size: samples per batch.
         num_workers: DataLoader worker processes.
         pin_memory: pin host memory; None pins when CUDA is available.
+        synthetic: serve deterministic random 32x32 images through the real transform instead of the ``.npy``
+            files (for smoke tests and device checks).
+        synthetic_size: number of synthetic samples per (corruption, severity).
 
     Attributes:
         num_classes: 100.
@@ -197,9 +200,13 @@ class CIFAR100CDataModule(LightningDataModule):
         batch_size: int = 256,
         num_workers: int = 4,
         pin_memory: bool | None = None,
+        synthetic: bool = False,
+        synthetic_size: int = 256,
     ) -> None:
         super().__init__()
         self.data_dir = check_path(data_dir, "data_dir")
+        self.synthetic = check_bool(synthetic, "synthetic")
+        self.synthetic_size = check_int(synthetic_size, "synthetic_size", minimum=1)
         self.corruptions = _check_names(CIFAR100C_CORRUPTIONS if corruptions is None else corruptions, "corruptions")
         self.severities = _check_severities(list(range(1, 6)) if severities is None else severities)
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
@@ -209,11 +216,20 @@ class CIFAR100CDataModule(LightningDataModule):
         self.num_classes: int = 100
         self.image_shape: tuple[int, int, int] = (3, 32, 32)
         self.test_names = [f"{c}/s{s}" for c in self.corruptions for s in self.severities]
-        self.test_sets: list[CIFAR100CDataset] = []
+        self.test_sets: list[Dataset] = []
 
     def setup(self, stage: str | None = None) -> None:
         """Open every requested (corruption, severity); report all missing files at once."""
         if self.test_sets:
+            return
+        if self.synthetic:
+            from datamodules._synthetic import SyntheticImageDataset
+
+            transform = cifar100_test_transform()
+            self.test_sets = [
+                SyntheticImageDataset(self.synthetic_size, 100, 32, 32, transform=transform, seed=2 + i)
+                for i in range(len(self.test_names))
+            ]
             return
         needed = [self.data_dir / f"{c}.npy" for c in self.corruptions] + [self.data_dir / "labels.npy"]
         missing = [str(path) for path in needed if not path.is_file()]

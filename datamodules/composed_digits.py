@@ -15,6 +15,7 @@ from datamodules._sampling import EpochShuffleSampler
 _SPLITS = ("train", "val", "test")
 _DIGIT_SIZE = 8  # UCI digits are 8x8
 _DIGIT_MAX = 16.0  # ... with integer pixel values 0..16
+_SYNTHETIC_DIGITS = 1797  # as many source digits as UCI's set, for `synthetic=True`
 
 
 def random_shift(image: Tensor, max_shift: int, fill: float, generator: torch.Generator | None = None) -> Tensor:
@@ -158,6 +159,9 @@ class ComposedDigitsDataModule(LightningDataModule):
         augment: shift each training image by a random offset of up to 1 pixel in each direction, filling
             the border with the background value (validation and test images are never augmented).
         pin_memory: pin host memory; None pins when CUDA is available.
+        synthetic: compose random 8x8 source digits (pixel levels 0..16, balanced labels) instead of UCI's,
+            for smoke tests and device checks; shapes, classes and dtypes are the same. UCI's digits ship with
+            scikit-learn, so the real data needs no files either.
 
     Attributes:
         num_classes: :math:`10^k`, set at construction (LightningCLI can link it to the model).
@@ -190,6 +194,7 @@ class ComposedDigitsDataModule(LightningDataModule):
         normalize: bool = True,
         augment: bool = False,
         pin_memory: bool | None = None,
+        synthetic: bool = False,
     ) -> None:
         super().__init__()
         check_int(num_digits, "num_digits", minimum=1, maximum=4)
@@ -211,7 +216,9 @@ class ComposedDigitsDataModule(LightningDataModule):
         check_bool(normalize, "normalize")
         check_bool(augment, "augment")
         check_optional_bool(pin_memory, "pin_memory")
+        check_bool(synthetic, "synthetic")
         self.save_hyperparameters()
+        self.synthetic = synthetic
 
         self.num_digits = num_digits
         self.sizes = {"train": train_size, "val": val_size, "test": test_size}
@@ -235,9 +242,15 @@ class ComposedDigitsDataModule(LightningDataModule):
         """Build all three splits once (cheap numpy indexing); later calls are no-ops."""
         if self.datasets:
             return
-        digits = load_digits()
-        images = digits.images.astype(np.float32) / _DIGIT_MAX  # (M, 8, 8) in [0, 1]
-        digit_labels = digits.target.astype(np.int64)
+        if self.synthetic:  # random 8x8 "digits" with the real pixel levels 0..16, balanced labels
+            rng = np.random.default_rng(self.seed)
+            images = rng.integers(0, _DIGIT_MAX + 1, (_SYNTHETIC_DIGITS, _DIGIT_SIZE, _DIGIT_SIZE)) / _DIGIT_MAX
+            images = images.astype(np.float32)
+            digit_labels = np.arange(_SYNTHETIC_DIGITS, dtype=np.int64) % 10
+        else:
+            digits = load_digits()
+            images = digits.images.astype(np.float32) / _DIGIT_MAX  # (M, 8, 8) in [0, 1]
+            digit_labels = digits.target.astype(np.int64)
         pool_seq, *split_seqs = np.random.SeedSequence(self.seed).spawn(1 + len(_SPLITS))
         self.source_pools = split_source_pools(digit_labels, self.fractions, np.random.default_rng(pool_seq))
         train_pixels = images[self.source_pools["train"]]
