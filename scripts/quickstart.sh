@@ -5,3 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh ""  # no extra; an explicit "" so the caller's arguments are not taken for it
 cmkd-quickstart "$@"
+echo
+echo "The package is installed in .venv/. To use cmkd, cmkd-quickstart or the examples in this shell, run:"
+echo "  source .venv/bin/activate"
