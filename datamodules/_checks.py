@@ -6,9 +6,13 @@ Errors name the argument, what was expected and what was received (``ValueError`
 
 from __future__ import annotations
 
+import codecs
+import hashlib
+import pickle
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 
@@ -75,3 +79,63 @@ def loader_kwargs(batch_size: int, num_workers: int, pin_memory: bool | None) ->
         "pin_memory": pin,
         "persistent_workers": num_workers > 0,
     }
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickler that builds only numpy arrays, dtypes and scalars besides the built-in containers."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        allowed = _SAFE_GLOBALS.get((module, name))
+        if allowed is None:
+            raise pickle.UnpicklingError(
+                f"Refused to load `{module}.{name}`: a data file may hold only dicts, lists, strings, bytes, numbers "
+                "and numpy arrays, and this reference could run code."
+            )
+        return allowed
+
+
+def _numpy_globals() -> dict[tuple[str, str], Any]:
+    core = getattr(np, "_core", None) or np.core
+    entries = {
+        "multiarray._reconstruct": core.multiarray._reconstruct,
+        "multiarray.scalar": core.multiarray.scalar,
+        "numeric._frombuffer": getattr(core.numeric, "_frombuffer", None),
+    }
+    table: dict[tuple[str, str], Any] = {("_codecs", "encode"): codecs.encode}
+    for base in ("numpy.core", "numpy._core"):
+        for dotted, value in entries.items():
+            module, name = dotted.rsplit(".", 1)
+            if value is not None:
+                table[(f"{base}.{module}", name)] = value
+    table[("numpy", "ndarray")] = np.ndarray
+    table[("numpy", "dtype")] = np.dtype
+    return table
+
+
+_SAFE_GLOBALS = _numpy_globals()
+
+
+def load_data_pickle(path: str | Path, encoding: str = "latin1") -> Any:
+    """Read a pickled data file (e.g. a CIFAR batch) without running code stored in it.
+
+    Only built-in containers and values, numpy arrays, dtypes and scalars are built; any other reference (such as
+    ``os.system``) raises :class:`pickle.UnpicklingError` before anything runs.
+
+    Example:
+        >>> import io, tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "batch"
+        >>> _ = path.write_bytes(pickle.dumps({"data": np.zeros((2, 3), np.uint8), "labels": [1, 2]}, protocol=2))
+        >>> load_data_pickle(path)["data"].shape
+        (2, 3)
+    """
+    with open(path, "rb") as file:
+        return _DataUnpickler(file, encoding=encoding).load()
+
+
+def file_md5(path: str | Path, chunk: int = 1 << 20) -> str:
+    """The hexadecimal MD5 digest of a file, read in chunks."""
+    digest = hashlib.md5(usedforsecurity=False)
+    with open(path, "rb") as file:
+        while block := file.read(chunk):
+            digest.update(block)
+    return digest.hexdigest()

@@ -4,17 +4,27 @@ from __future__ import annotations
 
 import os
 import pickle
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
 
 import numpy as np
 from lightning import LightningDataModule
 from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
-from torchvision.datasets import CIFAR100
+from torchvision.datasets import CIFAR100, VisionDataset
 
-from datamodules._checks import check_bool, check_int, check_optional_bool, check_path, loader_kwargs
+from datamodules._checks import (
+    check_bool,
+    check_int,
+    check_optional_bool,
+    check_path,
+    file_md5,
+    load_data_pickle,
+    loader_kwargs,
+)
 
 #: Per-channel mean and std of the CIFAR-100 training images (the values of the reference repos).
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
@@ -23,6 +33,13 @@ CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 _FOLDER = "cifar-100-python"
 _FILES = ("train", "test", "meta")
 _SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html"
+#: MD5 sums of the official files, as torchvision lists them.
+_MD5 = {
+    **dict(CIFAR100.train_list),
+    **dict(CIFAR100.test_list),
+    CIFAR100.meta["filename"]: CIFAR100.meta["md5"],
+}
+_WARNED: set[str] = set()
 _READ_ERRORS = (
     pickle.UnpicklingError,
     EOFError,
@@ -54,10 +71,13 @@ class CIFAR100Dataset(CIFAR100):
     """torchvision's :class:`~torchvision.datasets.CIFAR100` that trusts present files and validates them.
 
     torchvision refuses files whose md5 differs from the official archive's, which also rejects small
-    test files written in the same format. This subclass replaces only that check: files that exist are read
-    by torchvision's own loading code and then validated (``data`` of shape ``(N, 32, 32, 3)`` uint8 with
+    test files written in the same format, and reads them with ``pickle.load``, which runs any code a crafted
+    file holds. Here files are read with a restricted unpickler (dicts, lists, strings, bytes, numbers and numpy
+    arrays only; anything else is refused before it runs), a file whose md5 differs from the official one is
+    named in a warning, and the content is validated (``data`` of shape ``(N, 32, 32, 3)`` uint8 with
     ``N >= 1``, ``N`` fine labels in ``[0, 100)``, 100 class names). Downloading (``download=True``) is
-    torchvision's, including the md5 check of the downloaded archive.
+    torchvision's, including the md5 check of the downloaded archive; without network the error says where to
+    put the files by hand.
 
     Args:
         root: directory that holds (or will hold) the ``cifar-100-python`` folder.
@@ -67,7 +87,8 @@ class CIFAR100Dataset(CIFAR100):
 
     Raises:
         FileNotFoundError: if files are missing and ``download`` is False.
-        ValueError: if a file cannot be read or does not hold the expected content.
+        ConnectionError: if ``download`` is True, files are missing and the archive cannot be fetched.
+        ValueError: if a file cannot be read, refers to code, or does not hold the expected content.
     """
 
     def __init__(
@@ -78,8 +99,19 @@ class CIFAR100Dataset(CIFAR100):
         if missing and not download:
             raise FileNotFoundError(cifar100_missing_message(root, missing))
         split = "train" if train else "test"
+        # torchvision's CIFAR100.__init__ would `pickle.load` the files, which runs any code stored in them:
+        # the files are read here with the restricted data unpickler instead.
+        VisionDataset.__init__(self, str(root), transform=transform)
+        self.train = train
+        if download:
+            self._download_or_explain(root)
+        path = root / _FOLDER / split
         try:
-            super().__init__(str(root), train=train, transform=transform, download=download)
+            self._check_md5(path)
+            entry = load_data_pickle(path)
+            self.data = np.vstack([entry["data"]]).reshape(-1, 3, 32, 32).transpose((0, 2, 3, 1))
+            self.targets = list(entry["labels"] if "labels" in entry else entry["fine_labels"])
+            self._load_meta()
         except MalformedCIFAR100Error:
             raise
         except _READ_ERRORS as err:
@@ -113,6 +145,32 @@ class CIFAR100Dataset(CIFAR100):
                 f"Expected {path.parent / 'meta'} to list 100 'fine_label_names', but got {len(self.classes)}."
             )
 
+    def _download_or_explain(self, root: Path) -> None:
+        """Torchvision's download (md5-checked archive); without network, say how to place the files by hand."""
+        try:
+            self.download()
+        except (URLError, OSError) as err:
+            reason = getattr(err, "reason", None) or err
+            raise ConnectionError(
+                f"Could not download CIFAR-100 from {self.url} ({type(err).__name__}: {reason}). Without network, "
+                f"fetch {self.filename} (md5 {self.tgz_md5}) from {_SOURCE} on another machine, extract it into "
+                f"{root} so that {root / _FOLDER}/train, test and meta exist, and run with `download=False`."
+            ) from err
+
+    def _check_md5(self, path: Path) -> None:
+        """Warn (once per file) when a file differs from the official archive's: it is still read safely."""
+        expected = _MD5.get(path.name)
+        if expected is None or str(path) in _WARNED:
+            return
+        got = file_md5(path)
+        if got != expected:
+            _WARNED.add(str(path))
+            warnings.warn(
+                f"{path} is not the official CIFAR-100 file (md5 {got}, expected {expected}); it is read with the "
+                "restricted data unpickler (no code runs) and checked for shape and labels.",
+                stacklevel=3,
+            )
+
     def _check_integrity(self) -> bool:
         """True when every file exists (torchvision compares md5 sums here)."""
         return all(os.path.isfile(os.path.join(self.root, self.base_folder, name)) for name in _FILES)
@@ -121,8 +179,8 @@ class CIFAR100Dataset(CIFAR100):
         """Read the class names from ``meta`` without torchvision's md5 check."""
         path = Path(self.root) / self.base_folder / self.meta["filename"]
         try:
-            with open(path, "rb") as file:
-                meta: Any = pickle.load(file, encoding="latin1")
+            self._check_md5(path)
+            meta: Any = load_data_pickle(path)
             self.classes = list(meta[self.meta["key"]])
         except _READ_ERRORS as err:
             raise MalformedCIFAR100Error(

@@ -1,7 +1,9 @@
 """CIFAR100DataModule on fake files in the official pickle format: loading, transforms, download path, errors."""
 
+import os
 import pickle
 import re
+from urllib.error import URLError
 
 import numpy as np
 import pytest
@@ -244,3 +246,50 @@ def test_dataloader_before_setup_raises():
 def test_persistent_workers_follow_num_workers(data_dir):
     assert make(data_dir, num_workers=2).val_dataloader().persistent_workers is True
     assert make(data_dir).val_dataloader().persistent_workers is False
+
+
+class _CreatesFile:
+    """Unpickling this object would run `touch <target>`: what a crafted data file carries."""
+
+    def __init__(self, target):
+        self.target = str(target)
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.target}",))
+
+
+@pytest.mark.parametrize("name", ["train", "test", "meta"])
+def test_a_crafted_pickle_is_refused_before_it_runs_code(data_dir, tmp_path, name):
+    target = tmp_path / "created_by_the_data_file"
+    entry = read_raw(data_dir, name)
+    entry[b"payload"] = _CreatesFile(target)
+    (data_dir / "cifar-100-python" / name).write_bytes(pickle.dumps(entry, protocol=2))
+    with pytest.raises(ValueError, match=r"Refused to load `posix\.system`.* could run code"):
+        make(data_dir)
+    assert not target.exists()
+    # The same file through plain pickle really would have run it: the test is not vacuous.
+    with open(data_dir / "cifar-100-python" / name, "rb") as file:
+        pickle.load(file, encoding="latin1")
+    assert target.exists()
+
+
+def test_files_that_are_not_the_official_ones_are_named_in_a_warning(data_dir):
+    with pytest.warns(
+        UserWarning, match=r"cifar-100-python/train is not the official CIFAR-100 file \(md5 [0-9a-f]{32}"
+    ):
+        make(data_dir)
+
+
+def test_download_without_network_says_where_to_put_the_files(tmp_path, monkeypatch):
+    def offline(url, *args, **kwargs):
+        raise URLError(OSError(101, "Network is unreachable"))
+
+    monkeypatch.setattr(tv_cifar, "download_and_extract_archive", offline)
+    dm = CIFAR100DataModule(tmp_path, download=True, batch_size=4, num_workers=0)
+    with pytest.raises(ConnectionError) as info:
+        dm.prepare_data()
+    message = str(info.value)
+    assert "Could not download CIFAR-100 from https://www.cs.toronto.edu/~kriz/cifar-100-python.tar.gz" in message
+    assert "Network is unreachable" in message
+    assert "md5 eb9058c3a382ffc7106e4002c42a8d85" in message
+    assert f"extract it into {tmp_path} so that {tmp_path / 'cifar-100-python'}/train, test and meta exist" in message
