@@ -60,7 +60,7 @@ def _load_npy(path: Path) -> np.ndarray:
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR-100-C file {path} not found. {_HOW_TO_GET}")
     try:
-        return np.load(path, mmap_mode="r")
+        return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
         raise ValueError(f"Expected {path} to be a .npy array file, but reading it failed: {err}") from err
 
@@ -130,7 +130,7 @@ class CIFAR100CDataset(Dataset):
         if not 0 <= index < self.block:
             raise IndexError(f"Expected `index` to be in [0, {self.block}), but got {index}.")
         if self._images is None:  # first access in a worker process
-            self._images = np.load(self.path, mmap_mode="r")
+            self._images = np.load(self.path, mmap_mode="r", allow_pickle=False)
         image = Image.fromarray(np.asarray(self._images[self.offset + index]))
         if self.transform is not None:
             image = self.transform(image)
