@@ -28,6 +28,7 @@ from cmkd_lightning.callbacks import CorrelationMonitor, EmbeddingProjection, Lo
 from cmkd_lightning.functional import spearman_corr
 from cmkd_lightning.losses import CMKDLoss, KDLoss
 from cmkd_lightning.module import DistillationModule
+from cmkd_lightning.runtime import cpu_threads, quiet_lightning
 from datamodules import ComposedDigitsDataModule
 
 # name -> (losses factory, loss weights, cross-entropy weight)
@@ -48,10 +49,16 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--train-size", type=int, default=10000, help="composed training images")
     p.add_argument("--eval-size", type=int, default=2000, help="composed val and test images (each)")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS))
-    p.add_argument("--threads", type=int, default=1, help="torch threads; the models are tiny, 1 is fastest")
+    p.add_argument(
+        "--threads", type=int, default=None, help="torch threads (default: $CMKD_CPU_THREADS, else 1: fastest here)"
+    )
     p.add_argument("--no-progress", action="store_true", help="plain output (no rich progress bars)")
     p.add_argument("--no-figures", action="store_true", help="skip the figure callbacks (heatmap, t-SNE, ...)")
     args = p.parse_args(argv)
+    try:
+        args.threads = cpu_threads(args.threads) or torch.get_num_threads()  # 0: torch's default
+    except ValueError as err:
+        p.error(str(err).replace("`cpu_threads`", "`--threads`"))
     for name in ("epochs", "teacher_epochs", "train_size", "eval_size", "threads"):
         if getattr(args, name) < 1:
             p.error(f"Expected `--{name.replace('_', '-')}` to be >= 1, but got {getattr(args, name)}.")
@@ -143,9 +150,14 @@ def _chart(summary: dict[str, dict[str, float]], teacher_top1: float, path: Path
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """Train the teacher and every student; write and return the results."""
+    with quiet_lightning(), warnings.catch_warnings():
+        # The in-memory digits load in the main process on purpose; Lightning's worker advice does not apply.
+        warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> dict[str, Any]:
     torch.set_num_threads(args.threads)
-    warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
-    warnings.filterwarnings("ignore", message=r".*isinstance\(treespec, LeafSpec\)` is deprecated.*")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     console = Console(width=max(120, Console().width))
