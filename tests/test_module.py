@@ -248,6 +248,38 @@ def test_non_finite_student_logits_stop_training(tmp_path):
         _trainer(tmp_path).fit(module, _loader())
 
 
+def test_check_finite_every_n_steps_checks_only_those_steps(tmp_path):
+    # the loss turns NaN on call 6 (global step 5): with check_finite=4 the guard runs at steps 0, 4, 8 and
+    # catches the NaN (which then stays in the weights) at step 8
+    module = _module(losses=[_NaNAfter(start=5)], check_finite=4)
+    with pytest.raises(FloatingPointError, match=r"Non-finite (loss|student logits) at train global step 8 "):
+        _trainer(tmp_path, max_epochs=3, limit_val_batches=0).fit(module, _loader())
+
+
+def test_check_finite_off_never_reads(tmp_path):
+    module = _module(losses=[_NaNAfter(start=0)], check_finite=False)
+    _trainer(tmp_path, limit_val_batches=0).fit(module, _loader())  # trains on NaN: the user turned the guard off
+    assert module.global_step == 4
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, "yes"])
+def test_check_finite_rejects_bad_values(bad):
+    with pytest.raises(ValueError, match=r"Expected `check_finite` to be a bool or an integer >= 0"):
+        _module(check_finite=bad)
+
+
+@pytest.mark.parametrize("stage", ["validate", "test"])
+def test_non_finite_guard_covers_validation_and_test_and_names_stage_and_batch(tmp_path, stage):
+    class NaNInEval(TinyNet):
+        def forward(self, x):
+            return super().forward(x) * (1.0 if self.training else float("nan"))
+
+    module = _module(student=NaNInEval(seed=1))
+    name = "val" if stage == "validate" else "test"
+    with pytest.raises(FloatingPointError, match=rf"Non-finite student logits at {name} batch 0 \(global step 0"):
+        getattr(_trainer(tmp_path), stage)(module, _loader(n=32))
+
+
 def test_checkpoint_holds_no_teacher_by_default_and_reloads(tmp_path):
     module = _module()
     trainer = _trainer(tmp_path, enable_checkpointing=True)
