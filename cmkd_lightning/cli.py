@@ -4,17 +4,24 @@ from __future__ import annotations
 
 import argparse
 import os
+import socket
 import sys
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 import torch
+from jsonargparse import ArgumentError
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import WandbLogger
-from lightning.pytorch.utilities import rank_zero_info
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
+from cmkd_lightning._cli_errors import BuildError, describe_build_error, explain_argument_error, verbose_requested
+from cmkd_lightning._resume import ResumeError, adopt_run_of, find_last_checkpoint, reserve_version
+from cmkd_lightning.callbacks.checkpoint_guard import CheckpointGuard, CheckpointWriteError, NonFiniteCheckpointError
 from cmkd_lightning.callbacks.run_summary import RunSummary
 from cmkd_lightning.module import DistillationModule
 from cmkd_lightning.runtime import CPU_THREADS_ENV, quiet_lightning, set_cpu_threads
@@ -35,26 +42,74 @@ _OPTIMIZER_ERROR = (
 )
 
 
-def _wandb_has_credentials() -> bool:
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    netrc = Path(os.environ.get("NETRC", Path.home() / ".netrc"))
+def _wandb_credentials_host() -> tuple[bool, str]:
+    """Ask wandb whether it has credentials for its configured server, and which server that is.
+
+    wandb looks in WANDB_API_KEY, its settings files and ~/.netrc for the host of ``WANDB_BASE_URL`` (or its
+    default); nothing is sent over the network, no prompt is shown, nothing is written.
+    """
+    import wandb
+
     try:
-        return "api.wandb.ai" in netrc.read_text()
-    except OSError:
-        return False
+        from wandb.sdk import wandb_setup
+        from wandb.sdk.lib import wbauth
+
+        settings = wandb_setup.singleton().settings
+        host = wbauth.HostUrl(settings.base_url, app_url=settings.app_url)
+        auth = wbauth.authenticate_session(host=host, source="cmkd", prompt=False, verify=False, update_session=False)
+        return auth is not None, str(settings.base_url)
+    except (ImportError, AttributeError, TypeError):  # another wandb version: its public login, without a prompt
+        host = os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
+        try:
+            return bool(wandb.login(prompt=False, verify=False)), host
+        except Exception:
+            return False, host
+    except Exception:  # wandb refuses the configuration (e.g. a malformed key): no usable credentials
+        return False, os.environ.get("WANDB_BASE_URL") or wandb.Settings().base_url
+
+
+def _wandb_unreachable(host: str, timeout: float) -> str | None:
+    """Why a TCP connection to the W&B server ``host`` (a URL) failed within ``timeout`` seconds, or None."""
+    url = urlsplit(host if "://" in host else f"https://{host}")
+    port = url.port or (80 if url.scheme == "http" else 443)
+    try:
+        socket.create_connection((url.hostname or "", port), timeout=timeout).close()
+    except OSError as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+WANDB_PROBE_TIMEOUT_ENV = "CMKD_WANDB_TIMEOUT"
 
 
 def ensure_wandb_mode() -> str:
-    """Run W&B offline when no API key is configured and no mode was chosen; say so. Returns the mode."""
+    """Choose the W&B mode when none was set (``WANDB_MODE``), say why, and return it.
+
+    Offline when wandb reports no credentials, or when the W&B server does not accept a TCP connection within
+    ``$CMKD_WANDB_TIMEOUT`` seconds (default 5): without this, ``wandb.init`` waits about 100 s and then fails the run.
+    """
     mode = os.environ.get("WANDB_MODE")
-    if mode is None and not _wandb_has_credentials():
+    if mode is not None:
+        return mode
+    has_credentials, host = _wandb_credentials_host()
+    if not has_credentials:
         os.environ["WANDB_MODE"] = mode = "offline"
         rank_zero_info(
-            "W&B: no API key found (WANDB_API_KEY or ~/.netrc), so runs are logged offline under the logger's "
-            "save_dir; upload them later with `wandb sync <run dir>`. Set WANDB_MODE=online to change this."
+            f"W&B: no API key found (wandb has no credentials for {host}: WANDB_API_KEY, its settings or ~/.netrc), "
+            "so runs are logged offline under the logger's save_dir; upload them later with `wandb sync <run dir>`. "
+            "Set WANDB_MODE=online to change this."
         )
-    return mode or "online"
+        return mode
+    timeout = float(os.environ.get(WANDB_PROBE_TIMEOUT_ENV, "5"))
+    reason = _wandb_unreachable(host, timeout)
+    if reason is not None:
+        os.environ["WANDB_MODE"] = mode = "offline"
+        rank_zero_warn(
+            f"W&B: an API key is configured but the server {host} cannot be reached within {timeout:g} s ({reason}), "
+            "so this run is logged offline under the logger's save_dir; upload it later with `wandb sync <run dir>`."
+        )
+        return mode
+    return "online"
 
 
 class RunConfigCallback(SaveConfigCallback):
@@ -129,6 +184,52 @@ class DistillationCLI(LightningCLI):
         ensure_wandb_mode()
 
     @override
+    def instantiate_classes(self) -> None:
+        try:
+            super().instantiate_classes()
+        except Exception as err:
+            config = self._subcommand_config()
+            files = [str(f) for f in (config.get("config") or []) if f is not None]
+            raise describe_build_error(err, config.as_dict(), files) from err
+
+    @override
+    def _instantiate_trainer(self, config: dict[str, Any], callbacks: list[Any]) -> Trainer:
+        # Every run is resumable and its checkpoints verified: a ModelCheckpoint with `save_last` when the config
+        # has none (Lightning's own default has no last.ckpt), and the CheckpointGuard.
+        given = config.get("callbacks") or []
+        given = given if isinstance(given, list) else [given]
+        present = [*given, *callbacks]
+        extra = list(callbacks)
+        checkpointing = config.get("enable_checkpointing") is not False and not config.get("fast_dev_run")
+        if checkpointing and not any(isinstance(c, ModelCheckpoint) for c in present):
+            extra.append(ModelCheckpoint(save_last=True))
+        if not any(isinstance(c, CheckpointGuard) for c in present):
+            extra.append(CheckpointGuard())
+        return super()._instantiate_trainer(config, extra)
+
+    @override
+    def _prepare_subcommand_kwargs(self, subcommand: str) -> dict[str, Any]:
+        kwargs = super()._prepare_subcommand_kwargs(subcommand)
+        ckpt_path = kwargs.get("ckpt_path")
+        if subcommand == "fit" and ckpt_path == "last":
+            found, searched = find_last_checkpoint(self.trainer)
+            if found is None:
+                raise ResumeError(
+                    "Expected a checkpoint to resume from (`--ckpt_path last`), but found no last*.ckpt in "
+                    f"{', '.join(str(s) for s in searched) or 'any checkpoint folder (checkpointing is off)'}. "
+                    "Start the run without --ckpt_path, or pass the path of a checkpoint file."
+                )
+            kwargs["ckpt_path"] = ckpt_path = str(found)
+            rank_zero_info(f"Resuming from {found}")
+        if subcommand == "fit" and ckpt_path not in (None, "last", "best", "hpc", "registry"):
+            adopted = adopt_run_of(self.trainer, Path(ckpt_path))
+            if adopted is not None:
+                rank_zero_info(f"Continuing logger run {adopted} of {ckpt_path}")
+        for logger in self.trainer.loggers:
+            reserve_version(logger)
+        return kwargs
+
+    @override
     def instantiate_trainer(self, **kwargs: Any) -> Trainer:
         trainer = super().instantiate_trainer(**kwargs)
         if not any(isinstance(c, RunSummary) for c in trainer.callbacks):
@@ -177,18 +278,41 @@ def main(args: list[str] | None = None) -> None:
         key = arg.split("=", 1)[0]
         if key.startswith(("--optimizer", "--lr_scheduler")):
             raise SystemExit(f"cmkd: error: {_OPTIMIZER_ERROR.format(key=key, value=arg)}")
-    epilog = {"epilog": EPILOG}
-    with quiet_lightning():
-        DistillationCLI(
-            DistillationModule,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            save_config_callback=RunConfigCallback,
-            auto_configure_optimizers=False,
-            parser_kwargs={"fit": epilog, "validate": epilog, "test": epilog, "predict": epilog},
-            args=args,
-        )
+    verbose = verbose_requested(argv)
+    argv = [a for a in argv if a != "--verbose"]
+    if args is None:
+        sys.argv = [sys.argv[0], *argv]  # LightningCLI reads them there (and warns if given both ways)
+    # No unambiguous-prefix options (`--trainer.max_epoch` must not mean max_epochs); parse errors are raised
+    # (not printed with the whole usage) so they can be shown in a few lines.
+    strict = {"allow_abbrev": False, "exit_on_error": verbose}
+    sub = {"epilog": EPILOG, **strict}
+    try:
+        with quiet_lightning():
+            DistillationCLI(
+                DistillationModule,
+                LightningDataModule,
+                subclass_mode_model=True,
+                subclass_mode_data=True,
+                save_config_callback=RunConfigCallback,
+                auto_configure_optimizers=False,
+                parser_kwargs={**strict, "fit": sub, "validate": sub, "test": sub, "predict": sub},
+                args=None if args is None else argv,
+            )
+    except ArgumentError as err:
+        if verbose:
+            raise
+        sys.stderr.write(explain_argument_error(str(err)) + "\n")
+        raise SystemExit(2) from None
+    except BuildError as err:
+        if verbose:
+            raise
+        sys.stderr.write(f"{err}\n")
+        raise SystemExit(1) from None
+    except (ResumeError, CheckpointWriteError, NonFiniteCheckpointError) as err:
+        if verbose:
+            raise
+        sys.stderr.write(f"cmkd: error; full traceback: add --verbose or set CMKD_VERBOSE=1.\n{err}\n")
+        raise SystemExit(1) from None
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -10,6 +10,7 @@ from typing import Any
 import psutil
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
 
 from cmkd_lightning.callbacks._capture import batch_inputs
@@ -53,7 +54,8 @@ class TrainingCost(Callback):
     over processes (the slowest process, the fullest device).
 
     At the end of training (``on_train_end``) :attr:`summary` holds the totals and :attr:`history` the epochs,
-    and both are written as JSON to ``dirpath`` (default: the run directory) as ``filename``, so KD and CMKD
+    and both are written as JSON to ``dirpath`` (default: the run's own directory: the logger's versioned
+    folder, or the W&B run's files folder, uploaded with the run) as ``filename``, so KD and CMKD
     runs can be compared side by side.
 
     Paper: Fig. 7 (training time, accuracy and extra parameters of KD methods, ResNet32x4 / ResNet8x4).
@@ -181,6 +183,8 @@ class TrainingCost(Callback):
         directory = run_directory(trainer, self.dirpath)  # a collective under DDP: every process calls it
         if not trainer.is_global_zero:
             return
+        if self.dirpath is None and isinstance(trainer.logger, WandbLogger):
+            directory = Path(trainer.logger.experiment.dir)  # the W&B run's own files (`trainer.log_dir` is shared)
         directory.mkdir(parents=True, exist_ok=True)
         self.json_path = directory / self.filename
         self.json_path.write_text(json.dumps({"summary": self.summary, "epochs": epochs}, indent=2) + "\n")

@@ -1,0 +1,217 @@
+"""Checkpoints that are really written: a writable directory before training, a file after every save, finite weights.
+
+Lightning 2.6 writes checkpoints through ``lightning.fabric.utilities.cloud_io._atomic_save``, which catches
+``PermissionError`` and drops it unless it is a cross-device rename: with a read-only checkpoint directory a run
+finishes with exit code 0 and no checkpoint. :class:`CheckpointGuard` closes that hole for every
+:class:`~lightning.pytorch.callbacks.ModelCheckpoint` of the trainer, and the ``cmkd`` command adds it to every run.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
+from lightning.fabric.utilities.types import _PATH
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+from torch import Tensor
+from typing_extensions import override
+
+__all__ = ["CheckpointGuard", "CheckpointWriteError", "NonFiniteCheckpointError", "VerifiedCheckpointIO"]
+
+
+class CheckpointWriteError(OSError):
+    """A checkpoint could not be written, or the file is missing or empty after the save."""
+
+
+class NonFiniteCheckpointError(RuntimeError):
+    """The weights or buffers about to be saved hold NaN or infinite values."""
+
+
+def first_non_finite(state_dict: dict[str, Any]) -> tuple[str, Tensor] | None:
+    """The first ``(name, tensor)`` of a state_dict holding a NaN or an infinity, or None if all are finite.
+
+    Only floating-point and complex tensors are checked (integers are always finite).
+
+    Example:
+        >>> first_non_finite({"w": torch.ones(2), "running_var": torch.tensor([1.0, float("inf")])})[0]
+        'running_var'
+        >>> first_non_finite({"w": torch.ones(2), "steps": torch.tensor(3)}) is None
+        True
+    """
+    for name, value in state_dict.items():
+        if isinstance(value, Tensor) and (value.is_floating_point() or value.is_complex()):
+            if not bool(torch.isfinite(value).all()):
+                return name, value
+    return None
+
+
+class VerifiedCheckpointIO(TorchCheckpointIO):
+    """``TorchCheckpointIO`` whose local saves raise the real error and are checked afterwards.
+
+    A local checkpoint is written to a hidden partial file in the target folder (``.<name>.partial-<pid>``),
+    flushed to disk and renamed over the target, so a process killed mid-write leaves the previous checkpoint
+    intact. Any ``OSError`` (read-only folder, full disk, a file where a folder is expected) becomes a
+    :class:`CheckpointWriteError` naming the path; after the rename the file must exist and be non-empty. Remote
+    paths (``s3://`` ...) use Lightning's own writer, then must exist.
+
+    Example:
+        >>> import tempfile
+        >>> io = VerifiedCheckpointIO()
+        >>> path = Path(tempfile.mkdtemp()) / "last.ckpt"
+        >>> io.save_checkpoint({"state_dict": {"w": torch.ones(1)}}, path)
+        >>> path.stat().st_size > 0
+        True
+    """
+
+    def _write(self, checkpoint: dict[str, Any], file: Any) -> None:
+        """Serialise ``checkpoint`` into the open binary ``file``."""
+        torch.save(checkpoint, file)
+
+    @override
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+        if storage_options is not None:
+            raise TypeError(
+                "Expected `storage_options` to be None for VerifiedCheckpointIO, but got "
+                f"{type(storage_options).__name__}."
+            )
+        if not _is_local_file_protocol(path):
+            super().save_checkpoint(checkpoint, path)
+            if not self._fs_exists(path):
+                raise CheckpointWriteError(
+                    f"The checkpoint '{path}' was not written (the file is missing after saving)."
+                )
+            return
+        target = Path(path)
+        partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            with open(partial, "wb") as file:
+                self._write(checkpoint, file)
+                file.flush()
+                os.fsync(file.fileno())
+            os.replace(partial, target)
+        except OSError as err:
+            partial.unlink(missing_ok=True)
+            raise CheckpointWriteError(
+                f"Could not write the checkpoint '{target}': {err.strerror or err}. Make the folder writable (or "
+                "choose another with the ModelCheckpoint's `dirpath`) and run again; nothing was saved."
+            ) from err
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        if not target.is_file() or target.stat().st_size == 0:
+            raise CheckpointWriteError(f"The checkpoint '{target}' was not written (missing or empty after saving).")
+
+    @staticmethod
+    def _fs_exists(path: _PATH) -> bool:
+        from lightning.fabric.utilities.cloud_io import get_filesystem
+
+        return bool(get_filesystem(path).exists(str(path)))
+
+
+def probe_writable(directory: _PATH) -> str | None:
+    """Create ``directory`` if needed and write and delete a probe file in it; the reason it failed, or None.
+
+    Example:
+        >>> probe_writable(tempfile.mkdtemp()) is None
+        True
+    """
+    if not _is_local_file_protocol(directory):
+        return None
+    folder = Path(directory)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=".cmkd-write-test-", dir=folder)
+        try:
+            os.write(handle, b"0")
+        finally:
+            os.close(handle)
+            os.unlink(name)
+    except OSError as err:
+        return f"{type(err).__name__}: {err.strerror or err}"
+    return None
+
+
+class CheckpointGuard(Callback):
+    """Make every checkpoint save of the run either produce a finite, complete file or stop the run with an error.
+
+    - At setup the trainer's checkpoint writer becomes :class:`VerifiedCheckpointIO` (if it is Lightning's default
+      ``TorchCheckpointIO``): failed writes raise :class:`CheckpointWriteError` instead of passing silently.
+    - At the start of ``fit`` every ``ModelCheckpoint`` folder is created and a probe file is written and removed;
+      if that fails, the run stops before the first step with :class:`CheckpointWriteError` naming the folder.
+    - Before each save the checkpoint's ``state_dict`` (parameters and buffers) is checked: a NaN or an infinity
+      raises :class:`NonFiniteCheckpointError` naming the stage, epoch, global step and the first offending
+      tensor, and nothing is written (the last good checkpoint stays).
+    - The checkpoint records the logger's name and version (``callbacks['CheckpointGuard']``), so ``cmkd fit
+      --ckpt_path last`` can find the run's checkpoints and continue its logger run.
+
+    The finiteness check reads one boolean per tensor from the device at each save (not at each step).
+
+    Example:
+        >>> import lightning as L
+        >>> trainer = L.Trainer(callbacks=[CheckpointGuard()], logger=False, enable_progress_bar=False)
+        >>> any(isinstance(c, CheckpointGuard) for c in trainer.callbacks)
+        True
+    """
+
+    def __init__(self) -> None:
+        self.run: dict[str, Any] = {}
+        self._trainer: Trainer | None = None
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._trainer = trainer
+        if type(trainer.strategy.checkpoint_io) is TorchCheckpointIO:
+            trainer.strategy.checkpoint_io = VerifiedCheckpointIO()
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        problems = []
+        if trainer.is_global_zero:
+            for callback in trainer.checkpoint_callbacks:
+                dirpath = getattr(callback, "dirpath", None)
+                reason = probe_writable(dirpath) if dirpath is not None else None
+                if reason is not None:
+                    problems.append(f"'{dirpath}' ({reason})")
+        problems = trainer.strategy.broadcast(problems)
+        if problems:
+            raise CheckpointWriteError(
+                f"Expected the checkpoint folder {' and '.join(problems)} to be writable before training starts. "
+                "Make it writable or set another one (the ModelCheckpoint's `dirpath`); nothing was trained."
+            )
+
+    @override
+    def on_save_checkpoint(self, trainer: Trainer, pl_module: LightningModule, checkpoint: dict[str, Any]) -> None:
+        bad = first_non_finite(checkpoint.get("state_dict", {}))
+        if bad is not None:
+            name, value = bad
+            finite = value[torch.isfinite(value)]
+            largest = f"{float(finite.abs().max()):.3g}" if finite.numel() else "none"
+            stage = trainer.state.stage.value if trainer.state.stage is not None else trainer.state.fn
+            raise NonFiniteCheckpointError(
+                f"Refusing to save a checkpoint at stage '{stage}', epoch {trainer.current_epoch}, global step "
+                f"{trainer.global_step}: `{name}` holds {int((~torch.isfinite(value)).sum())} non-finite values "
+                f"(of {value.numel()}; largest finite magnitude {largest}). Training diverged; lower the learning "
+                "rate or resume from the last good checkpoint."
+            )
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        logger = self._trainer.logger if self._trainer is not None else None
+        if logger is not None:
+            self.run = {
+                "logger": type(logger).__name__,
+                "name": logger.name,
+                "version": str(logger.version),
+                "run_name": getattr(logger, "_wandb_init", {}).get("name"),
+            }
+        return dict(self.run)
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.run = dict(state_dict)
