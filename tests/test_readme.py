@@ -24,10 +24,9 @@ _DATA_CUT = "--data.init_args.train_size=512 --data.init_args.val_size=256 --dat
 # Substitutions applied to python blocks: fewer epochs, less data. Each must hit at least once in some block.
 PYTHON_CUTS = (
     (re.compile(r"max_epochs=\d+"), "max_epochs=1"),
-    (
-        re.compile(r"ComposedDigitsDataModule\("),
-        "ComposedDigitsDataModule(train_size=512, val_size=256, test_size=256, ",
-    ),
+    (re.compile(r"train_size=\d+"), "train_size=512"),
+    (re.compile(r"val_size=\d+"), "val_size=256"),
+    (re.compile(r"test_size=\d+"), "test_size=256"),
 )
 
 # bash line prefix -> what the test runs instead (``{line}`` is the line as written).
