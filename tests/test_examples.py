@@ -1,6 +1,7 @@
 """The example scripts and the quickstart run end to end in a fast mode, so they never rot."""
 
 import json
+import os
 import runpy
 import subprocess
 import sys
@@ -72,3 +73,20 @@ def test_quickstart_command_writes_table_files_and_chart(tmp_path):
         figures = out / "figures" / method
         assert (figures / "tsne_end.png").is_file() and (figures / "training_cost.json").is_file()
         assert list(figures.glob("logit_correlation_epoch*.png"))
+
+
+@pytest.mark.slow
+def test_example_script_from_the_shell_is_quiet_and_uses_one_thread(tmp_path):
+    """As a user runs it: 1 torch thread by default, and none of Lightning's known noise in the output."""
+    env = {k: v for k, v in os.environ.items() if k not in ("CMKD_CPU_THREADS", "OMP_NUM_THREADS")}
+    code = (
+        "import runpy, sys, torch; sys.argv = ['plain_script.py', '--fast']; "
+        f"runpy.run_path({str(ROOT / 'examples' / 'plain_script.py')!r}, run_name='__main__'); "
+        "print('threads', torch.get_num_threads())"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "threads 1" in proc.stdout and "test/acc_top1" in proc.stdout
+    assert "litlogger" not in proc.stdout + proc.stderr and "LeafSpec" not in proc.stdout + proc.stderr
