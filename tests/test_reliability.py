@@ -1,0 +1,428 @@
+"""Nothing lost, nothing hidden: real faults against the real ``cmkd`` command (issue 13).
+
+Checkpoints that cannot be written or hold non-finite weights stop the run; runs resume after SIGKILL (mid-epoch
+and mid-write) and continue their logger run; concurrent runs keep their own files; build-time errors are a few
+readable lines; W&B with a key but no reachable server falls back to offline quickly.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from lightning.pytorch import Callback
+
+from cmkd_lightning.cli import main
+
+REPO = Path(__file__).resolve().parents[1]
+DIGITS = REPO / "examples" / "configs" / "digits"
+SMALL = [
+    "--data.init_args.train_size=128",
+    "--data.init_args.val_size=32",
+    "--data.init_args.test_size=32",
+    "--data.init_args.batch_size=32",
+    "--trainer.limit_val_batches=1",
+    "--trainer.enable_progress_bar=false",
+    "--trainer.enable_model_summary=false",
+]
+CSV = ["--trainer.logger=lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.save_dir=csv"]
+
+
+class PauseAt(Callback):
+    """Test helper: at (epoch, batch) write ``marker`` and sleep, so the test can SIGKILL the run there."""
+
+    def __init__(self, marker: str, epoch: int = 1, batch: int = 1) -> None:
+        self.marker, self.epoch, self.batch = marker, epoch, batch
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            Path(self.marker).write_text(str(trainer.global_step))
+            time.sleep(600)
+
+
+def _env(home: Path, **extra: str) -> dict[str, str]:
+    drop = ("WANDB_MODE", "WANDB_API_KEY", "NETRC", "WANDB_DIR", "WANDB_BASE_URL", "CMKD_VERBOSE")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env.update(HOME=str(home), OMP_NUM_THREADS="1", WANDB_SILENT="true", PYTHONPATH=str(REPO), **extra)
+    return env
+
+
+def _start(args: list[str], cwd: Path, env: dict[str, str], code: str | None = None) -> subprocess.Popen:
+    command = [sys.executable, "-c", code, *args] if code else [sys.executable, "-m", "cmkd_lightning.cli", *args]
+    return subprocess.Popen(
+        command, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
+
+
+def _finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    try:
+        output, _ = process.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        output, _ = process.communicate()
+        pytest.fail(f"run did not finish in {timeout} s:\n{output[-4000:]}")
+    return process.returncode, output
+
+
+def _kill_when(process: subprocess.Popen, marker: Path, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not marker.exists():
+        if process.poll() is not None or time.monotonic() > deadline:
+            output = process.communicate()[0] if process.poll() is not None else ""
+            os.killpg(process.pid, signal.SIGKILL)
+            pytest.fail(f"the run never reached the kill point:\n{output[-4000:]}")
+        time.sleep(0.2)
+    os.killpg(process.pid, signal.SIGKILL)
+    process.wait()
+
+
+def _cli_error(capsys, args: list[str]) -> tuple[int, list[str]]:
+    """Run ``cmkd`` in this process; return its exit code and the non-empty stderr lines."""
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    err = capsys.readouterr().err
+    return info.value.code, [line for line in err.splitlines() if line.strip()]
+
+
+# --- 1. A checkpoint that was not written is an error ---------------------------------------------------------
+
+
+def test_a_checkpoint_folder_that_cannot_be_created_stops_the_run_before_training(tmp_path, monkeypatch, capsys):
+    # Tests run as root, where permission bits do not block writes: a file where the folder must be fails for real.
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "not_a_folder").write_text("x")
+    dirpath = tmp_path / "not_a_folder" / "checkpoints"
+    code, lines = _cli_error(
+        capsys,
+        [
+            "fit",
+            "-c",
+            str(DIGITS / "ce.yaml"),
+            *SMALL,
+            "--trainer.logger=false",
+            "--trainer.max_epochs=1",
+            "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.dirpath={dirpath}",
+        ],
+    )
+    assert code == 1
+    assert lines[-1].startswith(f"Expected the checkpoint folder '{dirpath}' (NotADirectoryError: Not a directory)")
+    assert "nothing was trained" in lines[-1]
+
+
+def test_a_save_that_does_not_produce_its_file_is_an_error(tmp_path, monkeypatch, capsys):
+    # The folder is writable (the probe passes) but last.ckpt is a folder: the rename of the finished file fails.
+    # Lightning's own writer would drop such an error when it is a PermissionError; ours names the file.
+    monkeypatch.chdir(tmp_path)
+    dirpath = tmp_path / "ckpt"
+    (dirpath / "last.ckpt").mkdir(parents=True)
+    code, lines = _cli_error(
+        capsys,
+        [
+            "fit",
+            "-c",
+            str(DIGITS / "ce.yaml"),
+            *SMALL,
+            "--trainer.logger=false",
+            "--trainer.max_epochs=1",
+            "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.dirpath={dirpath}",
+            "--trainer.callbacks.save_last=true",
+            "--trainer.callbacks.enable_version_counter=false",
+        ],
+    )
+    assert code == 1
+    assert lines[-1].startswith(f"Could not write the checkpoint '{dirpath / 'last.ckpt'}': Is a directory.")
+    assert not list(dirpath.glob(".*partial*"))  # no half-written file left behind
+
+
+def test_a_diverged_run_never_saves_non_finite_weights(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(["fit", "-c", str(DIGITS / "ce.yaml"), *SMALL, *CSV, "--trainer.max_epochs=2", "--model.init_args.lr=1e4"])
+    assert info.value.code not in (0, None)
+    err = capsys.readouterr().err
+    assert "non-finite" in err or "NaN" in err or "inf" in err, err[-2000:]
+    for path in tmp_path.rglob("*.ckpt"):
+        state = torch.load(path, weights_only=True)["state_dict"]
+        bad = [k for k, v in state.items() if v.is_floating_point() and not torch.isfinite(v).all()]
+        assert not bad, f"{path} holds non-finite {bad}"
+
+
+# --- 2. Resumable by default ----------------------------------------------------------------------------------
+
+
+def test_every_shipped_config_saves_last_checkpoints():
+    configs = REPO / "examples" / "configs"
+    standalone = [*DIGITS.glob("*.yaml"), *configs.glob("*/_base.yaml")]
+    with_callbacks = [
+        p for p in configs.rglob("*.yaml") if "callbacks" in (yaml.safe_load(p.read_text()) or {}).get("trainer", {})
+    ]
+    for path in {*standalone, *with_callbacks}:
+        callbacks = yaml.safe_load(path.read_text())["trainer"]["callbacks"]
+        assert any(
+            c["class_path"].endswith("ModelCheckpoint") and c["init_args"].get("save_last") for c in callbacks
+        ), path
+        text = path.read_text()
+        assert "enable_version_counter: false" not in text, path
+
+
+def test_ckpt_path_last_with_nothing_to_resume_is_an_error(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    code, lines = _cli_error(
+        capsys, ["fit", "-c", str(DIGITS / "ce.yaml"), *SMALL, *CSV, "--trainer.max_epochs=1", "--ckpt_path=last"]
+    )
+    assert code == 1
+    assert lines[-1].startswith("Expected a checkpoint to resume from (`--ckpt_path last`), but found no last*.ckpt in")
+    assert "csv/digits-ce/*/checkpoints" in lines[-1]
+
+
+@pytest.mark.slow
+def test_sigkill_mid_epoch_then_ckpt_path_last_continues_the_same_wandb_run(tmp_path):
+    env = _env(tmp_path, WANDB_MODE="offline")
+    marker = tmp_path / "paused"
+    args = ["fit", "-c", str(DIGITS / "ce.yaml"), *SMALL, "--trainer.max_epochs=3"]
+    first = _start(
+        [*args, "--trainer.callbacks+=tests.test_reliability.PauseAt", f"--trainer.callbacks.marker={marker}"],
+        tmp_path,
+        env,
+    )
+    _kill_when(first, marker)  # killed in epoch 1, after epoch 0's last.ckpt
+    assert marker.read_text() == "5"  # global step when killed (4 batches per epoch)
+    [killed_run] = (tmp_path / "runs" / "wandb").glob("offline-run-*")
+    run_id = killed_run.name.rsplit("-", 1)[1]
+    code, output = _finish(_start([*args, "--ckpt_path=last"], tmp_path, env))
+    assert code == 0, output[-4000:]
+    assert f"runs/cmkd-digits/{run_id}/checkpoints/last.ckpt" in output
+    resumed = [p for p in (tmp_path / "runs" / "wandb").glob("offline-run-*") if p != killed_run]
+    assert [p.name.rsplit("-", 1)[1] for p in resumed] == [run_id]  # the same W&B run id, continued
+    last = torch.load(tmp_path / "runs" / "cmkd-digits" / run_id / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (last["epoch"], last["global_step"]) == (2, 12)
+
+
+_STALL_SECOND_WRITE = """
+import sys, time
+from pathlib import Path
+from cmkd_lightning.callbacks.checkpoint_guard import VerifiedCheckpointIO
+calls = []
+original = VerifiedCheckpointIO._write
+def stalled(self, checkpoint, file):
+    calls.append(1)
+    if len(calls) < 3:  # epoch 0 writes epoch=0-step=4.ckpt and last.ckpt
+        return original(self, checkpoint, file)
+    import io, torch
+    buffer = io.BytesIO(); torch.save(checkpoint, buffer)
+    file.write(buffer.getvalue()[: len(buffer.getvalue()) // 2]); file.flush()
+    Path(sys.argv[1]).write_text("half written")
+    time.sleep(600)
+VerifiedCheckpointIO._write = stalled
+from cmkd_lightning.cli import main
+main(sys.argv[2:])
+"""
+
+
+@pytest.mark.slow
+def test_sigkill_mid_checkpoint_write_leaves_the_previous_checkpoint_and_resumes(tmp_path):
+    env = _env(tmp_path, WANDB_MODE="offline")
+    marker = tmp_path / "writing"
+    args = ["fit", "-c", str(DIGITS / "ce.yaml"), *SMALL, *CSV, "--trainer.max_epochs=2"]
+    first = _start([str(marker), *args], tmp_path, env, code=_STALL_SECOND_WRITE)
+    _kill_when(first, marker)
+    folder = tmp_path / "csv" / "digits-ce" / "version_0" / "checkpoints"
+    assert list(folder.glob(".*.partial-*"))  # the half-written file is hidden and never named last.ckpt
+    assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 4  # the previous, complete one
+    code, output = _finish(_start([*args, "--ckpt_path=last"], tmp_path, env))
+    assert code == 0, output[-4000:]
+    assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 8
+    assert not (tmp_path / "csv" / "digits-ce" / "version_1").exists()  # the logger run continued in version_0
+
+
+# --- 3. Runs never overwrite each other -----------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_two_teacher_runs_started_together_keep_their_own_files(tmp_path):
+    env = _env(tmp_path, WANDB_MODE="offline")
+    args = ["fit", "-c", str(DIGITS / "teacher.yaml"), *SMALL, *CSV, "--trainer.max_epochs=1"]
+    runs = [_start(args, tmp_path, env) for _ in range(2)]
+    for run in runs:
+        code, output = _finish(run)
+        assert code == 0, output[-4000:]
+    versions = sorted(p.name for p in (tmp_path / "csv" / "digits-teacher").iterdir())
+    assert versions == ["version_0", "version_1"]
+    for version in versions:
+        folder = tmp_path / "csv" / "digits-teacher" / version
+        assert (folder / "config.yaml").is_file() and not (folder / "config-1.yaml").exists()
+        assert (folder / "checkpoints" / "last.ckpt").is_file()
+    link = tmp_path / "runs" / "digits-teacher" / "teacher.ckpt"
+    assert link.is_symlink()
+    assert link.resolve() in {(tmp_path / "csv" / "digits-teacher" / v / "checkpoints" / "last.ckpt") for v in versions}
+
+
+def test_publish_checkpoint_refuses_to_replace_a_regular_file(tmp_path):
+    from cmkd_lightning.callbacks.checkpoint_link import point_link
+
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "last.ckpt").write_bytes(b"new")
+    (tmp_path / "teacher.ckpt").write_bytes(b"hand-made")
+    with pytest.raises(FileExistsError, match="it is a regular file; it was not replaced"):
+        point_link(tmp_path / "teacher.ckpt", tmp_path / "run" / "last.ckpt")
+    assert (tmp_path / "teacher.ckpt").read_bytes() == b"hand-made"
+    point_link(tmp_path / "teacher.ckpt", tmp_path / "run" / "last.ckpt", overwrite=True)
+    assert (tmp_path / "teacher.ckpt").read_bytes() == b"new"
+
+
+# --- 4. Errors a person reads in one line ---------------------------------------------------------------------
+
+
+def _teacher_file(tmp_path: Path, kind: str) -> Path:
+    path = tmp_path / f"{kind}.ckpt"
+    if kind == "truncated":
+        torch.save({"state_dict": {"student.w": torch.ones(100, 100)}}, path)
+        path.write_bytes(path.read_bytes()[:5000])
+    elif kind == "empty":
+        path.write_bytes(b"")
+    elif kind == "wrong_arch":
+        from cmkd_lightning.models import create_model
+
+        torch.save(
+            {
+                "state_dict": {
+                    f"student.{k}": v for k, v in create_model("resnet8", num_classes=100).state_dict().items()
+                }
+            },
+            path,
+        )
+    return path
+
+
+@pytest.mark.parametrize(
+    ("extra", "code", "last_line"),
+    [
+        (
+            ["--model.init_args.teacher_checkpoint=TMP/missing.ckpt"],
+            1,
+            "FileNotFoundError: Expected `path` to be an existing checkpoint file, but got 'TMP/missing.ckpt' (not found).",
+        ),
+        (
+            ["--model.init_args.teacher_checkpoint=TMP/empty.ckpt"],
+            1,
+            "ValueError: Could not read the checkpoint 'TMP/empty.ckpt': the file is empty (0 bytes)",
+        ),
+        (
+            ["--model.init_args.teacher_checkpoint=TMP/truncated.ckpt"],
+            1,
+            "ValueError: Could not read the checkpoint 'TMP/truncated.ckpt': the file is damaged",
+        ),
+        (
+            ["--model.init_args.teacher_checkpoint=TMP/wrong_arch.ckpt"],
+            1,
+            "ValueError: Expected the state_dict in 'TMP/wrong_arch.ckpt'",
+        ),
+        (
+            [
+                "--model.init_args.losses=[{class_path: cmkd_lightning.losses.KDLoss, init_args: {temperature: -1}}]",
+                "--model.init_args.teacher_checkpoint=null",
+            ],
+            1,
+            "ValueError: Expected `temperature` to be a finite number > 0, but got -1.0.",
+        ),
+        (
+            ["--model.init_args.losses=[{class_path: cmkd_lightning.losses.NoSuchLoss}]"],
+            2,
+            "module 'cmkd_lightning.losses' has no attribute 'NoSuchLoss'",
+        ),
+        (["--model.init_args.tempreature=3"], 2, "Option 'tempreature' is not accepted"),
+        (["--trainer.max_epoch=7"], 2, "unrecognized arguments: --trainer.max_epoch=7"),
+    ],
+    ids=[
+        "missing",
+        "empty",
+        "truncated",
+        "wrong_arch",
+        "negative_temperature",
+        "unknown_class_path",
+        "misspelled_key",
+        "prefix_option",
+    ],
+)
+def test_build_errors_end_with_the_library_message(tmp_path, monkeypatch, capsys, extra, code, last_line):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("CMKD_VERBOSE", raising=False)
+    for kind in ("empty", "truncated", "wrong_arch"):
+        _teacher_file(tmp_path, kind)
+    extra = [a.replace("TMP", str(tmp_path)) for a in extra]
+    got, lines = _cli_error(capsys, ["fit", "-c", str(DIGITS / "kd.yaml"), *SMALL, "--trainer.logger=false", *extra])
+    assert got == code
+    assert lines[-1].startswith(last_line.replace("TMP", str(tmp_path))) or last_line in lines[-1], lines[-3:]
+    assert not any("Traceback" in line or "Expected a <class 'NoneType'>" in line for line in lines)
+    assert "--verbose" in lines[-2]
+    if code == 1:
+        assert "kd.yaml" in lines[-2]  # the config file the class came from
+        assert "`model" in lines[-2]  # and its key
+
+
+def test_verbose_shows_the_full_traceback(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="missing.ckpt"):
+        try:
+            main(
+                [
+                    "fit",
+                    "-c",
+                    str(DIGITS / "kd.yaml"),
+                    "--trainer.logger=false",
+                    "--verbose",
+                    f"--model.init_args.teacher_checkpoint={tmp_path / 'missing.ckpt'}",
+                ]
+            )
+        except Exception as err:
+            raise err.root if hasattr(err, "root") else err from None
+
+
+# --- 6. W&B with an API key but no reachable server -----------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_wandb_key_without_a_reachable_server_falls_back_to_offline_quickly(tmp_path):
+    import socket
+
+    with socket.socket() as probe:  # a loopback port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = _env(tmp_path, WANDB_API_KEY="x" * 40, WANDB_BASE_URL=f"http://127.0.0.1:{port}")
+    start = time.monotonic()
+    code, output = _finish(
+        _start(["fit", "-c", str(DIGITS / "ce.yaml"), *SMALL, "--trainer.max_epochs=1"], tmp_path, env), timeout=120
+    )
+    assert code == 0, output[-4000:]
+    assert f"server http://127.0.0.1:{port} cannot be reached" in output
+    assert list((tmp_path / "runs" / "wandb").glob("offline-run-*"))
+    assert time.monotonic() - start < 90  # wandb.init online would wait ~100 s and then fail
+
+
+def test_wandb_credentials_of_another_host_are_found_by_wandb(tmp_path, monkeypatch):
+    from cmkd_lightning import cli
+
+    (tmp_path / ".netrc").write_text(f"machine wandb.example.org\n  login user\n  password {'k' * 40}\n")
+    (tmp_path / ".netrc").chmod(0o600)
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "NETRC"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
+    code = subprocess.run(
+        [sys.executable, "-c", "from cmkd_lightning.cli import _wandb_credentials_host as f; print(f())"],
+        env=dict(os.environ),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert "(True, 'https://wandb.example.org')" in code.stdout, code.stdout + code.stderr
+    assert cli.WANDB_PROBE_TIMEOUT_ENV == "CMKD_WANDB_TIMEOUT"
