@@ -332,7 +332,7 @@ class EmbeddingProjection(Callback):
         title = (
             f"{describe_method(pl_module)}\n"
             f"t-SNE of the student's penultimate features, {when}\n"
-            f"{len(labels)} validation samples, {num_classes} classes"
+            f"{len(labels)} {'validation ' if self.dataset is None else ''}samples, {num_classes} classes"
         )
         fig = plot_embedding(self.embedding, labels, title)
         path = save_figure(fig, directory / filename, self.dpi)
