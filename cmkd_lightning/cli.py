@@ -82,6 +82,18 @@ def _wandb_unreachable(host: str, timeout: float) -> str | None:
 WANDB_PROBE_TIMEOUT_ENV = "CMKD_WANDB_TIMEOUT"
 
 
+def _set_offline() -> str:
+    """WANDB_MODE=offline, also in wandb's process settings (read from the environment when the lookup ran)."""
+    os.environ["WANDB_MODE"] = "offline"
+    try:
+        from wandb.sdk import wandb_setup
+
+        wandb_setup.singleton().settings.mode = "offline"
+    except Exception:  # another wandb version: the environment variable is what it reads
+        pass
+    return "offline"
+
+
 def ensure_wandb_mode() -> str:
     """Choose the W&B mode when none was set (``WANDB_MODE``), say why, and return it.
 
@@ -93,7 +105,7 @@ def ensure_wandb_mode() -> str:
         return mode
     has_credentials, host = _wandb_credentials_host()
     if not has_credentials:
-        os.environ["WANDB_MODE"] = mode = "offline"
+        mode = _set_offline()
         rank_zero_info(
             f"W&B: no API key found (wandb has no credentials for {host}: WANDB_API_KEY, its settings or ~/.netrc), "
             "so runs are logged offline under the logger's save_dir; upload them later with `wandb sync <run dir>`. "
@@ -103,7 +115,7 @@ def ensure_wandb_mode() -> str:
     timeout = float(os.environ.get(WANDB_PROBE_TIMEOUT_ENV, "5"))
     reason = _wandb_unreachable(host, timeout)
     if reason is not None:
-        os.environ["WANDB_MODE"] = mode = "offline"
+        mode = _set_offline()
         rank_zero_warn(
             f"W&B: an API key is configured but the server {host} cannot be reached within {timeout:g} s ({reason}), "
             "so this run is logged offline under the logger's save_dir; upload it later with `wandb sync <run dir>`."
