@@ -176,7 +176,7 @@ def cli_env(tmp_path, monkeypatch):
 def test_config_tree_is_complete():
     methods = {rel.split("/")[1] for rel in EXPERIMENTS if rel.startswith("cifar100/")}
     assert {"vanilla", "kd", "dkd", "dist", "lskd", "nkd", "cmkd", "dkd_cmkd", "ablation"} <= methods
-    for method in ("cmkd", "dkd_cmkd", "kd", "dkd"):
+    for method in ("cmkd", "dkd_cmkd", "kd", "dkd", "dist", "nkd"):
         assert {f"cifar100/{method}/{pair}.yaml" for pair in CIFAR_DKD_BETA} <= set(EXPERIMENTS), method
     for method in ("kd", "dkd", "dist", "lskd", "nkd", "cmkd", "dkd_cmkd"):
         assert {f"imagenet/{method}/{pair}.yaml" for pair in IMAGENET_DKD_BETA} <= set(EXPERIMENTS), method
@@ -240,6 +240,10 @@ def test_cifar100_configs_follow_the_recipe(rel):
             assert spec["ce_weight"] == 1.0
         elif name == "KDLoss":
             assert (args["temperature"], spec["ce_weight"], spec["loss_weights"]) == (4.0, 0.1, [0.9])
+        elif name == "DISTLoss":  # one CIFAR-100 setting for every pair (DIST paper)
+            assert (args, spec["ce_weight"]) == ({"temperature": 4.0, "beta": 2.0, "gamma": 2.0}, 1.0)
+        elif name == "NKDLoss":  # the CIFAR-100 setting of the NKD authors' repository, every pair
+            assert (args, spec["ce_weight"]) == ({"temperature": 3.0, "gamma": 3.5}, 1.0)
     if method == "ablation":
         (entry,) = spec["losses"]
         assert entry["init_args"]["spearman"] is False
@@ -282,9 +286,9 @@ def test_digits_configs_share_one_recipe_and_read_the_teachers_checkpoint():
 
     digits = [rel for rel in EXPERIMENTS if rel.startswith("digits/")]
     assert len({repr(recipe(_resolved(rel))) for rel in digits}) == 1
-    (checkpoint,) = _resolved("digits/teacher.yaml")["trainer"]["callbacks"]
-    args = checkpoint["init_args"]
-    written = f"{args['dirpath']}/{args['filename']}.ckpt"
+    callbacks = _resolved("digits/teacher.yaml")["trainer"]["callbacks"]
+    (publish,) = [c for c in callbacks if c["class_path"].endswith(".PublishCheckpoint")]
+    written = publish["init_args"]["link"]  # the teacher's best checkpoint is published (linked) there
     for rel in digits:
         spec = _model_args(rel)
         if rel != "digits/teacher.yaml" and "losses" in spec:

@@ -43,8 +43,9 @@ def dkd_loss(
     logits within 700 of each other; the exact mask also holds for logits far beyond that). The linear warm-up
     ``min(epoch / warmup, 1)`` of the reference is applied by the training module (see
     :class:`~cmkd_lightning.losses.DKDLoss`), not here. Recipes: CIFAR-100 ``alpha = 1, T = 4, beta = 8``
-    (2 for res56->res20 and res110->res32, 6 for WRN and VGG pairs); ImageNet ``T = 1, beta = 0.5``
-    (R34->R18) or 2 (R50->MV1).
+    (2 for res56->res20 and res110->res32; 6 for wrn40_2->wrn16_2, wrn40_2->wrn40_1, vgg13->vgg8 and
+    vgg13->mv2; 8 for the other pairs, wrn40_2->shuv1 and wrn40_2->res8x4 included); ImageNet
+    ``T = 1, beta = 0.5`` (R34->R18) or 2 (R50->MV1).
 
     Paper: Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022.
 

@@ -19,7 +19,8 @@ class DKDLoss(DistillationLoss):
 
     Args:
         alpha: TCKD weight.
-        beta: NCKD weight (CIFAR-100: 8; 2 for res56->res20 and res110->res32; 6 for WRN and VGG pairs;
+        beta: NCKD weight (CIFAR-100: 8; 2 for res56->res20 and res110->res32; 6 for wrn40_2->wrn16_2,
+            wrn40_2->wrn40_1, vgg13->vgg8 and vgg13->mv2; 8 for wrn40_2->shuv1 and wrn40_2->res8x4;
             ImageNet: 0.5 for R34->R18, 2 for R50->MV1).
         temperature: softening temperature (4 on CIFAR-100, 1 on ImageNet).
         warmup_epochs: linear warm-up length in epochs.
