@@ -30,14 +30,23 @@ from datamodules.cifar100 import cifar100_test_transform
 from datamodules.cifar100c import CIFAR100C_CORRUPTIONS, CIFAR100CDataset, check_corruption
 
 _SEVERITIES = (1, 2, 3, 4, 5)
+#: The five corruptions of the paper's Table V, in its column order.
+PAPER_CORRUPTIONS: tuple[str, ...] = ("brightness", "contrast", "elastic_transform", "fog", "pixelate")
+_PRESETS = {"all": CIFAR100C_CORRUPTIONS, "paper": PAPER_CORRUPTIONS}
 
 
 def _check_corruptions(values: Any) -> tuple[str, ...]:
     if values is None:
         return CIFAR100C_CORRUPTIONS
-    if isinstance(values, str) or not isinstance(values, Sequence):
+    if isinstance(values, str):
+        if values in _PRESETS:
+            return _PRESETS[values]
+        raise ValueError(
+            f"Expected `corruptions` to be 'all', 'paper', None or a list of corruption names, but got {values!r}."
+        )
+    if not isinstance(values, Sequence):
         raise TypeError(
-            f"Expected `corruptions` to be a list of corruption names or None, but got {values!r}."
+            f"Expected `corruptions` to be 'all', 'paper', None or a list of corruption names, but got {values!r}."
         )
     if not values:
         raise ValueError(f"Expected `corruptions` to be a non-empty list, but got {list(values)}.")
@@ -110,8 +119,8 @@ class CorruptionRobustness(Callback):
     ``dirpath`` (default: the run directory) as ``filename``; and, with a ``WandbLogger``, the same table as a
     ``wandb.Table`` under ``robustness/table``.
 
-    Paper: Table V (brightness, contrast, elastic, fog, pixelate on ResNet32x4 / ResNet8x4); CIFAR-100-C from
-    Hendrycks & Dietterich, ICLR 2019.
+    Paper: Table V (brightness, contrast, elastic, fog, pixelate on ResNet32x4 / ResNet8x4:
+    ``corruptions="paper"``); CIFAR-100-C from Hendrycks & Dietterich, ICLR 2019.
 
     Logged metrics (``prefix`` defaults to ``"robustness/"``):
         - ``robustness/clean``: the student's clean Top-1.
@@ -126,7 +135,8 @@ class CorruptionRobustness(Callback):
 
     Args:
         root: the extracted ``CIFAR-100-C`` folder (``<corruption>.npy`` and ``labels.npy``).
-        corruptions: corruption names; ``None`` for the 15 of the benchmark.
+        corruptions: ``"all"`` or ``None`` (default) for the 15 of the benchmark, ``"paper"`` for the five of
+            Table V (:data:`PAPER_CORRUPTIONS`), or a list of corruption names.
         severities: severities in 1..5; ``None`` for all five.
         batch_size: batch size of the corruption passes.
         num_workers: DataLoader workers of the corruption passes.
@@ -140,7 +150,7 @@ class CorruptionRobustness(Callback):
     def __init__(
         self,
         root: str | Path,
-        corruptions: Sequence[str] | None = None,
+        corruptions: str | Sequence[str] | None = None,
         severities: Sequence[int] | None = None,
         batch_size: int = 256,
         num_workers: int = 0,

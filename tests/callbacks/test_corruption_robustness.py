@@ -145,8 +145,13 @@ def test_missing_files_are_listed(tmp_path):
         ),
         (
             {"corruptions": "fog"},
+            ValueError,
+            "Expected `corruptions` to be 'all', 'paper', None or a list of corruption names, but got 'fog'.",
+        ),
+        (
+            {"corruptions": 3},
             TypeError,
-            "Expected `corruptions` to be a list of corruption names or None, but got 'fog'.",
+            "Expected `corruptions` to be 'all', 'paper', None or a list of corruption names, but got 3.",
         ),
         ({"corruptions": []}, ValueError, "Expected `corruptions` to be a non-empty list, but got []."),
         (
@@ -178,3 +183,16 @@ def test_argument_errors(kwargs, error, message):
     arguments = {"root": "data/CIFAR-100-C", **kwargs}
     with pytest.raises(error, match=f"^{re.escape(message)}"):
         CorruptionRobustness(**arguments)
+
+
+def test_corruption_presets_are_one_argument_away(tmp_path):
+    from datamodules.cifar100c import CIFAR100C_CORRUPTIONS
+
+    from cmkd_lightning.callbacks.corruption_robustness import PAPER_CORRUPTIONS
+
+    # Table V's columns: brightness, contrast, elastic, fog, pixelate.
+    assert PAPER_CORRUPTIONS == ("brightness", "contrast", "elastic_transform", "fog", "pixelate")
+    assert set(PAPER_CORRUPTIONS) <= set(CIFAR100C_CORRUPTIONS)
+    assert CorruptionRobustness(tmp_path, corruptions="paper").corruptions == PAPER_CORRUPTIONS
+    assert CorruptionRobustness(tmp_path, corruptions="all").corruptions == CIFAR100C_CORRUPTIONS
+    assert CorruptionRobustness(tmp_path).corruptions == CIFAR100C_CORRUPTIONS
