@@ -71,7 +71,7 @@ def _figure_callbacks(args: argparse.Namespace, dirpath: Path) -> list[Any]:
         return []
     return [
         CorrelationMonitor(),
-        LogitCorrelationHeatmap(every_n_epochs=args.epochs, vmax=0.4, dirpath=dirpath),
+        LogitCorrelationHeatmap(every_n_epochs=args.epochs, matrix="correlation_gap", vmax=0.4, dirpath=dirpath),
         EmbeddingProjection(num_samples=500, max_classes=20, dirpath=dirpath, num_threads=args.threads),
         TrainingCost(dirpath=dirpath),
     ]

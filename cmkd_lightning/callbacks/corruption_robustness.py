@@ -62,12 +62,8 @@ def _check_severities(values: Any) -> tuple[int, ...]:
         return _SEVERITIES
     if isinstance(values, str) or not isinstance(values, Sequence):
         raise TypeError(f"Expected `severities` to be a list of ints in 1..5 or None, but got {values!r}.")
-    if not values or any(
-        isinstance(v, bool) or not isinstance(v, int) or v not in _SEVERITIES for v in values
-    ):
-        raise ValueError(
-            f"Expected `severities` to be a non-empty list of ints in 1..5, but got {list(values)}."
-        )
+    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v not in _SEVERITIES for v in values):
+        raise ValueError(f"Expected `severities` to be a non-empty list of ints in 1..5, but got {list(values)}.")
     if len(set(values)) != len(values):
         raise ValueError(f"Expected `severities` to hold no duplicates, but got {list(values)}.")
     return tuple(values)
@@ -245,9 +241,7 @@ class CorruptionRobustness(Callback):
     ) -> None:
         if self.clean_dataset is not None or self._clean_counts is None:
             return
-        student, teacher = self._capture.logits(
-            pl_module, batch_inputs(batch), teacher="teacher" in self._models
-        )
+        student, teacher = self._capture.logits(pl_module, batch_inputs(batch), teacher="teacher" in self._models)
         self._clean_counts += self._correct(batch_targets(batch).to(student.device), student, teacher)
 
     # ------------------------------------------------------------------ evaluation
@@ -284,8 +278,7 @@ class CorruptionRobustness(Callback):
             transform = cifar100_test_transform()
             keys = [(c, s) for c in self.corruptions for s in self.severities]
             counts = [clean_counts] + [
-                self._evaluate(trainer, pl_module, CIFAR100CDataset(self.root, c, s, transform))
-                for c, s in keys
+                self._evaluate(trainer, pl_module, CIFAR100CDataset(self.root, c, s, transform)) for c, s in keys
             ]
         finally:
             pl_module.train(was_training)
@@ -311,9 +304,7 @@ class CorruptionRobustness(Callback):
             writer.writerows(rows)
         for logger in trainer.loggers:
             if isinstance(logger, WandbLogger):
-                logger.log_table(
-                    key=f"{self.prefix}table", columns=columns, data=rows, step=trainer.global_step
-                )
+                logger.log_table(key=f"{self.prefix}table", columns=columns, data=rows, step=trainer.global_step)
 
     def _log(self, pl_module: LightningModule) -> None:
         for model in self._models:

@@ -1,9 +1,9 @@
-"""Fig. 9: how differently teacher and student relate the classes, as a heatmap of class-correlation gaps."""
+"""Fig. 9: where the student's logits differ from the teacher's, as a class-by-class heatmap (DKD's picture)."""
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import matplotlib
 import torch
@@ -54,11 +54,49 @@ def class_correlation(class_means: Tensor) -> Tensor:
     return (unit @ unit.T).clamp(-1.0, 1.0)
 
 
+#: Upper end of the colour scale of :func:`logit_difference` in DKD's figure (its ``MAX_DIFF``).
+DKD_MAX_DIFF = 3.0
+_MATRICES = ("logit_difference", "correlation_gap")
+
+
+def logit_difference(student_class_means: Tensor, teacher_class_means: Tensor) -> Tensor:
+    r"""``|\bar z^s_{a,j} - \bar z^t_{a,j}|``: mean student vs mean teacher logit per (true class, output class).
+
+    .. math::
+        D_{aj} = \left|\bar z^s_{a,j} - \bar z^t_{a,j}\right|\ (a \ne j),\qquad D_{aa} = 0,\qquad
+        \bar z_{a} = \frac{1}{|\{i: y_i = a\}|} \sum_{i: y_i = a} z_i \in \mathbb{R}^C
+
+    This is the matrix of the paper's Fig. 9, which follows DKD's visualisation (mdistiller,
+    ``tools/visualizations/correlation.ipynb``): row ``a`` is the true class, column ``j`` the output class,
+    the diagonal is zeroed, and the heatmap is drawn on the fixed scale ``[0, 3]`` (DKD divides by
+    ``MAX_DIFF = 3`` and draws ``[0, 1]``; :data:`DKD_MAX_DIFF`). Small everywhere when the student's
+    logits match the teacher's class by class.
+
+    Args:
+        student_class_means: ``(K, C)`` mean student logits per true class.
+        teacher_class_means: ``(K, C)`` mean teacher logits per true class.
+
+    Returns:
+        ``(K, C)`` float64 matrix, ``>= 0``, zero where ``a == j`` (NaN rows for classes without samples).
+
+    Example:
+        >>> logit_difference(torch.tensor([[2.0, 1.0], [0.0, 3.0]]), torch.tensor([[1.0, -1.0], [0.5, 1.0]]))
+        tensor([[0.0000, 2.0000],
+                [0.5000, 0.0000]], dtype=torch.float64)
+    """
+    diff = (student_class_means.double() - teacher_class_means.double()).abs()
+    k = min(diff.shape)
+    diff[torch.arange(k), torch.arange(k)] = 0.0
+    return diff
+
+
 def correlation_gap(student_class_means: Tensor, teacher_class_means: Tensor) -> Tensor:
     r"""``|R^t - R^s|`` of :func:`class_correlation`, with the diagonal set to zero.
 
-    This is the matrix of the paper's Fig. 9 ("the difference in the correlation matrix of the global logits
-    between the student and teacher"): small everywhere when the student relates the classes as the teacher does.
+    A second view of Fig. 9's caption ("the difference in the correlation matrix of the global logits"), kept as
+    an option of :class:`LogitCorrelationHeatmap` (``matrix="correlation_gap"``): the gap between the Pearson
+    correlations of the class-mean logit vectors, small everywhere when the student relates the classes as the
+    teacher does. The paper's figure itself is :func:`logit_difference`.
 
     Args:
         student_class_means: ``(K, C)`` mean student logits per true class.
@@ -103,13 +141,23 @@ def draw_class_matrix(
     return image
 
 
-def draw_correlation_gap(
-    ax: Axes, gap: Tensor, *, vmax: float = 1.0, title: str = "|teacher - student|"
-) -> AxesImage:
+def draw_correlation_gap(ax: Axes, gap: Tensor, *, vmax: float = 1.0, title: str = "|teacher - student|") -> AxesImage:
     """Draw :func:`correlation_gap` on ``ax``: colour scale fixed to ``[0, vmax]``, darker = larger difference."""
     return draw_class_matrix(
         ax, gap, cmap="PuBuGn", vmin=0.0, vmax=vmax, title=title, colorbar_label="|difference| of correlation"
     )
+
+
+def draw_logit_difference(
+    ax: Axes, difference: Tensor, *, vmax: float = DKD_MAX_DIFF, title: str = "|student - teacher| mean logit"
+) -> AxesImage:
+    """Draw :func:`logit_difference` on ``ax``: colour scale fixed to ``[0, vmax]`` (DKD: 3), darker = larger."""
+    image = draw_class_matrix(
+        ax, difference, cmap="PuBuGn", vmin=0.0, vmax=vmax, title=title, colorbar_label="|difference| of mean logit"
+    )
+    ax.set_xlabel("output class")
+    ax.set_ylabel("true class")
+    return image
 
 
 def plot_correlation_gap(
@@ -154,12 +202,19 @@ def plot_correlation_gap(
 
 
 class LogitCorrelationHeatmap(Callback):
-    r"""Fig. 9 of the paper: the gap between the teacher's and the student's class-correlation matrices.
+    r"""Fig. 9 of the paper: class-by-class difference between the student's and the teacher's logits.
 
     Over the validation set, the callback keeps running sums of the student's and the teacher's logits per true
     class (two ``C x C`` tensors and ``C`` counts; no logits are stored), and at the end of the epoch forms the
-    mean logit vector of each class, the class-correlation matrix of each network (:func:`class_correlation`)
-    and the absolute difference with the diagonal zeroed (:func:`correlation_gap`). The difference is drawn
+    mean logit vector of each class. Two matrices can be drawn (``matrix``):
+
+    - ``"logit_difference"`` (default): the paper's Fig. 9, which follows DKD's visualisation: per (true class,
+      output class) ``|mean student logit - mean teacher logit|``, diagonal zeroed (:func:`logit_difference`),
+      on the fixed scale ``[0, 3]`` of DKD's figure;
+    - ``"correlation_gap"``: the gap between the Pearson class-correlation matrices of the class-mean logits,
+      diagonal zeroed (:func:`correlation_gap`), on ``[0, 1]``.
+
+    Both are computed every time (:attr:`difference`, :attr:`gap`); the chosen one is drawn
     with a fixed colour scale ``[0, vmax]`` so epochs and runs compare, saved as
     ``logit_correlation_epoch<EEE>.png`` in ``dirpath`` (default ``<run dir>/figures``, the run dir being
     ``trainer.log_dir``, else ``trainer.default_root_dir``) and sent to W&B (``log_image``) or TensorBoard
@@ -175,17 +230,20 @@ class LogitCorrelationHeatmap(Callback):
     Paper: Fig. 9 (ResNet32x4 / ResNet8x4 on CIFAR-100; darker = larger difference).
 
     Logged metrics (``prefix`` defaults to ``"heatmap/"``):
-        - ``heatmap/mean_abs_diff``: mean of the off-diagonal entries of the difference matrix.
+        - ``heatmap/mean_abs_diff``: mean of the off-diagonal entries of the drawn matrix.
         - ``heatmap/logit_correlation``: the image (W&B / TensorBoard only).
 
     Attributes:
-        teacher_corr, student_corr, gap: the last ``(C, C)`` matrices (CPU, float64).
+        difference: the last :func:`logit_difference` matrix; teacher_corr, student_corr, gap: the last
+            class-correlation matrices and their gap; all ``(C, C)``, CPU, float64.
         figure_paths: the PNG files written so far.
 
     Args:
         every_n_epochs: draw on every this many training epochs.
-        vmax: upper end of the fixed colour scale of the difference (its lower end is 0).
-        include_matrices: also draw the teacher's and the student's correlation matrices beside the difference.
+        matrix: ``"logit_difference"`` (the paper's, default) or ``"correlation_gap"``.
+        vmax: upper end of the fixed colour scale (its lower end is 0); ``None``: 3 for ``"logit_difference"``
+            (DKD's), 1 for ``"correlation_gap"``.
+        include_matrices: with ``"correlation_gap"``, also draw the two correlation matrices beside the gap.
         dirpath: folder for the PNGs instead of ``<run dir>/figures``.
         prefix: prepended to the logged keys.
         dpi: resolution of the PNG.
@@ -194,13 +252,19 @@ class LogitCorrelationHeatmap(Callback):
     def __init__(
         self,
         every_n_epochs: int = 1,
-        vmax: float = 1.0,
+        matrix: Literal["logit_difference", "correlation_gap"] = "logit_difference",
+        vmax: float | None = None,
         include_matrices: bool = False,
         dirpath: str | Path | None = None,
         prefix: str = "heatmap/",
         dpi: int = 120,
     ) -> None:
         self.every_n_epochs = check_positive_int(every_n_epochs, "every_n_epochs")
+        if matrix not in _MATRICES:
+            raise ValueError(f"Expected `matrix` to be 'logit_difference' or 'correlation_gap', but got {matrix!r}.")
+        self.matrix = matrix
+        if vmax is None:
+            vmax = DKD_MAX_DIFF if matrix == "logit_difference" else 1.0
         self.vmax = check_positive_float(vmax, "vmax")
         self.include_matrices = check_bool(include_matrices, "include_matrices")
         self.dirpath = check_optional_path(dirpath, "dirpath")
@@ -209,6 +273,7 @@ class LogitCorrelationHeatmap(Callback):
         self.teacher_corr: Tensor | None = None
         self.student_corr: Tensor | None = None
         self.gap: Tensor | None = None
+        self.difference: Tensor | None = None
         self.figure_paths: list[Path] = []
         self._capture = LogitCapture()
         self._enabled = True
@@ -221,9 +286,7 @@ class LogitCorrelationHeatmap(Callback):
         self._enabled = has_teacher(pl_module)
         if not self._enabled and not self._warned:
             self._warned = True
-            rank_zero_warn(
-                "LogitCorrelationHeatmap: the LightningModule has no `teacher`; the callback is skipped."
-            )
+            rank_zero_warn("LogitCorrelationHeatmap: the LightningModule has no `teacher`; the callback is skipped.")
 
     @override
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
@@ -298,9 +361,7 @@ class LogitCorrelationHeatmap(Callback):
             zeros = torch.zeros(c, c, dtype=torch.float64, device=pl_module.device)
             self._sums = {"student": zeros, "teacher": zeros.clone(), "count": zeros.new_zeros(c)}
         c = self._sums["count"].shape[0]
-        flat = torch.cat(
-            [self._sums["student"].flatten(), self._sums["teacher"].flatten(), self._sums["count"]]
-        )
+        flat = torch.cat([self._sums["student"].flatten(), self._sums["teacher"].flatten(), self._sums["count"]])
         self._sums = {}
         flat = trainer.strategy.reduce(flat, reduce_op="sum").cpu().double()
         student_sum, teacher_sum = flat[: c * c].view(c, c), flat[c * c : 2 * c * c].view(c, c)
@@ -314,14 +375,12 @@ class LogitCorrelationHeatmap(Callback):
         self.student_corr = class_correlation(student_means)
         self.teacher_corr = class_correlation(teacher_means)
         self.gap = correlation_gap(student_means, teacher_means)
-        mean_abs_diff = mean_off_diagonal(self.gap)
-        pl_module.log(
-            f"{self.prefix}mean_abs_diff", mean_abs_diff, on_step=False, on_epoch=True, sync_dist=False
-        )
+        self.difference = logit_difference(student_means, teacher_means)
+        drawn = self.difference if self.matrix == "logit_difference" else self.gap
+        mean_abs_diff = mean_off_diagonal(drawn)
+        pl_module.log(f"{self.prefix}mean_abs_diff", mean_abs_diff, on_step=False, on_epoch=True, sync_dist=False)
 
-        directory = run_directory(
-            trainer, self.dirpath, "figures"
-        )  # a collective under DDP: every process calls it
+        directory = run_directory(trainer, self.dirpath, "figures")  # a collective under DDP: every process calls it
         if not trainer.is_global_zero:
             return
         when = (
@@ -329,20 +388,28 @@ class LogitCorrelationHeatmap(Callback):
             if trainer.state.fn == TrainerFn.FITTING
             else f"validation after {trainer.current_epoch} epoch(s)"
         )
+        what = (
+            "mean logit per (true class, output class)"
+            if self.matrix == "logit_difference"
+            else "class correlation of mean logits"
+        )
         title = (
             f"{describe_method(pl_module)}\n"
-            f"Teacher vs student: class correlation of mean logits, {when}\n"
+            f"Teacher vs student: {what}, {when}\n"
             f"mean off-diagonal |difference| = {mean_abs_diff:.3f} ({int(count.sum())} validation samples)"
         )
-        fig = plot_correlation_gap(
-            self.gap,
-            vmax=self.vmax,
-            title=title,
-            teacher_corr=self.teacher_corr if self.include_matrices else None,
-            student_corr=self.student_corr if self.include_matrices else None,
-        )
-        path = save_figure(
-            fig, directory / f"logit_correlation_epoch{trainer.current_epoch:03d}.png", self.dpi
-        )
+        if self.matrix == "logit_difference":
+            fig = Figure(figsize=(6.4, 5.8), layout="constrained")
+            draw_logit_difference(fig.subplots(), self.difference, vmax=self.vmax)
+            fig.suptitle(title)
+        else:
+            fig = plot_correlation_gap(
+                self.gap,
+                vmax=self.vmax,
+                title=title,
+                teacher_corr=self.teacher_corr if self.include_matrices else None,
+                student_corr=self.student_corr if self.include_matrices else None,
+            )
+        path = save_figure(fig, directory / f"logit_correlation_epoch{trainer.current_epoch:03d}.png", self.dpi)
         self.figure_paths.append(path)
         log_image_file(trainer, f"{self.prefix}logit_correlation", path)

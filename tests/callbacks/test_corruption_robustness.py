@@ -186,9 +186,8 @@ def test_argument_errors(kwargs, error, message):
 
 
 def test_corruption_presets_are_one_argument_away(tmp_path):
-    from datamodules.cifar100c import CIFAR100C_CORRUPTIONS
-
     from cmkd_lightning.callbacks.corruption_robustness import PAPER_CORRUPTIONS
+    from datamodules.cifar100c import CIFAR100C_CORRUPTIONS
 
     # Table V's columns: brightness, contrast, elastic, fog, pixelate.
     assert PAPER_CORRUPTIONS == ("brightness", "contrast", "elastic_transform", "fog", "pixelate")

@@ -9,6 +9,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from PIL import Image
 
 from cmkd_lightning.callbacks import LogitCorrelationHeatmap, class_correlation, correlation_gap
+from cmkd_lightning.callbacks.logit_heatmap import DKD_MAX_DIFF, logit_difference
 from tests.callbacks._helpers import cpu_trainer, digits_data, digits_module, split_logits
 
 
@@ -20,6 +21,52 @@ def reference_gap(student, teacher, targets, num_classes):
     gap = np.abs(np.corrcoef(mt) - np.corrcoef(ms))
     np.fill_diagonal(gap, 0.0)
     return gap
+
+
+def reference_difference(student, teacher, targets, num_classes):
+    """numpy, as DKD's notebook: per-class mean logits summed in a loop, |student - teacher|, zero diagonal."""
+    ms, mt = np.zeros((num_classes, num_classes)), np.zeros((num_classes, num_classes))
+    count = np.zeros((num_classes, 1))
+    for s, t, y in zip(student.double().numpy(), teacher.double().numpy(), targets.numpy()):
+        count[y, 0] += 1
+        ms[y] += s
+        mt[y] += t
+    diff = np.abs(ms / count - mt / count)
+    for i in range(num_classes):
+        diff[i, i] = 0
+    return diff
+
+
+def test_logit_difference_matches_numpy_and_marks_empty_classes():
+    torch.manual_seed(0)
+    student, teacher = torch.randn(40, 5), torch.randn(40, 5) * 3
+    targets = torch.arange(40) % 5
+    ms = torch.stack([student[targets == c].double().mean(0) for c in range(5)])
+    mt = torch.stack([teacher[targets == c].double().mean(0) for c in range(5)])
+    np.testing.assert_allclose(
+        logit_difference(ms, mt).numpy(), reference_difference(student, teacher, targets, 5), atol=1e-12
+    )
+    ms[3] = float("nan")
+    diff = logit_difference(ms, mt)
+    assert torch.isnan(diff[3, [0, 1, 2, 4]]).all() and diff[3, 3] == 0 and not torch.isnan(diff[[0, 1, 2, 4]]).any()
+
+
+def test_default_draws_the_papers_logit_difference_on_dkds_scale(tmp_path):
+    dm, module = digits_data(), digits_module()
+    heatmap = LogitCorrelationHeatmap()
+    assert (heatmap.matrix, heatmap.vmax, DKD_MAX_DIFF) == ("logit_difference", 3.0, 3.0)
+    trainer = cpu_trainer(tmp_path, [heatmap])
+    trainer.fit(module, datamodule=dm)
+
+    student, teacher, targets = split_logits(module, dm)
+    ref = reference_difference(student, teacher, targets, 100)
+    np.testing.assert_allclose(heatmap.difference.numpy(), ref, atol=1e-9)
+    np.testing.assert_allclose(heatmap.gap.numpy(), reference_gap(student, teacher, targets, 100), atol=1e-9)
+    off_diagonal = ref[~np.eye(100, dtype=bool)].mean()
+    assert math.isclose(float(trainer.callback_metrics["heatmap/mean_abs_diff"]), off_diagonal, rel_tol=1e-5)
+    (path,) = heatmap.figure_paths
+    with Image.open(path) as image:
+        assert 500 < image.size[0] < 1500  # one panel
 
 
 def test_class_correlation_matches_numpy_and_marks_empty_classes():
@@ -36,7 +83,7 @@ def test_class_correlation_matches_numpy_and_marks_empty_classes():
 
 def test_heatmap_values_file_and_tensorboard_image(tmp_path):
     dm, module = digits_data(), digits_module()
-    heatmap = LogitCorrelationHeatmap(include_matrices=True)
+    heatmap = LogitCorrelationHeatmap(matrix="correlation_gap", include_matrices=True)
     logger = TensorBoardLogger(tmp_path, name="tb")
     trainer = cpu_trainer(tmp_path, [heatmap], logger=logger)
     trainer.fit(module, datamodule=dm)
@@ -87,6 +134,11 @@ def test_module_without_teacher_is_skipped(tmp_path):
         ({"every_n_epochs": 0}, ValueError, "Expected `every_n_epochs` to be an int >= 1, but got 0."),
         ({"vmax": 0.0}, ValueError, "Expected `vmax` to be a finite number > 0, but got 0.0."),
         ({"vmax": "1"}, TypeError, "Expected `vmax` to be a number > 0, but got str '1'."),
+        (
+            {"matrix": "kl"},
+            ValueError,
+            "Expected `matrix` to be 'logit_difference' or 'correlation_gap', but got 'kl'.",
+        ),
         ({"include_matrices": 1}, TypeError, "Expected `include_matrices` to be a bool, but got int 1."),
         ({"dirpath": 3}, TypeError, "Expected `dirpath` to be a str or pathlib.Path, but got int 3."),
     ],
