@@ -63,6 +63,8 @@ SAMPLE = (
     "cifar100/cmkd/res56_res20.yaml",
     "cifar100/dkd_cmkd/res56_res20.yaml",
     "cifar100/ablation/res56_res20_pearson_zscore.yaml",
+    "cifar100/cost/dkd_res32x4_res8x4.yaml",
+    "cifar100/robustness/cmkd_res32x4_res8x4.yaml",
     "imagenet/vanilla/resnet18.yaml",
     "imagenet/kd/res34_res18.yaml",
     "imagenet/dkd/res34_res18.yaml",
@@ -133,6 +135,23 @@ def smoke_overrides(rel: str, device: str, precision: str | None = None, small: 
     return args
 
 
+def _write_tiny_cifar100c(rel: str, workdir: Path) -> None:
+    """Robustness configs read CIFAR-100-C in a callback (not a data module): give them 2 images per severity."""
+    import numpy as np
+
+    from datamodules import CIFAR100C_CORRUPTIONS, CIFAR100C_EXTRA_CORRUPTIONS
+
+    text = "".join(Path(path).read_text() for path in config_files(rel)[1::2])
+    if "CorruptionRobustness" not in text:
+        return
+    root = workdir / "data" / "CIFAR-100-C"  # the configs' relative root, under the run's throw-away directory
+    root.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    np.save(root / "labels.npy", np.arange(10, dtype=np.int64) % 100)
+    for name in (*CIFAR100C_CORRUPTIONS, *CIFAR100C_EXTRA_CORRUPTIONS):
+        np.save(root / f"{name}.npy", rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8))
+
+
 @functools.cache
 def _memoise_subclass_scan() -> None:
     """Memoise jsonargparse's walk over every nn.Module subclass (~1 s per ``nn.Module | str`` value parsed)."""
@@ -199,6 +218,7 @@ def run_config(
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         try:
             os.chdir(tmp)  # checkpoints and run configs land in a throw-away directory
+            _write_tiny_cifar100c(rel, Path(tmp))
             sys.argv = ["cmkd"]
             with _alarm(timeout_s), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
