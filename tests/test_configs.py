@@ -136,6 +136,13 @@ def _overrides(rel: str, fake_data: dict[str, Path]) -> list[str]:
             "--data.init_args.num_workers=0",
             "--data.init_args.batch_size=8",
         ]
+    elif dataset == "cifar10":  # the file format is tested in tests/datamodules/test_cifar10.py
+        args += [
+            "--data.init_args.synthetic=true",
+            "--data.init_args.synthetic_size=16",
+            "--data.init_args.num_workers=0",
+            "--data.init_args.batch_size=8",
+        ]
     elif dataset == "imagenet":
         args += [
             f"--data.init_args.data_dir={fake_data['imagenet']}",
@@ -145,7 +152,7 @@ def _overrides(rel: str, fake_data: dict[str, Path]) -> list[str]:
             "--data.init_args.resize_size=72",
         ]
     else:
-        raise ValueError(f"Expected a config under digits/, cifar100/ or imagenet/, but got {rel!r}.")
+        raise ValueError(f"Expected a config under digits/, cifar10/, cifar100/ or imagenet/, but got {rel!r}.")
     if _model_args(rel).get("teacher_checkpoint"):
         args.append("--model.init_args.teacher_checkpoint=null")
     return args
@@ -180,7 +187,7 @@ def test_config_tree_is_complete():
         assert {f"cifar100/{method}/{pair}.yaml" for pair in CIFAR_DKD_BETA} <= set(EXPERIMENTS), method
     for method in ("kd", "dkd", "dist", "lskd", "nkd", "cmkd", "dkd_cmkd"):
         assert {f"imagenet/{method}/{pair}.yaml" for pair in IMAGENET_DKD_BETA} <= set(EXPERIMENTS), method
-    assert BASES == ["cifar100/_base.yaml", "imagenet/_base.yaml"]
+    assert BASES == ["cifar10/_base.yaml", "cifar100/_base.yaml", "imagenet/_base.yaml"]
 
 
 @pytest.mark.parametrize("rel", EXPERIMENTS)
@@ -221,7 +228,9 @@ def _pair_and_method(rel: str) -> tuple[str, str]:
     return method, file.removesuffix(".yaml")
 
 
-@pytest.mark.parametrize("rel", [r for r in EXPERIMENTS if r.startswith("cifar100/") and "/vanilla/" not in r])
+@pytest.mark.parametrize(
+    "rel", [r for r in EXPERIMENTS if r.startswith("cifar100/") and "/vanilla/" not in r and "/motivation/" not in r]
+)
 def test_cifar100_configs_follow_the_recipe(rel):
     method, key = _pair_and_method(rel)
     if method in ("cost", "robustness"):  # figure / table files: <method>_<pair>.yaml, the pair's recipe plus callbacks
@@ -336,6 +345,7 @@ FAST_RUNS = {
     "cifar100/dkd_cmkd/res56_res20.yaml": ("dkd", "cmkd"),
     "cifar100/ablation/res56_res20_pearson.yaml": ("cmkd",),
     "imagenet/cmkd/res34_res18.yaml": ("cmkd",),
+    "cifar10/motivation/kd_res20_res14.yaml": ("kd",),
 }
 
 
@@ -352,3 +362,47 @@ def test_config_trains_one_step_on_fake_data(rel, cli_env, fake_data):
         assert torch.isfinite(metrics[f"train/{name}/loss"]), name
     if rel.startswith("imagenet/"):
         assert cli.model.num_classes == 3 and cli.datamodule.image_shape == (3, 64, 64)
+
+
+MOTIVATION_TEACHERS = ("resnet20", "resnet32", "resnet44", "resnet56", "resnet110")
+
+
+@pytest.mark.parametrize("dataset", ["cifar10", "cifar100"])
+def test_motivation_configs_distil_resnet14_from_every_teacher(dataset):
+    # Figs. 1, 2, 3, 5: a ResNet14 student, KD from ResNet20 ... ResNet110, each teacher trained by its vanilla file.
+    rels = [r for r in EXPERIMENTS if r.startswith(f"{dataset}/motivation/")]
+    assert len(rels) == 2 * len(MOTIVATION_TEACHERS) + 1
+    for teacher in MOTIVATION_TEACHERS:
+        vanilla = _resolved(f"{dataset}/motivation/vanilla_{teacher}.yaml")
+        (link,) = [c["init_args"]["link"] for c in vanilla["trainer"]["callbacks"] if "Publish" in c["class_path"]]
+        student = _resolved(f"{dataset}/motivation/kd_{teacher.replace('resnet', 'res')}_res14.yaml")
+        spec = student["model"]["init_args"]
+        assert (spec["student"], spec["teacher"], spec["teacher_checkpoint"]) == ("resnet14", teacher, link)
+        assert (spec["ce_weight"], spec["loss_weights"], spec["losses"][0]["init_args"]) == (
+            0.1,
+            [0.9],
+            {"temperature": 4.0},
+        )
+        assert student["trainer"]["logger"]["class_path"].endswith("CSVLogger")  # the plotting scripts read the CSV
+        assert (student["trainer"]["max_epochs"], student["data"]["init_args"]["batch_size"]) == (240, 64)
+        assert student["data"]["class_path"] == f"datamodules.{dataset.upper()}DataModule"
+
+
+FIGURE_CALLBACKS = {"cost": {"TrainingCost"}, "robustness": {"CorruptionRobustness"}}
+FIGURE_CALLBACKS["motivation"] = {"CorrelationMonitor", "LogitCorrelationHeatmap", "EmbeddingProjection"}
+
+
+@pytest.mark.parametrize(
+    "rel", [r for r in EXPERIMENTS if r.count("/") == 2 and r.split("/")[1] in FIGURE_CALLBACKS and "vanilla" not in r]
+)
+def test_figure_configs_attach_their_callbacks(rel, cli_env, fake_data):
+    from cmkd_lightning.callbacks.corruption_robustness import PAPER_CORRUPTIONS
+
+    with torch.device("meta"):
+        cli = _cli([*_config_files(rel), *_overrides(rel, fake_data)], run=False)
+    found = {type(c).__name__: c for c in cli.trainer.callbacks}
+    assert FIGURE_CALLBACKS[rel.split("/")[1]] <= set(found)
+    if "CorruptionRobustness" in found:
+        assert found["CorruptionRobustness"].corruptions == PAPER_CORRUPTIONS
+    if "LogitCorrelationHeatmap" in found:
+        assert found["LogitCorrelationHeatmap"].matrix == "logit_difference"
