@@ -5,8 +5,13 @@ their math in :mod:`cmkd_lightning.functional`, the model zoo in :mod:`cmkd_ligh
 :mod:`cmkd_lightning.callbacks`.
 """
 
+from importlib.metadata import PackageNotFoundError, version
+
 from cmkd_lightning.module import DistillationModule
 
-__version__ = "0.1.0"
+try:  # pyproject.toml holds the version; the installed metadata is its only copy at run time
+    __version__ = version("cmkd-lightning")
+except PackageNotFoundError:  # imported from a source tree that was never installed (pip install -e .)
+    __version__ = "0+unknown"
 
 __all__ = ["DistillationModule", "__version__"]

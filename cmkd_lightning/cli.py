@@ -20,6 +20,7 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from typing_extensions import override
 
 from cmkd_lightning._cli_errors import BuildError, describe_build_error, explain_argument_error, verbose_requested
+from cmkd_lightning._optional import available, require
 from cmkd_lightning._resume import ResumeError, adopt_run_of, find_last_checkpoint, reserve_version
 from cmkd_lightning.callbacks.checkpoint_guard import CheckpointGuard, CheckpointWriteError, NonFiniteCheckpointError
 from cmkd_lightning.callbacks.run_summary import RunSummary
@@ -48,7 +49,7 @@ def _wandb_credentials_host() -> tuple[bool, str]:
     wandb looks in WANDB_API_KEY, its settings files and ~/.netrc for the host of ``WANDB_BASE_URL`` (or its
     default); nothing is sent over the network, no prompt is shown, nothing is written.
     """
-    import wandb
+    wandb = require("wandb", extra="wandb", purpose="W&B logging (WandbLogger)")
 
     try:
         from wandb.sdk import wandb_setup
@@ -101,8 +102,8 @@ def ensure_wandb_mode() -> str:
     ``$CMKD_WANDB_TIMEOUT`` seconds (default 5): without this, ``wandb.init`` waits about 100 s and then fails the run.
     """
     mode = os.environ.get("WANDB_MODE")
-    if mode is not None:
-        return mode
+    if mode is not None or not available("wandb"):  # no wandb: no W&B run to configure
+        return mode or "disabled"
     has_credentials, host = _wandb_credentials_host()
     if not has_credentials:
         mode = _set_offline()
@@ -193,6 +194,8 @@ class DistillationCLI(LightningCLI):
             set_cpu_threads(config.get("cpu_threads"))
         if trainer.get("enable_progress_bar") is None and not sys.stdout.isatty():
             trainer.enable_progress_bar = False  # no bar fragments in log files; RunSummary prints epoch lines
+        if "WandbLogger" in str(trainer.get("logger")):  # name the extra before Lightning's own ImportError
+            require("wandb", extra="wandb", purpose="trainer.logger WandbLogger")
         ensure_wandb_mode()
 
     @override

@@ -30,6 +30,7 @@ import lightning as L
 import torch
 from torch import nn
 
+from cmkd_lightning._optional import require
 from cmkd_lightning.losses import CMKDLoss, DISTLoss, KDLoss
 from cmkd_lightning.losses.base import DistillationLoss
 from cmkd_lightning.models import create_model
@@ -255,7 +256,7 @@ def summarize(rows: list[dict[str, Any]], methods: Sequence[str], reference: str
         >>> s["methods"]["b"]["top1"]["mean"], s["paired"]["b"]["top1"]["mean_diff"]
         (3.0, 1.5)
     """
-    from scipy import stats
+    stats = require("scipy.stats", extra="quickstart", purpose="cmkd-compare's paired statistics")
 
     metrics = [k for k in METRICS if k in rows[0]]
     out: dict[str, Any] = {"methods": {}, "paired": {}, "reference": reference}

@@ -21,15 +21,17 @@ from typing import Any
 import lightning as L
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
-from rich.console import Console
-from rich.table import Table
 
+from cmkd_lightning._optional import require
 from cmkd_lightning.callbacks import CorrelationMonitor, EmbeddingProjection, LogitCorrelationHeatmap, TrainingCost
 from cmkd_lightning.functional import spearman_corr
 from cmkd_lightning.losses import CMKDLoss, KDLoss
 from cmkd_lightning.module import DistillationModule
 from cmkd_lightning.runtime import cpu_threads, quiet_lightning
 from datamodules import ComposedDigitsDataModule
+
+Console = require("rich.console", extra="quickstart", purpose="cmkd-quickstart").Console
+Table = require("rich.table", extra="quickstart", purpose="cmkd-quickstart").Table
 
 # name -> (losses factory, loss weights, cross-entropy weight)
 METHODS: dict[str, tuple[Any, list[float], float]] = {

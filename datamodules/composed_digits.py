@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import torch
 from lightning import LightningDataModule
-from sklearn.datasets import load_digits
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from cmkd_lightning._optional import require
 from datamodules._checks import check_bool, check_fraction, check_int, check_optional_bool, loader_kwargs
 from datamodules._sampling import EpochShuffleSampler
 
@@ -248,7 +248,8 @@ class ComposedDigitsDataModule(LightningDataModule):
             images = images.astype(np.float32)
             digit_labels = np.arange(_SYNTHETIC_DIGITS, dtype=np.int64) % 10
         else:
-            digits = load_digits()
+            sklearn_datasets = require("sklearn.datasets", extra="quickstart", purpose="ComposedDigitsDataModule")
+            digits = sklearn_datasets.load_digits()
             images = digits.images.astype(np.float32) / _DIGIT_MAX  # (M, 8, 8) in [0, 1]
             digit_labels = digits.target.astype(np.int64)
         pool_seq, *split_seqs = np.random.SeedSequence(self.seed).spawn(1 + len(_SPLITS))

@@ -3,7 +3,7 @@
 # Extra arguments go to cmkd-quickstart (e.g. --seeds 0 --epochs 3).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-source scripts/_venv.sh ""  # no extra; an explicit "" so the caller's arguments are not taken for it
+source scripts/_venv.sh quickstart,wandb  # cmkd-quickstart (digits, figures, rich) and the W&B logger of the configs
 cmkd-quickstart "$@"
 echo
 echo "The package is installed in .venv/. To use cmkd, cmkd-quickstart or the examples in this shell, run:"

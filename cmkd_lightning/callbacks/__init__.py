@@ -8,16 +8,41 @@
 - :class:`CheckpointGuard`: a writable checkpoint folder, a file after every save, no non-finite weights saved.
 - :class:`PublishCheckpoint`: a stable link to the checkpoint of the run that finished last.
 - :class:`RunSummary`: what a run produced, printed when fit / validate / test ends (``cmkd`` adds it).
+
+The two figure callbacks need the ``figures`` extra (matplotlib, scikit-learn): they are imported on first use, so
+the others work without it, and a missing extra is named in the error.
 """
 
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from cmkd_lightning._optional import require
 from cmkd_lightning.callbacks.checkpoint_guard import CheckpointGuard, CheckpointWriteError, NonFiniteCheckpointError
 from cmkd_lightning.callbacks.checkpoint_link import PublishCheckpoint
 from cmkd_lightning.callbacks.correlation_monitor import CorrelationMonitor, correlation_sums
 from cmkd_lightning.callbacks.corruption_robustness import CorruptionRobustness
-from cmkd_lightning.callbacks.embedding_projection import EmbeddingProjection
-from cmkd_lightning.callbacks.logit_heatmap import LogitCorrelationHeatmap, class_correlation, correlation_gap
 from cmkd_lightning.callbacks.run_summary import RunSummary
 from cmkd_lightning.callbacks.training_cost import TrainingCost
+
+if TYPE_CHECKING:
+    from cmkd_lightning.callbacks.embedding_projection import EmbeddingProjection
+    from cmkd_lightning.callbacks.logit_heatmap import LogitCorrelationHeatmap, class_correlation, correlation_gap
+
+_NEEDS_MATPLOTLIB = {
+    "EmbeddingProjection": "embedding_projection",
+    "LogitCorrelationHeatmap": "logit_heatmap",
+    "class_correlation": "logit_heatmap",
+    "correlation_gap": "logit_heatmap",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """Import the figure callbacks on first access (PEP 562), naming the ``figures`` extra when it is missing."""
+    if name not in _NEEDS_MATPLOTLIB:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    require("matplotlib", extra="figures", purpose=f"cmkd_lightning.callbacks.{name}")
+    return getattr(importlib.import_module(f"{__name__}.{_NEEDS_MATPLOTLIB[name]}"), name)
+
 
 __all__ = [
     "CheckpointGuard",

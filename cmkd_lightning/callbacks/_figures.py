@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
-from matplotlib.figure import Figure
 from PIL import Image
+
+if TYPE_CHECKING:  # matplotlib is the `figures` extra; the callbacks that draw import it
+    from matplotlib.figure import Figure
 
 
 def run_directory(trainer: Trainer, dirpath: Path | None, subfolder: str = "") -> Path:

@@ -16,6 +16,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from typing_extensions import override
 
+from cmkd_lightning._optional import require
 from cmkd_lightning.callbacks._checks import (
     check_bool,
     check_non_negative_int,
@@ -89,8 +90,8 @@ def tsne_embedding(
     threads of the computation (``None``: the libraries' default); on a busy machine 1 thread can be several
     times faster than contending for all cores.
     """
-    from sklearn.manifold import TSNE
-    from threadpoolctl import threadpool_limits
+    TSNE = require("sklearn.manifold", extra="figures", purpose="EmbeddingProjection (t-SNE)").TSNE
+    threadpool_limits = require("threadpoolctl", extra="figures", purpose="EmbeddingProjection").threadpool_limits
 
     n = features.shape[0]
     perplexity = float(min(perplexity, max(1.0, (n - 1) / 3)))
