@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import warnings
 from typing import Literal, NamedTuple
 
@@ -39,11 +40,47 @@ class TeacherStats(NamedTuple):
     entropy: Tensor
 
 
+CMKDScale = Literal["sqrt_classes", "paper"] | float
+_SCALES = ("sqrt_classes", "paper")
+
+
+def resolve_scale(scale: CMKDScale, num_classes: int) -> float:
+    r"""The factor on CMKD's Pearson term: :math:`\sqrt{C}` (``"sqrt_classes"``), 1 (``"paper"``) or a number.
+
+    The Pearson term is ``1 - r`` of two length-``C`` rows; on z-scored rows its gradient has norm
+    :math:`\sqrt{1 - r^2} / \sqrt{C - 1}` (divided by the student's logit std), so at factor 1 its pull on the
+    student shrinks like :math:`1 / \sqrt{C}` against the cross-entropy's, whose gradient norm does not depend
+    on ``C``. ``"sqrt_classes"`` undoes that, so one setting serves 10 to 1000 classes; ``"paper"`` is Eq. 16
+    as written.
+
+    Args:
+        scale: ``"sqrt_classes"``, ``"paper"`` or a finite number > 0.
+        num_classes: ``C``.
+
+    Returns:
+        The factor as a Python float.
+
+    Example:
+        >>> resolve_scale("sqrt_classes", 100), resolve_scale("paper", 100), resolve_scale(2.5, 100)
+        (10.0, 1.0, 2.5)
+    """
+    if isinstance(scale, str):
+        if scale == "sqrt_classes":
+            return math.sqrt(num_classes)
+        if scale == "paper":
+            return 1.0
+        raise ValueError(f"Expected `pearson_scale` to be one of {_SCALES} or a number > 0, but got {scale!r}.")
+    if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
+        raise ValueError(f"Expected `pearson_scale` to be one of {_SCALES} or a finite number > 0, but got {scale!r}.")
+    return float(scale)
+
+
 class CMKDTerms(NamedTuple):
     """Per-sample pieces of the CMKD loss (see :func:`cmkd_terms`).
 
     Attributes:
-        loss: ``(N,)`` weighted per-sample loss (Eq. 16 without the cross-entropy), differentiable.
+        loss: ``(N,)`` weighted per-sample loss (Eq. 16 without the cross-entropy, its Pearson term times
+            ``pearson_scale``, all times the optional ``T^2``), differentiable.
         pearson: ``(N,)`` ``1 - r(p_s, p_t)`` (Eq. 12), differentiable.
         spearman: ``(N,)`` ``1 - r(softrank(z_s), rank(z_t))`` (Eq. 13), differentiable; zeros when disabled.
         hard: ``(N,)`` bool, teacher entropy ``>=`` threshold (flat teacher, "hard" sample).
@@ -107,6 +144,7 @@ def cmkd_terms(
     spearman: bool = True,
     dynamic_weighting: bool = True,
     temperature_squared: bool = False,
+    pearson_scale: CMKDScale = "sqrt_classes",
     entropy_threshold: Tensor | float | None = None,
     teacher: TeacherStats | None = None,
     eps: float = 1e-7,
@@ -130,6 +168,7 @@ def cmkd_terms(
         check_non_negative(gamma, "gamma")
         check_positive(eps, "eps")
         check_positive(regularization_strength, "regularization_strength")
+    factor = resolve_scale(pearson_scale, num_classes)
     if validate_args and spearman and not zscore:
         warnings.warn(
             "CMKD's Spearman term is used on un-normalised logits (`zscore=False`): the soft rank then rewards "
@@ -146,6 +185,7 @@ def cmkd_terms(
     zs = _zscore(zs, eps) if zscore else zs
     ps = F.softmax(zs / temperature, dim=-1)
     pearson = 1.0 - _pearson_corr(ps, teacher.probs.to(ps.dtype))
+    scaled_pearson = pearson * factor if factor != 1.0 else pearson
     if spearman:
         # the only host-device syncs of CMKD: the pooling rounds of the torch backend (docs/DEVICE.md)
         soft = soft_rank(zs, regularization_strength, backend=rank_backend, validate_args=False)
@@ -156,14 +196,14 @@ def cmkd_terms(
     threshold = teacher.entropy.mean() if entropy_threshold is None else entropy_threshold
     hard = teacher.entropy >= threshold
     if not spearman:
-        per_sample = beta * pearson
+        per_sample = beta * scaled_pearson
     elif dynamic_weighting:
         # Eq. 16: flat teacher (H_i >= mean H) -> beta * Pearson + gamma * Spearman; sharp -> the swap.
         w_pearson = torch.where(hard, beta, gamma).to(pearson.dtype)
         w_spearman = torch.where(hard, gamma, beta).to(pearson.dtype)
-        per_sample = w_pearson * pearson + w_spearman * spearman_loss
+        per_sample = w_pearson * scaled_pearson + w_spearman * spearman_loss
     else:
-        per_sample = beta * pearson + gamma * spearman_loss
+        per_sample = beta * scaled_pearson + gamma * spearman_loss
     if temperature_squared:
         per_sample = per_sample * temperature**2
     return CMKDTerms(per_sample, pearson, spearman_loss, hard, teacher.entropy)
@@ -181,6 +221,7 @@ def cmkd_loss(
     spearman: bool = True,
     dynamic_weighting: bool = True,
     temperature_squared: bool = False,
+    pearson_scale: CMKDScale = "sqrt_classes",
     eps: float = 1e-7,
     rank_backend: Literal["auto", "torch", "torchsort"] = "auto",
     reduction: Reduction = "mean",
@@ -201,12 +242,20 @@ def cmkd_loss(
         \bar H = \frac1N \sum_i H_i\ \text{(Eq. 15)}
 
     .. math::
-        \ell_i = \begin{cases} \beta L_{P,i} + \gamma L_{S,i} & H_i \ge \bar H \text{ (flat teacher, hard)}\\
-        \gamma L_{P,i} + \beta L_{S,i} & H_i < \bar H \text{ (sharp teacher, easy)}\end{cases}\quad\text{(Eq. 16)}
+        \ell_i = \begin{cases} \beta\,s\,L_{P,i} + \gamma L_{S,i} & H_i \ge \bar H \text{ (flat teacher, hard)}\\
+        \gamma\,s\,L_{P,i} + \beta L_{S,i} & H_i < \bar H \text{ (sharp teacher, easy)}\end{cases}\quad\text{(Eq. 16)}
 
     ``r`` is the Pearson correlation across the ``C`` classes, ``softrank`` the l2 soft rank of Blondel et al.
     2020 (:func:`soft_rank`) and the teacher's rank is exact. The cross-entropy term ``alpha * L_CE`` of Eq. 16
     belongs to the training module. ``"mean"`` averages ``ell_i`` over the batch.
+
+    **Pearson scale s (not in the paper; default** :math:`s = \sqrt{C}` **).** The paper's Eq. 16 has ``s = 1``
+    (``pearson_scale="paper"``). The gradient of ``L_P`` on z-scored rows has norm
+    :math:`\approx \sqrt{1 - r^2} / \sqrt{C - 1}` (over the student's logit std), so with ``s = 1`` the Pearson
+    term fades against the cross-entropy as ``C`` grows; ``s = sqrt(C)`` keeps its pull independent of ``C``
+    (:func:`resolve_scale`). The Spearman term is left unscaled: scaling it as well made training unstable.
+    ``alpha``, ``beta`` and ``gamma`` keep the paper's meaning. Measurements: ``docs/DESIGN.md``, "CMKD across
+    class counts".
 
     **Which term gets beta.** The prose of Sec. V-C says a flat teacher (high entropy) should weight Spearman more,
     but Eq. 16 and the motivation of Sec. IV-B ("for more difficult samples ... a higher weight to ... Pearson")
@@ -226,8 +275,8 @@ def cmkd_loss(
     Switches reproduce the ablation rows of Table VI: ``zscore`` (Eq. 9–11), ``spearman`` (with
     ``spearman=False`` every sample's loss is ``beta * L_P``), ``dynamic_weighting`` (off: the fixed
     ``beta * L_P + gamma * L_S``). The paper states no ``T^2`` factor; ``temperature_squared=True`` adds one
-    (as DIST and LS-KD do). A short pilot trained better without it: with ``T^2`` at ``T = 4`` the CMKD gradient
-    dwarfs the cross-entropy's at initialisation.
+    (as DIST and LS-KD do) on top of ``s``; it is off by default (with ``s = 1`` it rescued 1000 classes but
+    wrecked 100, see ``docs/DESIGN.md``).
 
     Paper: "Efficient and Robust Knowledge Distillation from A Stronger Teacher Based on Correlation Matching",
     Sec. V, Eq. 9–16. Recipe: ``T = 4`` (CIFAR-100) or ``T = 1`` (ImageNet), ``alpha = 1, beta = 4, gamma = 1``.
@@ -243,6 +292,7 @@ def cmkd_loss(
         spearman: include the Spearman term.
         dynamic_weighting: entropy-based swap of ``beta``/``gamma`` (Eq. 14–16).
         temperature_squared: multiply the loss by ``T^2``.
+        pearson_scale: ``s``: ``"sqrt_classes"`` (``sqrt(C)``, default), ``"paper"`` (1) or a number > 0.
         eps: added to the standard deviation of the z-score.
         rank_backend: soft-rank backend, ``"auto"``, ``"torch"`` or ``"torchsort"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample ``(N,)``).
@@ -259,8 +309,10 @@ def cmkd_loss(
         >>> z = torch.tensor([[0.5, 2.0, -1.0, 0.0], [3.0, 0.1, 0.2, 0.3]])
         >>> round(float(cmkd_loss(z, z, regularization_strength=1e-3)), 4)  # same logits, near-hard ranks
         0.0
-        >>> round(float(cmkd_loss(z, -z)), 4)  # reversed ranking: both correlations far from 1
+        >>> round(float(cmkd_loss(z, -z, pearson_scale="paper")), 4)  # reversed ranking, Eq. 16 as written
         9.9387
+        >>> round(float(cmkd_loss(z, -z)), 4)  # default: the Pearson term times sqrt(C) = 2
+        14.9285
     """
     check_reduction(reduction)
     terms = cmkd_terms(
@@ -274,6 +326,7 @@ def cmkd_loss(
         spearman=spearman,
         dynamic_weighting=dynamic_weighting,
         temperature_squared=temperature_squared,
+        pearson_scale=pearson_scale,
         eps=eps,
         rank_backend=rank_backend,
         validate_args=validate_args,
@@ -282,4 +335,13 @@ def cmkd_loss(
     return check_result(loss, "cmkd_loss", student_logits, teacher_logits) if validate_args else loss
 
 
-__all__ = ["CMKDTerms", "TeacherStats", "cmkd_loss", "cmkd_terms", "default_regularization_strength", "teacher_stats"]
+__all__ = [
+    "CMKDScale",
+    "CMKDTerms",
+    "TeacherStats",
+    "cmkd_loss",
+    "cmkd_terms",
+    "default_regularization_strength",
+    "resolve_scale",
+    "teacher_stats",
+]

@@ -11,7 +11,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from cmkd_lightning.functional._checks import check_non_negative, check_positive, upcast
-from cmkd_lightning.functional.cmkd import cmkd_terms, teacher_stats
+from cmkd_lightning.functional.cmkd import CMKDScale, cmkd_terms, resolve_scale, teacher_stats
 from cmkd_lightning.losses.base import DistillationLoss
 
 _RANK_BACKENDS = ("auto", "torch", "torchsort")
@@ -36,6 +36,9 @@ class CMKDLoss(DistillationLoss):
         spearman: include the Spearman term.
         dynamic_weighting: entropy-based swap of the weights.
         temperature_squared: multiply by ``T^2`` (not in the paper).
+        pearson_scale: multiply the Pearson term by ``sqrt(C)`` (``"sqrt_classes"``, the default: not in the
+            paper), by 1 (``"paper"``: Eq. 16 as written) or by a given number. See
+            :func:`~cmkd_lightning.functional.cmkd.resolve_scale`.
         sync_entropy_threshold: under ``torch.distributed``, use the entropy mean over the *global* batch
             (an all-reduce on every call, so every rank must call the loss on every step). Default: per device.
         eps: z-score epsilon.
@@ -55,6 +58,7 @@ class CMKDLoss(DistillationLoss):
         spearman: bool = True,
         dynamic_weighting: bool = True,
         temperature_squared: bool = False,
+        pearson_scale: CMKDScale = "sqrt_classes",
         sync_entropy_threshold: bool = False,
         eps: float = 1e-7,
         rank_backend: Literal["auto", "torch", "torchsort"] = "auto",
@@ -67,6 +71,7 @@ class CMKDLoss(DistillationLoss):
         check_positive(eps, "eps")
         if regularization_strength is not None:
             check_positive(regularization_strength, "regularization_strength")
+        resolve_scale(pearson_scale, 2)  # validates the value; the factor itself depends on C
         if rank_backend not in _RANK_BACKENDS:
             raise ValueError(f"Expected `rank_backend` to be one of {_RANK_BACKENDS}, but got {rank_backend!r}.")
         if spearman and not zscore:
@@ -81,6 +86,7 @@ class CMKDLoss(DistillationLoss):
         self.regularization_strength = regularization_strength
         self.zscore, self.spearman, self.dynamic_weighting = zscore, spearman, dynamic_weighting
         self.temperature_squared = temperature_squared
+        self.pearson_scale = pearson_scale
         self.sync_entropy_threshold = sync_entropy_threshold
         self.eps = eps
         self.rank_backend = rank_backend
@@ -104,6 +110,7 @@ class CMKDLoss(DistillationLoss):
             spearman=self.spearman,
             dynamic_weighting=self.dynamic_weighting,
             temperature_squared=self.temperature_squared,
+            pearson_scale=self.pearson_scale,
             entropy_threshold=threshold,
             teacher=stats,
             eps=self.eps,

@@ -31,6 +31,7 @@ def logits():
 )
 @pytest.mark.parametrize("T", [1.0, 4.0])
 def test_matches_naive_reference(logits, switches, T):
+    """Eq. 9-16 as the paper writes them (``pearson_scale="paper"``); the scale is tested below."""
     zs, zt = logits
     eps_r = 1.0 / C
     ranked = zscore(zs) if switches.get("zscore", True) else zs
@@ -48,7 +49,7 @@ def test_matches_naive_reference(logits, switches, T):
         t2=switches.get("temperature_squared", False),
     )
     with pytest.warns(UserWarning) if switches.get("spearman", True) and not switches.get("zscore", True) else _no_op():
-        terms = cmkd_terms(zs, zt, temperature=T, regularization_strength=eps_r, **switches)
+        terms = cmkd_terms(zs, zt, temperature=T, regularization_strength=eps_r, pearson_scale="paper", **switches)
     np.testing.assert_allclose(terms.loss.numpy(), want, rtol=1e-9, atol=1e-12)
     np.testing.assert_array_equal(terms.hard.numpy(), want_hard)
 
@@ -77,26 +78,31 @@ def test_eq16_branch_assignment_on_sharp_and_flat_teacher_rows():
     zt = torch.stack([sharp, flat, sharp.roll(4), flat.flip(0)])
     zs = zt + 0.5 * torch.randn_like(zt)
     beta, gamma = 5.0, 0.5
-    terms = cmkd_terms(zs, zt, temperature=1.0, beta=beta, gamma=gamma)
+    terms = cmkd_terms(zs, zt, temperature=1.0, beta=beta, gamma=gamma, pearson_scale="paper")
     assert terms.entropy[0] < terms.entropy[1]
     assert terms.hard.tolist() == [False, True, False, True]
     lp, ls = terms.pearson, terms.spearman
     expected = torch.stack(
-        [gamma * lp[0] + beta * ls[0], beta * lp[1] + gamma * ls[1], gamma * lp[2] + beta * ls[2], beta * lp[3] + gamma * ls[3]]
+        [
+            gamma * lp[0] + beta * ls[0],
+            beta * lp[1] + gamma * ls[1],
+            gamma * lp[2] + beta * ls[2],
+            beta * lp[3] + gamma * ls[3],
+        ]
     )
     torch.testing.assert_close(terms.loss, expected)
 
 
 def test_batch_of_one_takes_the_hard_branch(logits):
     zs, zt = logits
-    terms = cmkd_terms(zs[:1], zt[:1], beta=4.0, gamma=1.0)
+    terms = cmkd_terms(zs[:1], zt[:1], beta=4.0, gamma=1.0, pearson_scale="paper")
     assert terms.hard.tolist() == [True]
     torch.testing.assert_close(terms.loss, 4.0 * terms.pearson + 1.0 * terms.spearman)
 
 
 def test_entropy_threshold_override(logits):
     zs, zt = logits
-    everyone_easy = cmkd_terms(zs, zt, entropy_threshold=float("inf"))
+    everyone_easy = cmkd_terms(zs, zt, entropy_threshold=float("inf"), pearson_scale="paper")
     assert not everyone_easy.hard.any()
     torch.testing.assert_close(everyone_easy.loss, 1.0 * everyone_easy.pearson + 4.0 * everyone_easy.spearman)
 
@@ -123,6 +129,39 @@ def test_large_strength_makes_spearman_a_pearson_of_zscored_logits(logits):
 def test_default_strength_is_one_over_c(logits):
     zs, zt = logits
     torch.testing.assert_close(cmkd_loss(zs, zt), cmkd_loss(zs, zt, regularization_strength=1.0 / C))
+
+
+def test_default_scales_the_pearson_term_by_sqrt_c_and_paper_is_eq16_as_written(logits):
+    zs, zt = logits
+    paper = cmkd_terms(zs, zt, pearson_scale="paper")
+    wp = torch.where(paper.hard, 4.0, 1.0)
+    ws = torch.where(paper.hard, 1.0, 4.0)
+    torch.testing.assert_close(paper.loss, wp * paper.pearson + ws * paper.spearman)
+    for scale, factor in (("sqrt_classes", C**0.5), (3.0, 3.0)):
+        got = cmkd_terms(zs, zt, pearson_scale=scale)
+        torch.testing.assert_close(got.loss, factor * wp * paper.pearson + ws * paper.spearman)
+        torch.testing.assert_close(got.pearson, paper.pearson)  # the logged term stays 1 - r
+    assert cmkd_terms(zs, zt).loss.mean() == cmkd_loss(zs, zt)
+    # T^2 multiplies the whole scaled sum
+    torch.testing.assert_close(
+        cmkd_loss(zs, zt, temperature_squared=True), 16.0 * (C**0.5 * wp * paper.pearson + ws * paper.spearman).mean()
+    )
+    # the scale is what keeps the gradient's size independent of C: ~ sqrt(1 - r^2) / sqrt(C - 1) without it
+    g = torch.Generator().manual_seed(0)
+    norms = {}
+    for c in (10, 1000):
+        t = torch.randn(256, c, generator=g, dtype=torch.float64)
+        s = (t + torch.randn(256, c, generator=g, dtype=torch.float64)).requires_grad_(True)
+        cmkd_terms(s, t, spearman=False, beta=1.0).loss.sum().backward()  # beta * sqrt(C) * L_P
+        norms[c] = float(s.grad.norm(dim=1).median())
+    assert 0.7 < norms[1000] / norms[10] < 1.4
+
+
+@pytest.mark.parametrize("bad", ["sqrt", 0.0, -1.0, float("inf"), True])
+def test_bad_scale_is_a_clear_error(logits, bad):
+    zs, zt = logits
+    with pytest.raises(ValueError, match="Expected `pearson_scale` to be one of"):
+        cmkd_loss(zs, zt, pearson_scale=bad)
 
 
 def test_spearman_without_zscore_warns(logits):
