@@ -63,6 +63,9 @@ SAMPLE = (
     "cifar100/cmkd/res56_res20.yaml",
     "cifar100/dkd_cmkd/res56_res20.yaml",
     "cifar100/ablation/res56_res20_pearson_zscore.yaml",
+    "cifar100/cost/kd_res32x4_res8x4.yaml",
+    "cifar100/motivation/kd_res20_res14.yaml",
+    "cifar10/motivation/kd_res20_res14.yaml",
     "cifar100/cost/dkd_res32x4_res8x4.yaml",
     "cifar100/robustness/cmkd_res32x4_res8x4.yaml",
     "imagenet/vanilla/resnet18.yaml",
@@ -125,7 +128,7 @@ def smoke_overrides(rel: str, device: str, precision: str | None = None, small: 
     if dataset == "digits" and small:
         args += ["--data.init_args.train_size=64", "--data.init_args.val_size=32", "--data.init_args.test_size=32"]
         args += ["--data.init_args.batch_size=16"]
-    elif dataset == "cifar100" and small:
+    elif dataset in ("cifar10", "cifar100") and small:
         args += ["--data.init_args.batch_size=8", "--data.init_args.synthetic_size=32"]
     elif dataset == "imagenet" and small:
         args += ["--data.init_args.batch_size=4", "--data.init_args.synthetic_size=16"]
