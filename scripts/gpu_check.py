@@ -63,7 +63,6 @@ SAMPLE = (
     "cifar100/cmkd/res56_res20.yaml",
     "cifar100/dkd_cmkd/res56_res20.yaml",
     "cifar100/ablation/res56_res20_pearson_zscore.yaml",
-    "cifar100/cost/kd_res32x4_res8x4.yaml",
     "cifar100/motivation/kd_res20_res14.yaml",
     "cifar10/motivation/kd_res20_res14.yaml",
     "cifar100/cost/dkd_res32x4_res8x4.yaml",
