@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import contextlib
+import inspect
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any, Literal
 
 import torch
@@ -16,13 +17,14 @@ from torch import Tensor, nn
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
+from cmkd_lightning import _defaults, _records
 from cmkd_lightning.losses.base import DistillationLoss
 
 _OPTIMIZERS = ("sgd", "adamw")
 
 # The frozen teacher is in eval mode on purpose; Lightning's generic notice about it is noise here.
 warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
-_SCHEDULES = ("multistep", "cosine", "none")
+_SCHEDULES = ("auto", "multistep", "cosine", "none")
 
 
 def _accuracy(num_classes: int, top_k: int) -> MulticlassAccuracy:
@@ -79,13 +81,26 @@ class DistillationModule(LightningModule):
 
     The teacher is frozen: ``requires_grad`` off, eval mode at all times (also after ``.train()``), run under
     ``torch.no_grad()``, never given to the optimiser. Losses run in float32 outside autocast whatever the
-    precision plugin. The defaults of the optimiser and schedule are the CIFAR-100 recipe (SGD, lr 0.05,
-    momentum 0.9, weight decay 5e-4, x0.1 at epochs 150/180/210 of 240).
+    precision plugin.
 
-    Checkpoints hold the student; the teacher only with ``save_teacher_in_checkpoint=True`` (it is rebuilt from
-    ``teacher`` / ``teacher_checkpoint`` when the checkpoint is loaded). When ``student`` / ``teacher`` / ``losses``
-    are ``nn.Module`` objects (Python use) they are not stored as hyperparameters; pass them again to
-    ``load_from_checkpoint``. Model-zoo names and LightningCLI ``class_path`` configs are stored and rebuilt.
+    Defaults that follow other arguments (one rule each, ``docs/DEFAULTS.md``; an explicit value always wins):
+
+    - ``loss_weights=None``: each loss's ``recommended_weight`` (KD 0.9, LS-KD 9, DIST, DKD, NKD and CMKD 1).
+    - ``ce_weight=None``: the ``recommended_ce_weight`` of the losses (KD and LS-KD 0.1; DIST, DKD and NKD 1;
+      ``None`` = no opinion) when they agree, else 1.0 with a warning; 1.0 without losses.
+    - ``weight_decay=None`` / ``momentum=None``: 5e-4 / 0.9 for SGD (the CIFAR-100 recipe), 1e-2 (AdamW's own) /
+      unused for AdamW, which warns about a ``momentum`` or ``nesterov`` it ignores.
+    - ``lr_schedule="auto"``: step decay at ``lr_milestones`` when every milestone is below the trainer's
+      ``max_epochs`` (the 240-epoch CIFAR recipe), otherwise a cosine over ``max_epochs``; the choice is
+      announced when training starts. An explicit ``"multistep"`` whose milestones reach ``max_epochs`` warns.
+
+    The hyperparameters (checkpoint and logger) hold the effective values: the losses as ``class_path`` configs
+    with all their arguments, ``loss_weights``, ``ce_weight``, ``weight_decay`` and ``momentum``; ``losses`` may be
+    given as such configs too, so a checkpoint rebuilds its losses. Checkpoints hold the student; the teacher only
+    with ``save_teacher_in_checkpoint=True`` (it is rebuilt from ``teacher`` / ``teacher_checkpoint`` when the
+    checkpoint is loaded). Networks given as ``nn.Module`` objects (Python use) are not hyperparameters: the
+    checkpoint names their classes and ``load_from_checkpoint`` says which ones to pass again. Model-zoo names and
+    LightningCLI configs are stored and rebuilt.
 
     Logged metrics:
         Per training step: ``train/loss_step`` (total loss, also on the progress bar); every
@@ -103,9 +118,11 @@ class DistillationModule(LightningModule):
     Args:
         student: the trainable network, or a model-zoo name (see :func:`cmkd_lightning.models.list_models`).
         teacher: the frozen network, a zoo name, or ``None`` for cross-entropy training.
-        losses: one or more :class:`~cmkd_lightning.losses.DistillationLoss` objects.
-        loss_weights: one weight per loss (default 1 each).
-        ce_weight: weight ``alpha`` of the cross-entropy on labels (0 disables it).
+        losses: one or more :class:`~cmkd_lightning.losses.DistillationLoss` objects (or their ``class_path``
+            configs).
+        loss_weights: one weight per loss; ``None``: each loss's ``recommended_weight``.
+        ce_weight: weight ``alpha`` of the cross-entropy on labels (0 disables it); ``None``: the losses'
+            recommended weight (see above).
         num_classes: number of classes (linked from the datamodule by the CLI); inferred from the student's
             classifier when omitted.
         teacher_checkpoint: weights file for the teacher (RepDistiller ``{'model': ...}``, Lightning checkpoint,
@@ -116,11 +133,11 @@ class DistillationModule(LightningModule):
         student_checkpoint: optional initial weights for the student (same formats; one part only).
         optimizer: ``"sgd"`` or ``"adamw"``.
         lr: base learning rate.
-        momentum: SGD momentum.
-        weight_decay: weight decay.
+        momentum: SGD momentum; ``None``: 0.9.
+        weight_decay: weight decay; ``None``: 5e-4 for SGD, 1e-2 for AdamW.
         nesterov: SGD Nesterov momentum.
-        lr_schedule: ``"multistep"`` (``lr_milestones``, ``lr_decay``), ``"cosine"`` (over ``max_epochs``) or
-            ``"none"``.
+        lr_schedule: ``"auto"`` (see above), ``"multistep"`` (``lr_milestones``, ``lr_decay``), ``"cosine"`` (over
+            ``max_epochs``) or ``"none"``.
         lr_milestones: epochs at which the multistep schedule multiplies the lr by ``lr_decay``.
         lr_decay: multiplicative decay of the multistep schedule.
         save_teacher_in_checkpoint: also store the teacher's weights in checkpoints.
@@ -142,17 +159,17 @@ class DistillationModule(LightningModule):
         teacher: str | nn.Module | None = None,
         losses: Sequence[DistillationLoss] | DistillationLoss | None = None,
         loss_weights: Sequence[float] | None = None,
-        ce_weight: float = 1.0,
+        ce_weight: float | None = None,
         num_classes: int | None = None,
         teacher_checkpoint: str | None = None,
         teacher_checkpoint_part: Literal["student", "teacher"] | None = None,
         student_checkpoint: str | None = None,
         optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.05,
-        momentum: float = 0.9,
-        weight_decay: float = 5e-4,
+        momentum: float | None = None,
+        weight_decay: float | None = None,
         nesterov: bool = False,
-        lr_schedule: Literal["multistep", "cosine", "none"] = "multistep",
+        lr_schedule: Literal["auto", "multistep", "cosine", "none"] = "auto",
         lr_milestones: Sequence[int] = (150, 180, 210),
         lr_decay: float = 0.1,
         save_teacher_in_checkpoint: bool = False,
@@ -165,36 +182,37 @@ class DistillationModule(LightningModule):
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`")
             self.save_hyperparameters()
+        self._modules_to_pass = _records.modules_passed(self.hparams, type(self))
         module_valued = [k for k, v in self.hparams.items() if _holds_module(v)]
         if module_valued:
-            # Python use: modules are not hyperparameters (they are in the state_dict; pass them again to
-            # load_from_checkpoint). Under LightningCLI the hparams hold their class_path configs and stay.
+            # Python use: modules are not hyperparameters (they are in the state_dict; the checkpoint names them
+            # for load_from_checkpoint). Under LightningCLI the hparams hold their class_path configs and stay.
             self.save_hyperparameters(ignore=module_valued)
 
         if losses is None:
             losses = []
-        elif isinstance(losses, DistillationLoss):
+        elif isinstance(losses, (DistillationLoss, Mapping)):
             losses = [losses]
-        losses = list(losses)
+        losses = [_records.build_loss(loss, f"losses[{i}]") for i, loss in enumerate(losses)]
         for i, loss in enumerate(losses):
             if not isinstance(loss, DistillationLoss):
                 raise TypeError(
                     f"Expected `losses[{i}]` to be a DistillationLoss (e.g. cmkd_lightning.losses.CMKDLoss), "
                     f"but got {type(loss).__name__}."
                 )
-        if loss_weights is None:
-            loss_weights = [1.0] * len(losses)
-        loss_weights = [float(w) for w in loss_weights]
+        loss_weights = _defaults.loss_weights_for(losses, loss_weights)
         if len(loss_weights) != len(losses):
             raise ValueError(
                 f"Expected `loss_weights` to have one weight per loss ({len(losses)}), but got {len(loss_weights)}."
             )
         if any(not math.isfinite(w) or w < 0 for w in loss_weights):
             raise ValueError(f"Expected `loss_weights` to be finite numbers >= 0, but got {loss_weights}.")
+        ce_weight = _defaults.ce_weight_for(losses, ce_weight)
         if not math.isfinite(ce_weight) or ce_weight < 0:
             raise ValueError(f"Expected `ce_weight` to be a finite number >= 0, but got {ce_weight!r}.")
         if optimizer not in _OPTIMIZERS:
             raise ValueError(f"Expected `optimizer` to be one of {_OPTIMIZERS}, but got {optimizer!r}.")
+        weight_decay, momentum = _defaults.optimizer_args_for(optimizer, weight_decay, momentum, nesterov)
         if lr_schedule not in _SCHEDULES:
             raise ValueError(f"Expected `lr_schedule` to be one of {_SCHEDULES}, but got {lr_schedule!r}.")
         if not lr > 0:
@@ -205,6 +223,16 @@ class DistillationModule(LightningModule):
                 f"{check_finite!r}."
             )
         self._check_every = int(check_finite)  # True -> every step, False -> never
+        effective = {"loss_weights": loss_weights, "ce_weight": ce_weight, "weight_decay": weight_decay}
+        effective["momentum"] = momentum
+        configs = _records.loss_configs(losses) if losses else None
+        if configs is not None:
+            effective["losses"] = configs
+        # A subclass with its own explicit signature (TeacherModule) records only its own arguments.
+        own = type(self) is not DistillationModule and not any(
+            p.kind is p.VAR_KEYWORD for p in inspect.signature(type(self).__init__).parameters.values()
+        )
+        _records.record(self, effective, keep_only=type(self) if own else None)
         if losses and teacher is None:
             raise ValueError(
                 f"Expected a `teacher` when distillation `losses` are given, but got teacher=None and "
@@ -513,22 +541,31 @@ class DistillationModule(LightningModule):
         params = [p for p in self.parameters() if p.requires_grad and id(p) not in teacher_ids]
         if hp.optimizer == "sgd":
             opt = torch.optim.SGD(
-                params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=hp.nesterov
+                params, lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay, nesterov=hp.get("nesterov", False)
             )
         else:
             opt = torch.optim.AdamW(params, lr=hp.lr, weight_decay=hp.weight_decay)
-        if hp.lr_schedule == "none":
+        max_epochs = self.trainer.max_epochs
+        schedule, message = _defaults.schedule_for(hp.lr_schedule, hp.lr_milestones, max_epochs)
+        if message is not None:
+            if message.startswith("warn:"):
+                rank_zero_warn(message[len("warn:") :])
+            else:
+                rank_zero_info(message)
+        if schedule == "none":
             return opt
-        if hp.lr_schedule == "multistep":
+        if schedule == "multistep":
             sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.lr_milestones), gamma=hp.lr_decay)
         else:
-            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, self.trainer.max_epochs or 1))
+            sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(1, max_epochs or 1))
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     # ------------------------------------------------------------------ checkpoints
     @override
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["cmkd_best_val_top1"] = self.best_val_top1
+        if self._modules_to_pass:
+            checkpoint[_records.MODULES_KEY] = dict(self._modules_to_pass)
         if not self.hparams.save_teacher_in_checkpoint:
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith("teacher.")]:
@@ -543,3 +580,22 @@ class DistillationModule(LightningModule):
             # module passed in) so strict loading of the student succeeds.
             for key, value in self.teacher.state_dict().items():
                 state[f"teacher.{key}"] = value
+
+    @classmethod
+    def load_from_checkpoint(cls, checkpoint_path: Any, *args: Any, **kwargs: Any) -> Any:  # type: ignore[override]
+        """Lightning's ``load_from_checkpoint``, which names the ``nn.Module`` arguments to pass again.
+
+        A checkpoint of a module built from Python with ``nn.Module`` networks stores their weights, not the objects:
+        instead of a bare missing-argument error it says which ones to pass (e.g. ``student=...``). The recorded
+        ``loss_weights`` belong to the recorded losses: passing ``losses`` without ``loss_weights`` gives the new
+        losses their recommended weights.
+        """
+        if "losses" in kwargs and "loss_weights" not in kwargs:
+            kwargs["loss_weights"] = None
+        try:
+            return super().load_from_checkpoint(checkpoint_path, *args, **kwargs)
+        except (TypeError, ValueError) as err:
+            hint = _records.reload_hint(cls, checkpoint_path, kwargs)
+            if hint is None:
+                raise
+            raise type(err)(f"{hint} ({err})") from err

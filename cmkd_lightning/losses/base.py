@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import inspect
+import sys
 from abc import ABC, abstractmethod
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 from typing_extensions import override
@@ -19,9 +21,16 @@ class DistillationLoss(nn.Module, ABC):
 
     Teacher logits are detached inside every loss: no gradient reaches the teacher.
 
+    Every subclass stores each ``__init__`` argument as an attribute of the same name; :meth:`init_args`,
+    ``repr`` and :meth:`to_config` read them from there, so a new argument is recorded without further code.
+
     Class attributes:
         name: short key used in logged metric names (``train/<name>/<component>``).
         requires_targets: whether ``forward`` needs ``targets``.
+        recommended_weight: the weight ``w_k`` the method's authors ran it with; the module's default when
+            ``loss_weights`` is not given.
+        recommended_ce_weight: the cross-entropy weight the method's recipe fixes, or ``None`` when it fixes none;
+            the module's default ``ce_weight`` when all its losses agree (``docs/DEFAULTS.md``).
 
     Args:
         warmup_epochs: length of a linear warm-up of this loss, ``0`` for none; the factor in epoch ``e``
@@ -31,6 +40,8 @@ class DistillationLoss(nn.Module, ABC):
 
     name: ClassVar[str] = "distill"
     requires_targets: ClassVar[bool] = False
+    recommended_weight: ClassVar[float] = 1.0
+    recommended_ce_weight: ClassVar[float | None] = None
 
     def __init__(self, warmup_epochs: int = 0) -> None:
         super().__init__()
@@ -59,6 +70,47 @@ class DistillationLoss(nn.Module, ABC):
             ``{"loss": scalar, <component>: detached scalar, ...}``.
         """
 
+    def init_args(self) -> dict[str, Any]:
+        """Every ``__init__`` argument of this loss with the value it was built with.
+
+        Raises:
+            AttributeError: when a subclass did not store an argument as an attribute of the same name.
+        """
+        args: dict[str, Any] = {}
+        for param in inspect.signature(type(self).__init__).parameters.values():
+            if param.name == "self" or param.kind in (param.VAR_POSITIONAL, param.VAR_KEYWORD):
+                continue
+            if not hasattr(self, param.name):
+                raise AttributeError(
+                    f"Expected {type(self).__name__} to store its `__init__` argument `{param.name}` as "
+                    f"`self.{param.name}` (the DistillationLoss contract), but it has no such attribute."
+                )
+            args[param.name] = getattr(self, param.name)
+        return args
+
+    def to_config(self) -> dict[str, Any]:
+        """Return this loss as a LightningCLI ``class_path`` / ``init_args`` config, which rebuilds it.
+
+        Example:
+            >>> from cmkd_lightning.losses import KDLoss
+            >>> KDLoss(temperature=2.0).to_config()
+            {'class_path': 'cmkd_lightning.losses.KDLoss', 'init_args': {'temperature': 2.0, 'warmup_epochs': 0}}
+        """
+        return {"class_path": _class_path(type(self)), "init_args": self.init_args()}
+
     @override
     def extra_repr(self) -> str:
-        return f"warmup_epochs={self.warmup_epochs}" if self.warmup_epochs else ""
+        try:
+            args = self.init_args()
+        except AttributeError:
+            return ""
+        return ", ".join(f"{k}={v!r}" for k, v in args.items())
+
+
+def _class_path(cls: type) -> str:
+    """Import path of ``cls``, the public package's (``cmkd_lightning.losses.KDLoss``) when it exports the class."""
+    module = cls.__module__
+    parent = module.rpartition(".")[0]
+    if parent and getattr(sys.modules.get(parent), cls.__qualname__, None) is cls:
+        module = parent
+    return f"{module}.{cls.__qualname__}"

@@ -15,20 +15,20 @@ class DISTLoss(DistillationLoss):
 
     Components: ``inter`` and ``intra`` (``1 - mean Pearson``, before weights). With batch size 1 the intra-class
     term is 0 (see :func:`~cmkd_lightning.functional.dist_loss`). Recipe: ``temperature=4`` (CIFAR-100) or 1
-    (ImageNet), overall weight 2.
+    (ImageNet), ``beta = gamma = 2`` (the defaults), loss weight 1 and CE weight 1 (the recommended weights).
 
     Args:
         temperature: ``tau``.
-        beta: inter-class weight.
-        gamma: intra-class weight.
+        beta: inter-class weight (the authors' 2).
+        gamma: intra-class weight (the authors' 2).
         warmup_epochs: see :class:`DistillationLoss`.
     """
 
     name = "dist"
+    recommended_weight = 1.0
+    recommended_ce_weight = 1.0
 
-    def __init__(
-        self, temperature: float = 4.0, beta: float = 1.0, gamma: float = 1.0, warmup_epochs: int = 0
-    ) -> None:
+    def __init__(self, temperature: float = 4.0, beta: float = 2.0, gamma: float = 2.0, warmup_epochs: int = 0) -> None:
         super().__init__(warmup_epochs)
         check_positive(temperature, "temperature")
         check_non_negative(beta, "beta")

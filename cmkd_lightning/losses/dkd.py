@@ -15,7 +15,7 @@ class DKDLoss(DistillationLoss):
 
     Components: ``tckd`` and ``nckd`` (each with its ``T^2``, before ``alpha``/``beta``). The warm-up
     ``min(epoch / warmup, 1)`` of the reference is applied by the training module through
-    :meth:`warmup_factor` (20 epochs on CIFAR-100, 1 on ImageNet).
+    :meth:`warmup_factor` (20 epochs on CIFAR-100, 1 on ImageNet). Recommended weights: loss 1, CE 1.
 
     Args:
         alpha: TCKD weight.
@@ -28,6 +28,8 @@ class DKDLoss(DistillationLoss):
 
     name = "dkd"
     requires_targets = True
+    recommended_weight = 1.0
+    recommended_ce_weight = 1.0
 
     def __init__(
         self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup_epochs: int = 20

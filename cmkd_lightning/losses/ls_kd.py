@@ -13,7 +13,8 @@ from cmkd_lightning.losses.base import DistillationLoss
 class LSKDLoss(DistillationLoss):
     """Logit-standardised KD (Sun et al., CVPR 2024): KD on z-scored logits.
 
-    Components: ``ls_kd``. Recipe: ``temperature=2`` with weights CE 0.1 / KD 9.
+    Components: ``ls_kd``. Recipe: ``temperature=2`` with weights CE 0.1 / KD 9 (the recommended weights, used by
+    :class:`~cmkd_lightning.DistillationModule` unless ``loss_weights`` / ``ce_weight`` are given).
 
     Args:
         temperature: base temperature.
@@ -22,6 +23,8 @@ class LSKDLoss(DistillationLoss):
     """
 
     name = "ls_kd"
+    recommended_weight = 9.0
+    recommended_ce_weight = 0.1
 
     def __init__(self, temperature: float = 2.0, eps: float = 1e-7, warmup_epochs: int = 0) -> None:
         super().__init__(warmup_epochs)

@@ -14,7 +14,7 @@ class NKDLoss(DistillationLoss):
     """Normalized KD (Yang et al., ICCV 2023): target term plus ``gamma * T^2 *`` non-target cross-entropy.
 
     Components: ``target`` and ``non_target`` (the latter with its ``T^2``, before ``gamma``). Recipe (ImageNet):
-    ``temperature=1, gamma=1.5``.
+    ``temperature=1, gamma=1.5``. Recommended weights: loss 1, CE 1.
 
     Args:
         temperature: temperature of the non-target term.
@@ -24,6 +24,8 @@ class NKDLoss(DistillationLoss):
 
     name = "nkd"
     requires_targets = True
+    recommended_weight = 1.0
+    recommended_ce_weight = 1.0
 
     def __init__(self, temperature: float = 1.0, gamma: float = 1.5, warmup_epochs: int = 0) -> None:
         super().__init__(warmup_epochs)

@@ -15,7 +15,7 @@ CASES = {
         lambda s, t, y: F.dkd_loss(s, t, y, alpha=1.0, beta=6.0, temperature=4.0),
         {"tckd", "nckd"},
     ),
-    "dist": (DISTLoss(temperature=4.0, beta=2.0), lambda s, t, y: F.dist_loss(s, t, temperature=4.0, beta=2.0), {"inter", "intra"}),
+    "dist": (DISTLoss(temperature=4.0, beta=2.0), lambda s, t, y: F.dist_loss(s, t, temperature=4.0, beta=2.0, gamma=2.0), {"inter", "intra"}),
     "nkd": (NKDLoss(temperature=1.0, gamma=1.5), lambda s, t, y: F.nkd_loss(s, t, y, temperature=1.0, gamma=1.5), {"target", "non_target"}),
     "cmkd": (
         CMKDLoss(temperature=4.0, beta=4.0, gamma=1.0),
