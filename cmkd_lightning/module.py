@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import inspect
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -224,15 +223,12 @@ class DistillationModule(LightningModule):
             )
         self._check_every = int(check_finite)  # True -> every step, False -> never
         effective = {"loss_weights": loss_weights, "ce_weight": ce_weight, "weight_decay": weight_decay}
-        effective["momentum"] = momentum
+        effective.update(momentum=momentum, lr_milestones=list(lr_milestones))
         configs = _records.loss_configs(losses) if losses else None
         if configs is not None:
             effective["losses"] = configs
-        # A subclass with its own explicit signature (TeacherModule) records only its own arguments.
-        own = type(self) is not DistillationModule and not any(
-            p.kind is p.VAR_KEYWORD for p in inspect.signature(type(self).__init__).parameters.values()
-        )
-        _records.record(self, effective, keep_only=type(self) if own else None)
+            self._modules_to_pass.pop("losses", None)  # rebuilt from their configs
+        _records.record(self, effective)
         if losses and teacher is None:
             raise ValueError(
                 f"Expected a `teacher` when distillation `losses` are given, but got teacher=None and "
@@ -524,7 +520,7 @@ class DistillationModule(LightningModule):
             self._teacher_checked = True
             chance = 1.0 / self.num_classes
             rank_zero_info(f"Teacher validation Top-1: {100 * teacher_top1:.2f}% (chance {100 * chance:.2f}%)")
-            if teacher_top1 < self.hparams.teacher_chance_factor * chance:
+            if teacher_top1 < self.hparams.get("teacher_chance_factor", 2.0) * chance:
                 rank_zero_warn(
                     f"The teacher's validation Top-1 is {100 * teacher_top1:.2f}%, near chance level "
                     f"({100 * chance:.2f}%): wrong checkpoint, wrong `num_classes` or a different input "
@@ -566,7 +562,7 @@ class DistillationModule(LightningModule):
         checkpoint["cmkd_best_val_top1"] = self.best_val_top1
         if self._modules_to_pass:
             checkpoint[_records.MODULES_KEY] = dict(self._modules_to_pass)
-        if not self.hparams.save_teacher_in_checkpoint:
+        if not self.hparams.get("save_teacher_in_checkpoint", False):
             state = checkpoint["state_dict"]
             for key in [k for k in state if k.startswith("teacher.")]:
                 del state[key]

@@ -84,7 +84,8 @@ def teacher_run(tmp_path_factory) -> Path:
 
 def test_csv_logger_run_writes_config_into_its_version_dir_and_the_checkpoint(teacher_run):
     config = yaml.safe_load((teacher_run / "csv" / "digits-teacher" / "version_0" / "config.yaml").read_text())
-    assert config["model"]["init_args"]["student"] == "digits_teacher"
+    assert config["model"]["class_path"] == "cmkd_lightning.TeacherModule"
+    assert config["model"]["init_args"]["model"] == "digits_teacher"
     assert config["trainer"]["logger"]["class_path"] == "lightning.pytorch.loggers.CSVLogger"
     checkpoint = torch.load(teacher_run / "runs" / "digits-teacher" / "teacher.ckpt", weights_only=False)
     assert checkpoint["hyper_parameters"]["num_classes"] == 100  # linked from data.num_classes at instantiation

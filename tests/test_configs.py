@@ -21,7 +21,7 @@ import yaml
 from lightning.pytorch import LightningDataModule
 from torch import nn
 
-from cmkd_lightning import DistillationModule
+from cmkd_lightning import DistillationModule, TeacherModule
 from cmkd_lightning.cli import DistillationCLI, RunConfigCallback
 from cmkd_lightning.models import create_model
 from tests._fakes import write_fake_cifar100, write_fake_imagenet
@@ -199,6 +199,9 @@ def test_config_instantiates_through_the_cli(rel, cli_env, fake_data):
     model = cli.model
     assert isinstance(model, DistillationModule)
     assert model.num_classes == cli.datamodule.num_classes  # linked from the datamodule
+    if isinstance(model, TeacherModule):  # `model` is stored as the student, so checkpoints load as a teacher
+        assert model.model is model.student and "student" not in spec
+        spec = {**spec, "student": spec["model"]}
     for role in ("student", "teacher"):
         name = spec.get(role)
         if name is None:
@@ -215,8 +218,9 @@ def test_config_instantiates_through_the_cli(rel, cli_env, fake_data):
     for loss, entry in zip(model.losses, losses):
         for key, value in (entry.get("init_args") or {}).items():
             assert getattr(loss, key) == value, (loss, key)
-    assert model.ce_weight == spec.get("ce_weight", 1.0)
-    assert model.loss_weights == spec.get("loss_weights", [1.0] * len(losses))
+    # unset weights are each loss's recommended weight (the effective values are recorded in the hparams)
+    assert model.ce_weight == spec.get("ce_weight", 1.0) == model.hparams.get("ce_weight", 1.0)
+    assert model.loss_weights == spec.get("loss_weights", [loss.recommended_weight for loss in model.losses])
     for key in ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "lr_milestones"):
         if key in spec:
             assert model.hparams[key] == spec[key], key

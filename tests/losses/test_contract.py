@@ -15,8 +15,16 @@ CASES = {
         lambda s, t, y: F.dkd_loss(s, t, y, alpha=1.0, beta=6.0, temperature=4.0),
         {"tckd", "nckd"},
     ),
-    "dist": (DISTLoss(temperature=4.0, beta=2.0), lambda s, t, y: F.dist_loss(s, t, temperature=4.0, beta=2.0, gamma=2.0), {"inter", "intra"}),
-    "nkd": (NKDLoss(temperature=1.0, gamma=1.5), lambda s, t, y: F.nkd_loss(s, t, y, temperature=1.0, gamma=1.5), {"target", "non_target"}),
+    "dist": (
+        DISTLoss(temperature=4.0, beta=2.0),
+        lambda s, t, y: F.dist_loss(s, t, temperature=4.0, beta=2.0, gamma=2.0),
+        {"inter", "intra"},
+    ),
+    "nkd": (
+        NKDLoss(temperature=1.0, gamma=1.5),
+        lambda s, t, y: F.nkd_loss(s, t, y, temperature=1.0, gamma=1.5),
+        {"target", "non_target"},
+    ),
     "cmkd": (
         CMKDLoss(temperature=4.0, beta=4.0, gamma=1.0),
         lambda s, t, y: F.cmkd_loss(s, t, temperature=4.0, beta=4.0, gamma=1.0),
@@ -98,8 +106,14 @@ def test_warmup_factor_matches_reference_schedule():
         (lambda: KDLoss(temperature=0), r"Expected `temperature` to be a finite number > 0, but got 0\."),
         (lambda: DKDLoss(beta=-1.0), r"Expected `beta` to be a finite number >= 0, but got -1\.0\."),
         (lambda: DKDLoss(warmup_epochs=-2), r"Expected `warmup_epochs` to be an integer >= 0, but got -2\."),
-        (lambda: CMKDLoss(rank_backend="numpy"), r"Expected `rank_backend` to be one of \('auto', 'torch', 'torchsort'\), but got 'numpy'\."),
-        (lambda: CMKDLoss(regularization_strength=0.0), r"Expected `regularization_strength` to be a finite number > 0"),
+        (
+            lambda: CMKDLoss(rank_backend="numpy"),
+            r"Expected `rank_backend` to be one of \('auto', 'torch', 'torchsort'\), but got 'numpy'\.",
+        ),
+        (
+            lambda: CMKDLoss(regularization_strength=0.0),
+            r"Expected `regularization_strength` to be a finite number > 0",
+        ),
     ],
 )
 def test_constructor_errors(factory, match):

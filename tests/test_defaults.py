@@ -1,0 +1,300 @@
+"""Issue 16: defaults a user can trust and runs that record what they trained with (docs/DEFAULTS.md)."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import warnings
+
+import lightning as L
+import pytest
+import torch
+import yaml
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from cmkd_lightning import DistillationModule, TeacherModule
+from cmkd_lightning import functional as F
+from cmkd_lightning.losses import CMKDLoss, DISTLoss, DKDLoss, KDLoss, LSKDLoss, NKDLoss
+from cmkd_lightning.losses.base import DistillationLoss
+
+C = 10
+
+
+class TinyNet(nn.Module):
+    def __init__(self, hidden: int = 16, seed: int = 0) -> None:
+        super().__init__()
+        torch.manual_seed(seed)
+        self.body = nn.Sequential(nn.Flatten(), nn.Linear(12, hidden), nn.ReLU())
+        self.fc = nn.Linear(hidden, C)
+
+    def forward(self, x):
+        return self.fc(self.body(x))
+
+
+def _loader(n=32):
+    g = torch.Generator().manual_seed(0)
+    return DataLoader(TensorDataset(torch.randn(n, 3, 4, generator=g), torch.randint(0, C, (n,), generator=g)), 16)
+
+
+def _trainer(tmp_path, max_epochs=1, **kw):
+    opts = dict(
+        accelerator="cpu",
+        max_epochs=max_epochs,
+        logger=False,
+        enable_checkpointing=False,
+        enable_progress_bar=False,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        default_root_dir=tmp_path,
+    )
+    opts.update(kw)
+    return L.Trainer(**opts)
+
+
+def _distil(losses, **kw):
+    return DistillationModule(TinyNet(seed=1), teacher=TinyNet(hidden=8, seed=2), losses=losses, num_classes=C, **kw)
+
+
+def _lr_per_epoch(tmp_path, module, max_epochs):
+    seen = []
+
+    class _Record(L.Callback):
+        def on_train_epoch_start(self, trainer, pl_module):
+            seen.append(trainer.optimizers[0].param_groups[0]["lr"])
+
+    _trainer(tmp_path, max_epochs=max_epochs, callbacks=[_Record()], limit_train_batches=1).fit(module, _loader())
+    return seen
+
+
+# ------------------------------------------------------------------ 1. a schedule that fits the run
+def test_explicit_multistep_with_milestones_beyond_the_run_warns_with_the_fix(tmp_path):
+    module = DistillationModule(TinyNet(), num_classes=C, lr_schedule="multistep")
+    with pytest.warns(
+        UserWarning,
+        match=r"lr_milestones \(150, 180, 210\) are all >= max_epochs=3: the learning "
+        r"rate never decays; pass lr_schedule='cosine'",
+    ):
+        lrs = _lr_per_epoch(tmp_path, module, 3)
+    assert lrs == [0.05, 0.05, 0.05]
+
+
+def test_explicit_multistep_warns_about_the_milestones_it_cannot_reach(tmp_path):
+    module = DistillationModule(TinyNet(), num_classes=C, lr_schedule="multistep", lr_milestones=[1, 5])
+    with pytest.warns(UserWarning, match=r"lr_milestones \(5,\) are >= max_epochs=3 and never take effect"):
+        lrs = _lr_per_epoch(tmp_path, module, 3)
+    assert lrs == pytest.approx([0.05, 0.005, 0.005])
+
+
+def test_auto_schedule_is_cosine_over_a_short_run_and_says_so(tmp_path, caplog):
+    module = DistillationModule(TinyNet(), num_classes=C)
+    assert module.hparams.lr_schedule == "auto"
+    with (
+        caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"),
+        warnings.catch_warnings(record=True) as caught,
+    ):
+        warnings.simplefilter("always")
+        lrs = _lr_per_epoch(tmp_path, module, 4)
+    assert not [w for w in caught if "lr_milestones" in str(w.message)]  # the default does not warn
+    expected = [0.05 * (1 + torch.cos(torch.tensor(torch.pi * e / 4)).item()) / 2 for e in range(4)]
+    assert lrs == pytest.approx(expected)
+    assert "do not all fall within max_epochs=4" in caplog.text and "cosine over the 4 epochs" in caplog.text
+
+
+def test_auto_schedule_is_the_step_decay_when_the_milestones_fit(tmp_path):
+    module = DistillationModule(TinyNet(), num_classes=C, lr_milestones=[1, 2])
+    assert _lr_per_epoch(tmp_path, module, 3) == pytest.approx([0.05, 0.005, 0.0005])
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "weight_decay", "expected"),
+    [
+        ("sgd", None, (5e-4, 0.9)),
+        ("adamw", None, (1e-2, None)),
+        ("adamw", 0.05, (0.05, None)),
+        ("sgd", 0.0, (0.0, 0.9)),
+    ],
+)
+def test_optimiser_defaults_follow_the_optimiser(tmp_path, optimizer, weight_decay, expected):
+    module = DistillationModule(TinyNet(), num_classes=C, optimizer=optimizer, weight_decay=weight_decay)
+    assert (module.hparams.weight_decay, module.hparams.momentum) == expected
+    module.trainer = _trainer(tmp_path)
+    opt = module.configure_optimizers()["optimizer"]
+    assert type(opt) is {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[optimizer]
+    assert opt.param_groups[0]["weight_decay"] == expected[0]
+
+
+def test_adamw_warns_about_sgd_arguments():
+    with pytest.warns(UserWarning, match=r"optimizer='adamw' ignores momentum=0.9, nesterov=True"):
+        module = DistillationModule(TinyNet(), num_classes=C, optimizer="adamw", momentum=0.9, nesterov=True)
+    assert module.hparams.momentum is None
+
+
+# ------------------------------------------------------------------ 2. recommended weights are the defaults
+RECOMMENDED = [
+    (KDLoss, 0.9, 0.1),
+    (LSKDLoss, 9.0, 0.1),
+    (DISTLoss, 1.0, 1.0),
+    (DKDLoss, 1.0, 1.0),
+    (NKDLoss, 1.0, 1.0),
+    (CMKDLoss, 1.0, 1.0),
+]
+
+
+@pytest.mark.parametrize(("cls", "weight", "ce_weight"), RECOMMENDED, ids=lambda v: getattr(v, "__name__", v))
+def test_each_loss_gets_its_recommended_weights_by_default(cls, weight, ce_weight):
+    assert cls.recommended_weight == weight
+    module = _distil([cls()])
+    assert (module.loss_weights, module.ce_weight) == ([weight], ce_weight)
+    assert (module.hparams.loss_weights, module.hparams.ce_weight) == ([weight], ce_weight)
+
+
+@pytest.mark.parametrize(("cls", "weight", "ce_weight"), RECOMMENDED, ids=lambda v: getattr(v, "__name__", v))
+def test_explicit_weights_override_the_recommended_ones(cls, weight, ce_weight):
+    module = _distil([cls()], loss_weights=[0.25], ce_weight=0.0)
+    assert (module.loss_weights, module.ce_weight) == ([0.25], 0.0)
+
+
+def test_every_library_loss_declares_its_recommended_weights():
+    library = {c for c in DistillationLoss.__subclasses__() if c.__module__.startswith("cmkd_lightning.")}
+    assert library == {cls for cls, _, _ in RECOMMENDED}
+
+
+def test_dist_defaults_are_the_authors_beta_gamma_2():
+    zs, zt = torch.randn(6, 8, dtype=torch.float64), torch.randn(6, 8, dtype=torch.float64)
+    torch.testing.assert_close(DISTLoss()(zs, zt)["loss"], F.dist_loss(zs, zt, temperature=4.0, beta=2.0, gamma=2.0))
+
+
+def test_disagreeing_ce_recommendations_fall_back_to_1_with_a_warning():
+    with pytest.warns(UserWarning, match=r"recommend different cross-entropy weights \(KDLoss: 0.1, DKDLoss: 1\)"):
+        module = _distil([KDLoss(), DKDLoss()])
+    assert (module.ce_weight, module.loss_weights) == (1.0, [0.9, 1.0])
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _distil([KDLoss(), DKDLoss()], ce_weight=0.5).ce_weight == 0.5
+
+
+def test_a_loss_without_a_ce_opinion_defers_to_the_others():
+    class _Plain(DistillationLoss):
+        def forward(self, student_logits, teacher_logits, targets=None):
+            return {"loss": (student_logits - teacher_logits).pow(2).mean()}
+
+    assert _distil([_Plain()]).ce_weight == 1.0
+    assert _distil([_Plain(), LSKDLoss()]).ce_weight == 0.1
+    assert DistillationModule(TinyNet(), num_classes=C).ce_weight == 1.0  # no losses
+
+
+# ------------------------------------------------------------------ 3. every run records what it trained with
+@pytest.mark.parametrize("cls", [cls for cls, _, _ in RECOMMENDED], ids=lambda c: c.__name__)
+def test_each_loss_repr_and_config_hold_all_its_arguments(cls):
+    names = [n for n in inspect.signature(cls.__init__).parameters if n != "self"]
+    loss = cls(warmup_epochs=3)
+    config = loss.to_config()
+    assert config["class_path"] == f"cmkd_lightning.losses.{cls.__name__}"
+    assert list(config["init_args"]) == names and config["init_args"]["warmup_epochs"] == 3
+    assert repr(loss) == f"{cls.__name__}({', '.join(f'{k}={v!r}' for k, v in config['init_args'].items())})"
+    rebuilt = DistillationModule(TinyNet(), teacher=TinyNet(), losses=[config], num_classes=C).losses[0]
+    assert type(rebuilt) is cls and rebuilt.to_config() == config
+
+
+def test_a_loss_that_does_not_store_an_argument_is_named():
+    class _Forgetful(DistillationLoss):
+        def __init__(self, scale: float = 2.0) -> None:
+            super().__init__()
+
+        def forward(self, student_logits, teacher_logits, targets=None):
+            return {"loss": student_logits.sum() * 0}
+
+    with pytest.raises(AttributeError, match=r"Expected _Forgetful to store its `__init__` argument `scale`"):
+        _Forgetful().to_config()
+    with pytest.warns(UserWarning, match="The losses are not recorded"):
+        module = _distil([_Forgetful()])
+    assert module.hparams.get("losses") is None
+
+
+def test_bad_loss_configs_are_named():
+    with pytest.raises(
+        TypeError, match=r"`losses\[0\].class_path` to name a DistillationLoss subclass, but got 'torch.nn.Linear'"
+    ):
+        _distil([{"class_path": "torch.nn.Linear"}])
+    with pytest.raises(ValueError, match=r"`losses\[0\]` to be a DistillationLoss or a config with a `class_path`"):
+        _distil([{"init_args": {}}])
+
+
+def test_python_built_module_records_losses_and_effective_weights(tmp_path):
+    module = _distil([DISTLoss(temperature=1.0), CMKDLoss(beta=3.0)], optimizer="adamw")
+    logger = L.pytorch.loggers.CSVLogger(tmp_path, name="run")
+    trainer = _trainer(tmp_path, logger=logger, limit_train_batches=1, limit_val_batches=1)
+    trainer.fit(module, _loader(), _loader())
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    expected_losses = [DISTLoss(temperature=1.0).to_config(), CMKDLoss(beta=3.0).to_config()]
+    for hparams in (
+        torch.load(path, weights_only=True)["hyper_parameters"],
+        yaml.safe_load((tmp_path / "run" / "version_0" / "hparams.yaml").read_text()),
+    ):
+        assert hparams["losses"] == expected_losses
+        assert (hparams["loss_weights"], hparams["ce_weight"], hparams["weight_decay"]) == ([1.0, 1.0], 1.0, 1e-2)
+        assert "student" not in hparams and "teacher" not in hparams
+
+
+def test_python_built_checkpoint_says_which_modules_to_pass_and_reloads_its_losses(tmp_path):
+    module = _distil([KDLoss(temperature=2.0)], loss_weights=[0.5])
+    trainer = _trainer(tmp_path, limit_train_batches=1)
+    trainer.fit(module, _loader())
+    path = tmp_path / "m.ckpt"
+    trainer.save_checkpoint(path)
+    with pytest.raises(
+        TypeError,
+        match=r"built with student=<tests.test_defaults.TinyNet nn.Module>, teacher=<tests"
+        r".test_defaults.TinyNet nn.Module>.*pass student=..., teacher=... to DistillationModule",
+    ):
+        DistillationModule.load_from_checkpoint(path)
+    with pytest.raises(ValueError, match=r"pass teacher=\.\.\. to DistillationModule.load_from_checkpoint"):
+        DistillationModule.load_from_checkpoint(path, student=TinyNet())
+    restored = DistillationModule.load_from_checkpoint(path, student=TinyNet(), teacher=TinyNet(hidden=8))
+    assert restored.losses[0].to_config() == KDLoss(temperature=2.0).to_config()
+    assert (restored.loss_weights, restored.ce_weight) == ([0.5], 0.1)
+    for key, value in module.student.state_dict().items():
+        assert torch.equal(restored.student.state_dict()[key], value), key
+
+
+# ------------------------------------------------------------------ 4. training a teacher
+def test_teacher_module_trains_a_teacher_that_distillation_reads(tmp_path):
+    teacher = TeacherModule(TinyNet(hidden=8, seed=3), num_classes=C, lr_schedule="cosine")
+    assert teacher.model is teacher.student and teacher.teacher is None and len(teacher.losses) == 0
+    trainer = _trainer(tmp_path, limit_train_batches=2)
+    trainer.fit(teacher, _loader())
+    path = tmp_path / "teacher.ckpt"
+    trainer.save_checkpoint(path)
+    hparams = torch.load(path, weights_only=True)["hyper_parameters"]
+    assert "student" not in hparams and hparams["weight_decay"] == 5e-4 and hparams["lr_schedule"] == "cosine"
+    student = DistillationModule(
+        TinyNet(seed=1), teacher=TinyNet(hidden=8, seed=4), losses=[KDLoss()], teacher_checkpoint=str(path)
+    )
+    for key, value in teacher.model.state_dict().items():
+        assert torch.equal(student.teacher.state_dict()[key], value), key
+    with pytest.raises(TypeError, match=r"built with model=<tests.test_defaults.TinyNet nn.Module>.*pass model=\.\.\."):
+        TeacherModule.load_from_checkpoint(path)
+    restored = TeacherModule.load_from_checkpoint(path, model=TinyNet(hidden=8))
+    assert torch.equal(restored.model.fc.weight, teacher.model.fc.weight)
+
+
+def test_teacher_module_zoo_name_reloads_without_arguments(tmp_path):
+    teacher = TeacherModule("resnet8", num_classes=C, optimizer="adamw")
+    assert dict(teacher.hparams)["model"] == "resnet8" and teacher.hparams.weight_decay == 1e-2
+    path = tmp_path / "t.ckpt"
+    trainer = _trainer(tmp_path, max_steps=0)
+    trainer.strategy.connect(teacher)
+    trainer.save_checkpoint(path)
+    restored = TeacherModule.load_from_checkpoint(path)
+    assert type(restored.model) is type(teacher.model) and restored.hparams.optimizer == "adamw"
+
+
+def test_teacher_module_shares_the_defaults_of_distillation_module():
+    own = inspect.signature(TeacherModule.__init__).parameters
+    parent = inspect.signature(DistillationModule.__init__).parameters
+    renamed = {"model": "student", "model_checkpoint": "student_checkpoint"}
+    for name, param in own.items():
+        if name != "self":
+            assert param.default == parent[renamed.get(name, name)].default, name
