@@ -207,6 +207,24 @@ def cifar100_test_transform() -> Callable:
     return transforms.Compose([transforms.ToTensor(), transforms.Normalize(CIFAR100_MEAN, CIFAR100_STD)])
 
 
+def cifar100_images(
+    data_dir: str | Path, train: bool = True, synthetic: bool = False, synthetic_size: int = 1024
+) -> tuple[np.ndarray, np.ndarray]:
+    """A split's ``(N, 32, 32, 3)`` uint8 images and ``(N,)`` labels, as the data module reads them.
+
+    The files (checked like :class:`CIFAR100Dataset`), or with ``synthetic=True`` the data module's synthetic set.
+    The teacher-logit cache is built from and checked against exactly these arrays.
+    """
+    if synthetic:
+        from datamodules._synthetic import SyntheticImageDataset
+
+        ds = SyntheticImageDataset(synthetic_size, 100, 32, 32, seed=0 if train else 1)
+        images = np.stack([np.asarray(ds[i][0]) for i in range(len(ds))])
+        return images, np.asarray(ds.targets, dtype=np.int64)
+    ds = CIFAR100Dataset(data_dir, train=train)
+    return np.ascontiguousarray(ds.data), np.asarray(ds.targets, dtype=np.int64)
+
+
 class CIFAR100DataModule(LightningDataModule):
     """CIFAR-100 (Krizhevsky, 2009) with the training recipe of the CMKD paper and its reference repos.
 
@@ -227,6 +245,12 @@ class CIFAR100DataModule(LightningDataModule):
         synthetic: serve deterministic random images of the real size through the real transforms instead of
             files (no download, no data directory); for smoke tests and device checks.
         synthetic_size: number of synthetic samples per split.
+        teacher_cache: a teacher-logit cache of this training split (``cmkd-teacher-cache build``, see
+            ``docs/TEACHER_CACHE.md``). Training batches then are ``(images, targets, sample_index, view_index)``:
+            each image is drawn as one of the 162 enumerated crop/flip views (the same distribution as
+            RandomCrop + flip) and its cached teacher logits are row ``[sample_index, view_index]``. The cache is
+            refused at ``setup`` when it was built on other images, another split, another transform or class
+            count. Give the same file to ``DistillationModule(teacher_cache=...)``.
 
     Attributes:
         num_classes: 100.
@@ -243,6 +267,7 @@ class CIFAR100DataModule(LightningDataModule):
         augment: bool = True,
         synthetic: bool = False,
         synthetic_size: int = 1024,
+        teacher_cache: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.data_dir = check_path(data_dir, "data_dir")
@@ -253,6 +278,8 @@ class CIFAR100DataModule(LightningDataModule):
         self.num_workers = check_int(num_workers, "num_workers", minimum=0)
         self.pin_memory = check_optional_bool(pin_memory, "pin_memory")
         self.augment = check_bool(augment, "augment")
+        self.teacher_cache = None if teacher_cache is None else check_path(teacher_cache, "teacher_cache")
+        self.logit_cache: Any = None  # the opened TeacherLogitCache after setup("fit")
         self.save_hyperparameters()
         self.num_classes: int = 100
         self.image_shape: tuple[int, int, int] = (3, 32, 32)
@@ -266,6 +293,8 @@ class CIFAR100DataModule(LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Load the training split for ``fit`` and the official test split for every stage."""
+        if self.teacher_cache is not None and stage in (None, "fit") and self.train_set is None:
+            self.train_set = self._cached_view_train_set()
         if self.synthetic:
             from datamodules._synthetic import SyntheticImageDataset
 
@@ -282,6 +311,19 @@ class CIFAR100DataModule(LightningDataModule):
             self.train_set = CIFAR100Dataset(self.data_dir, train=True, transform=train_tf)
         if self.test_set is None:
             self.test_set = CIFAR100Dataset(self.data_dir, train=False, transform=cifar100_test_transform())
+
+    def _cached_view_train_set(self) -> Dataset:
+        """The training split as (image, target, sample_index, view_index), checked against the teacher cache."""
+        from cmkd_lightning.teacher_cache import TeacherLogitCache, transform_spec
+        from cmkd_lightning.teacher_cache.dataset import ViewIndexedDataset
+
+        cache = TeacherLogitCache(self.teacher_cache)
+        images, targets = cifar100_images(self.data_dir, True, self.synthetic, self.synthetic_size)
+        transform = transform_spec(CIFAR100_MEAN, CIFAR100_STD)
+        cache.check_data(dataset="cifar100", split="train", images=images, targets=targets, transform=transform)
+        cache.check_classes(self.num_classes)
+        self.logit_cache = cache
+        return ViewIndexedDataset(images, targets, CIFAR100_MEAN, CIFAR100_STD, augment=self.augment)
 
     def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
         if dataset is None:
