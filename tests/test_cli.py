@@ -19,6 +19,8 @@ import yaml
 
 from tests._fakes import write_fake_imagenet
 
+pytestmark = pytest.mark.slow  # every test starts `cmkd` in a subprocess
+
 DIGITS = Path(__file__).resolve().parents[1] / "examples" / "configs" / "digits"
 SMALL_DATA = [
     "--data.init_args.train_size=256",

@@ -190,6 +190,7 @@ def test_config_tree_is_complete():
     assert BASES == ["cifar10/_base.yaml", "cifar100/_base.yaml", "imagenet/_base.yaml"]
 
 
+@pytest.mark.slow  # the config sweep: every shipped config through the CLI
 @pytest.mark.parametrize("rel", EXPERIMENTS)
 def test_config_instantiates_through_the_cli(rel, cli_env, fake_data):
     # Weights are allocated on the meta device: every constructor and check runs, no memory or init time is spent.
@@ -353,6 +354,7 @@ FAST_RUNS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("rel", sorted(FAST_RUNS))
 def test_config_trains_one_step_on_fake_data(rel, cli_env, fake_data):
     extra = ["--data.init_args.num_classes=3"] if rel.startswith("imagenet/") else []
@@ -396,6 +398,7 @@ FIGURE_CALLBACKS = {"cost": {"TrainingCost"}, "robustness": {"CorruptionRobustne
 FIGURE_CALLBACKS["motivation"] = {"CorrelationMonitor", "LogitCorrelationHeatmap", "EmbeddingProjection"}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "rel", [r for r in EXPERIMENTS if r.count("/") == 2 and r.split("/")[1] in FIGURE_CALLBACKS and "vanilla" not in r]
 )

@@ -34,6 +34,7 @@ from cmkd_lightning import DistillationModule
 from cmkd_lightning.losses import CMKDLoss, KDLoss
 
 pytestmark = [
+    pytest.mark.slow,  # two processes per test
     pytest.mark.skipif(not dist.is_available(), reason="torch.distributed is not available"),
     pytest.mark.skipif(
         "fork" not in multiprocessing.get_all_start_methods(), reason="ddp_fork needs the fork start method"

@@ -408,6 +408,7 @@ def test_wandb_key_without_a_reachable_server_falls_back_to_offline_quickly(tmp_
     assert time.monotonic() - start < 90  # wandb.init online would wait ~100 s and then fail
 
 
+@pytest.mark.slow  # a subprocess, so wandb reads the test's HOME from scratch
 def test_wandb_credentials_of_another_host_are_found_by_wandb(tmp_path, monkeypatch):
     from cmkd_lightning import cli
 

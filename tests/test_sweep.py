@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 from pathlib import Path
 
 import optuna
@@ -12,6 +13,12 @@ from cmkd_lightning.sweep import _check_space, _parse_overrides, format_study, m
 
 ROOT = Path(__file__).resolve().parents[1]
 FIG8 = ROOT / "examples" / "sweeps" / "cmkd_beta_fig8.yaml"
+
+
+def _csv_rows(tmp_path: Path, number: int) -> list[dict[str, str]]:
+    version = tmp_path / "sw" / "fig8" / f"trial-{number}" / f"cmkd-trial{number}" / "version_0"
+    with (version / "metrics.csv").open() as f:
+        return list(csv.DictReader(f))
 
 
 def _tiny_config() -> dict:
@@ -87,7 +94,8 @@ def test_grid_study_in_sqlite_runs_each_trial_as_a_logged_run_and_resumes(tmp_pa
     assert [t.state for t in trials] == [optuna.trial.TrialState.COMPLETE] * 2
     assert sorted(t.params["model.init_args.losses.0.init_args.beta"] for t in trials) == [1.0, 3.0]
     for t in trials:
-        assert 0.0 <= t.value <= 1.0
+        logged = [float(r["val/acc_top1"]) for r in _csv_rows(tmp_path, t.number) if r.get("val/acc_top1")]
+        assert t.value == pytest.approx(max(logged))  # the objective, val/acc_top1_best, is the run's best epoch
         # each trial is a normal run: its own CSV log dir with the resolved config, beta and the fixed gamma in it
         version = tmp_path / "sw" / "fig8" / f"trial-{t.number}" / f"cmkd-trial{t.number}" / "version_0"
         config = yaml.safe_load((version / "config.yaml").read_text())

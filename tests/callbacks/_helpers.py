@@ -1,18 +1,24 @@
-"""Small modules, data and trainers shared by the callback tests (CPU, composed digits, 100 classes)."""
+"""Small modules, data and trainers shared by the callback tests (CPU, composed digits, 100 classes; CIFAR-100-C)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from lightning.pytorch import Callback, Trainer
 from lightning.pytorch.loggers import CSVLogger
+from torch.utils.data import TensorDataset
 
 from cmkd_lightning import DistillationModule
 from cmkd_lightning.losses import KDLoss
+from cmkd_lightning.models import create_model
 from cmkd_lightning.models.digits_cnn import digits_student, digits_teacher
 from datamodules import ComposedDigitsDataModule
+from datamodules.cifar100 import cifar100_test_transform
+from datamodules.cifar100c import CIFAR100CDataset
+from tests._fakes import write_fake_cifar100c
 
 
 def digits_data(**kwargs: Any) -> ComposedDigitsDataModule:
@@ -57,3 +63,42 @@ def split_logits(module: DistillationModule, datamodule: ComposedDigitsDataModul
     student = module.student(xs)
     teacher = module.teacher(xs) if module.teacher is not None else None
     return student, teacher, ys
+
+
+# CIFAR-sized modules and fake CIFAR-100-C files for the CorruptionRobustness tests (single process and DDP).
+CORRUPTIONS = ("gaussian_noise", "fog")
+
+
+def cifar_module() -> DistillationModule:
+    torch.manual_seed(0)
+    student, teacher = create_model("resnet8", num_classes=100), create_model("resnet8", num_classes=100)
+    return DistillationModule(student=student, teacher=teacher, losses=[KDLoss()], lr_schedule="none").eval()
+
+
+@torch.no_grad()
+def predictions(network, root, corruption):
+    """Predicted class of every row of <corruption>.npy, severity by severity (row order of the file)."""
+    return torch.cat(
+        [
+            network(
+                torch.stack([x for x, _ in CIFAR100CDataset(root, corruption, s, cifar100_test_transform())])
+            ).argmax(-1)
+            for s in range(1, 6)
+        ]
+    )
+
+
+def fake_data(tmp_path, module):
+    """Fake CIFAR-100-C whose labels make the student right on 3 of 4 gaussian_noise images of each severity."""
+    root = write_fake_cifar100c(tmp_path / "c100c", corruptions=CORRUPTIONS, n_per_severity=4)
+    labels = np.load(root / "labels.npy").astype(np.int64)
+    hits = predictions(module.student, root, "gaussian_noise").numpy()
+    keep = np.arange(20) % 4 != 3
+    labels[keep] = hits[keep]
+    np.save(root / "labels.npy", labels.astype(np.uint8))
+    torch.manual_seed(1)
+    images = torch.randn(12, 3, 32, 32)
+    with torch.no_grad():
+        clean_labels = module.student(images).argmax(-1)
+    clean_labels[::3] = (clean_labels[::3] + 1) % 100  # student right on 8 of 12 clean images
+    return root, TensorDataset(images, clean_labels)

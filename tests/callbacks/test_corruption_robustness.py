@@ -7,52 +7,13 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from cmkd_lightning import DistillationModule
 from cmkd_lightning.callbacks import CorruptionRobustness
-from cmkd_lightning.losses import KDLoss
-from cmkd_lightning.models import create_model
 from datamodules.cifar100 import cifar100_test_transform
 from datamodules.cifar100c import CIFAR100CDataset
 from tests._fakes import write_fake_cifar100c
-from tests.callbacks._helpers import cpu_trainer
+from tests.callbacks._helpers import CORRUPTIONS, cifar_module, cpu_trainer, fake_data
 
-CORRUPTIONS = ("gaussian_noise", "fog")
 SEVERITIES = (1, 3)
-
-
-def cifar_module() -> DistillationModule:
-    torch.manual_seed(0)
-    student, teacher = create_model("resnet8", num_classes=100), create_model("resnet8", num_classes=100)
-    return DistillationModule(student=student, teacher=teacher, losses=[KDLoss()], lr_schedule="none").eval()
-
-
-@torch.no_grad()
-def predictions(network, root, corruption):
-    """Predicted class of every row of <corruption>.npy, severity by severity (row order of the file)."""
-    return torch.cat(
-        [
-            network(
-                torch.stack([x for x, _ in CIFAR100CDataset(root, corruption, s, cifar100_test_transform())])
-            ).argmax(-1)
-            for s in range(1, 6)
-        ]
-    )
-
-
-def fake_data(tmp_path, module):
-    """Fake CIFAR-100-C whose labels make the student right on 3 of 4 gaussian_noise images of each severity."""
-    root = write_fake_cifar100c(tmp_path / "c100c", corruptions=CORRUPTIONS, n_per_severity=4)
-    labels = np.load(root / "labels.npy").astype(np.int64)
-    hits = predictions(module.student, root, "gaussian_noise").numpy()
-    keep = np.arange(20) % 4 != 3
-    labels[keep] = hits[keep]
-    np.save(root / "labels.npy", labels.astype(np.uint8))
-    torch.manual_seed(1)
-    images = torch.randn(12, 3, 32, 32)
-    with torch.no_grad():
-        clean_labels = module.student(images).argmax(-1)
-    clean_labels[::3] = (clean_labels[::3] + 1) % 100  # student right on 8 of 12 clean images
-    return root, TensorDataset(images, clean_labels)
 
 
 @torch.no_grad()

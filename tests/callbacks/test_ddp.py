@@ -6,7 +6,9 @@ import pytest
 import torch
 
 from cmkd_lightning.callbacks import CorrelationMonitor, CorruptionRobustness, LogitCorrelationHeatmap
-from tests.callbacks._helpers import cpu_trainer, digits_data, digits_module
+from tests.callbacks._helpers import cifar_module, cpu_trainer, digits_data, digits_module, fake_data
+
+pytestmark = pytest.mark.slow  # two processes per test
 
 
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
@@ -30,8 +32,6 @@ def test_two_process_values_equal_single_process(tmp_path):
 @pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
 def test_two_process_robustness_equals_single_process(tmp_path):
     from torch.utils.data import DataLoader
-
-    from tests.callbacks.test_corruption_robustness import cifar_module, fake_data
 
     module = cifar_module()
     root, clean = fake_data(

@@ -9,8 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cmkd_lightning.callbacks import CorruptionRobustness, EmbeddingProjection, LogitCorrelationHeatmap
 from tests._fakes import write_fake_cifar100c
-from tests.callbacks._helpers import cpu_trainer
-from tests.callbacks.test_corruption_robustness import cifar_module
+from tests.callbacks._helpers import cifar_module, cpu_trainer
 
 wandb = pytest.importorskip("wandb")
 

@@ -14,11 +14,13 @@ soft_rank_module = importlib.import_module("cmkd_lightning.functional.soft_rank"
 
 
 @pytest.fixture(autouse=True)
-def _silence_affine_warning():
-    """Most tests do not care about the once-per-process warning; the warning tests re-arm it themselves."""
-    soft_rank_module._affine_warned = True
-    yield
-    soft_rank_module._affine_warned = True
+def _silence_affine_warning(monkeypatch):
+    """Most tests do not care about the once-per-process warning; the warning tests re-arm it themselves.
+
+    monkeypatch puts both flags back as the process had them, whatever a test (or reset_affine_warning) set.
+    """
+    monkeypatch.setattr(soft_rank_module, "_affine_warned", True)
+    monkeypatch.setattr(soft_rank_module, "_torchsort_affine_checked", soft_rank_module._torchsort_affine_checked)
 
 
 def _torchsort():
