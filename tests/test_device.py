@@ -30,6 +30,8 @@ LOSSES = {
     "dist": lambda: DISTLoss(),
     "ls_kd": lambda: LSKDLoss(),
     "nkd": lambda: NKDLoss(),
+    "kd_ls": lambda: KDLoss(temperature=2.0, logit_standardization=True),
+    "dkd_ls": lambda: DKDLoss(alpha=9.0, beta=72.0, temperature=2.0, logit_standardization=True),
 }
 HAS_CUDA = torch.cuda.is_available()
 DEVICES = ["meta", pytest.param("cuda", marks=[pytest.mark.cuda, pytest.mark.skipif(not HAS_CUDA, reason="no CUDA")])]
@@ -87,6 +89,27 @@ def test_every_loss_together_reads_nothing(device, monkeypatch):
         out["loss"].backward()
     assert {"cmkd/pearson", "cmkd/spearman", "cmkd/hard_fraction", "dkd/warmup"} <= set(out)
     assert all(v.device.type == device for v in out.values())
+
+
+@pytest.mark.parametrize("device", DEVICES)
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int16, torch.uint8], ids=str)
+@pytest.mark.parametrize("cls", [DKDLoss, NKDLoss])
+def test_integer_target_dtypes_read_nothing(cls, dtype, device):
+    zs, zt, y = _inputs(device)
+    with _no_sync(device):
+        out = cls()(zs, zt, y.to(dtype))
+        out["loss"].backward()
+    assert out["loss"].device.type == device
+
+
+@pytest.mark.parametrize("device", DEVICES)
+def test_nkd_soft_targets_read_nothing(device):
+    zs, zt, y = _inputs(device)
+    soft = 0.7 * torch.nn.functional.one_hot(y, C).float() + 0.3 / C
+    with _no_sync(device):
+        out = NKDLoss()(zs, zt, soft)
+        out["loss"].backward()
+    assert out["loss"].device.type == device and zs.grad.device.type == device
 
 
 def test_whole_shared_step_runs_on_meta():

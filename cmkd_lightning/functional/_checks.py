@@ -56,7 +56,7 @@ def check_pair(student_logits: Tensor, teacher_logits: Tensor, validate_args: bo
 def check_targets(
     targets: Tensor | None, logits: Tensor, name: str = "targets", validate_args: bool = True
 ) -> Tensor:
-    """Check class-index targets of shape ``(N,)`` with values in ``[0, C)`` and return them.
+    """Check class-index targets of shape ``(N,)`` with values in ``[0, C)`` and return them as int64.
 
     The range check reads the values (a host-device sync) and runs only with ``validate_args=True``.
 
@@ -75,6 +75,9 @@ def check_targets(
     n, c = logits.shape
     if targets.shape != (n,):
         raise ValueError(f"Expected `{name}` to have shape ({n},), but got {tuple(targets.shape)}.")
+    # int64 whatever the integer dtype (int32, int16, uint8, ...): gather and one_hot take int64 only, and
+    # min/max are not implemented for uint16/32/64; a device-side cast, no host read
+    targets = targets.long()
     if validate_args and targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= c):
         raise ValueError(
             f"Expected `{name}` to be class indices in [0, {c}), but got values in "

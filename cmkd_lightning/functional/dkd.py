@@ -18,6 +18,7 @@ from cmkd_lightning.functional._checks import (
     reduce,
     upcast,
 )
+from cmkd_lightning.functional.zscore import _zscore
 
 
 def dkd_loss(
@@ -28,6 +29,8 @@ def dkd_loss(
     alpha: float = 1.0,
     beta: float = 8.0,
     temperature: float = 4.0,
+    logit_standardization: bool = False,
+    eps: float = 1e-7,
     reduction: Reduction = "mean",
     validate_args: bool = True,
 ) -> Tensor:
@@ -47,15 +50,22 @@ def dkd_loss(
     vgg13->mv2; 8 for the other pairs, wrn40_2->shuv1 and wrn40_2->res8x4 included); ImageNet
     ``T = 1, beta = 0.5`` (R34->R18) or 2 (R50->MV1).
 
+    With ``logit_standardization=True`` both logits are first z-scored per sample (unbiased standard deviation
+    plus ``eps``, see :func:`zscore`): the "DKD + LS" of Sun et al. (CVPR 2024), whose code z-scores the logits
+    and then runs DKD unchanged. Their CIFAR-100 command multiplies ``alpha`` and ``beta`` by 9 and sets
+    ``T = 2`` (res32x4->res8x4: ``alpha = 9, beta = 72, T = 2``, CE 1).
+
     Paper: Zhao et al., "Decoupled Knowledge Distillation", CVPR 2022.
 
     Args:
         student_logits: ``(N, C)`` student logits.
         teacher_logits: ``(N, C)`` teacher logits.
-        targets: ``(N,)`` integer class indices.
+        targets: ``(N,)`` class indices of any integer dtype.
         alpha: TCKD weight.
         beta: NCKD weight.
         temperature: ``T > 0``.
+        logit_standardization: z-score both logits per sample before the softmax.
+        eps: added to the standard deviation of the z-score (used only with ``logit_standardization``).
         reduction: ``"mean"`` (batch mean), ``"sum"`` or ``"none"``.
         validate_args: check the values (finite logits, targets in range, finite result; host-device syncs) and the
             scalar arguments. Shape and dtype checks always run. Training modules pass ``False``.
@@ -73,7 +83,13 @@ def dkd_loss(
         check_non_negative(beta, "beta")
     check_reduction(reduction)
     tckd, nckd = dkd_terms(
-        student_logits, teacher_logits, targets, temperature=temperature, validate_args=validate_args
+        student_logits,
+        teacher_logits,
+        targets,
+        temperature=temperature,
+        logit_standardization=logit_standardization,
+        eps=eps,
+        validate_args=validate_args,
     )
     loss = reduce(alpha * tckd + beta * nckd, reduction)
     return check_result(loss, "dkd_loss", student_logits, teacher_logits) if validate_args else loss
@@ -85,15 +101,21 @@ def dkd_terms(
     targets: Tensor,
     *,
     temperature: float = 4.0,
+    logit_standardization: bool = False,
+    eps: float = 1e-7,
     validate_args: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """Per-sample ``(T^2 * TCKD, T^2 * NCKD)`` of :func:`dkd_loss`, each of shape ``(N,)``, unweighted."""
     check_pair(student_logits, teacher_logits, validate_args)
-    check_targets(targets, student_logits, validate_args=validate_args)
+    targets = check_targets(targets, student_logits, validate_args=validate_args)
     if validate_args:
         check_positive(temperature, "temperature")
-    zs = upcast(student_logits) / temperature
-    zt = upcast(teacher_logits) / temperature
+        if logit_standardization:
+            check_positive(eps, "eps")
+    zs, zt = upcast(student_logits), upcast(teacher_logits)
+    if logit_standardization:
+        zs, zt = _zscore(zs, eps), _zscore(zt, eps)
+    zs, zt = zs / temperature, zt / temperature
     # a comparison, not F.one_hot (which may read the targets to check them): no host-device sync
     gt = targets.reshape(-1, 1) == torch.arange(zs.shape[-1], device=zs.device)
     log_ps, log_pt = log_softmax_safe(zs), log_softmax_safe(zt)

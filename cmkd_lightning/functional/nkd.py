@@ -40,17 +40,22 @@ def nkd_loss(
     :math:`\tilde p = \operatorname{softmax}(z_{\setminus gt} / T)` over the ``C - 1`` non-target classes (target
     column removed). Recipe: ``T = 1, gamma = 1.5`` on ImageNet.
 
+    ``targets`` are class indices of any integer dtype, or ``(N, C)`` soft targets (one-hot, label-smoothed,
+    mixup/cutmix mixtures). As in the authors' code, a soft target's class is its arg-max (the first of tied
+    classes), and the loss is the same as for that class index.
+
     Paper: Yang et al., "From Knowledge Distillation to Self-Knowledge Distillation: A Unified Approach with
     Normalized Loss and Customized Soft Labels", ICCV 2023.
 
     Args:
         student_logits: ``(N, C)`` student logits.
         teacher_logits: ``(N, C)`` teacher logits.
-        targets: ``(N,)`` integer class indices.
+        targets: ``(N,)`` class indices (any integer dtype) or ``(N, C)`` floating-point soft targets.
         temperature: ``T > 0`` for the non-target term.
         gamma: non-target weight.
         reduction: ``"mean"`` (batch mean), ``"sum"`` or ``"none"``.
-        validate_args: check the values (finite logits, targets in range, finite result; host-device syncs) and the
+        validate_args: check the values (finite logits, targets in range or soft targets finite and >= 0, finite
+            result; host-device syncs) and the
             scalar arguments. Shape and dtype checks always run. Training modules pass ``False``.
 
     Returns:
@@ -59,6 +64,8 @@ def nkd_loss(
     Example:
         >>> z = torch.tensor([[0.0, 0.0, 9.0]])
         >>> round(float(nkd_loss(z, z, torch.tensor([2]))), 4)
+        1.04
+        >>> round(float(nkd_loss(z, z, torch.tensor([[0.0, 0.3, 0.7]]))), 4)  # soft target: class 2
         1.04
     """
     if validate_args:
@@ -81,7 +88,7 @@ def nkd_terms(
 ) -> tuple[Tensor, Tensor]:
     """Per-sample ``(target term, T^2 * non-target cross-entropy)`` of :func:`nkd_loss`, each ``(N,)``."""
     check_pair(student_logits, teacher_logits, validate_args)
-    check_targets(targets, student_logits, validate_args=validate_args)
+    targets = _class_indices(targets, student_logits, validate_args)
     if validate_args:
         check_positive(temperature, "temperature")
     zs, zt = upcast(student_logits), upcast(teacher_logits)
@@ -99,6 +106,20 @@ def nkd_terms(
     zt_rest = zt.gather(1, rest) / temperature
     non_target = -(F.softmax(zt_rest, dim=-1) * log_softmax_safe(zs_rest)).sum(dim=-1)
     return target_term, non_target * temperature**2
+
+
+def _class_indices(targets: Tensor | None, logits: Tensor, validate_args: bool) -> Tensor:
+    """``(N,)`` int64 class indices from class indices of any integer dtype or from ``(N, C)`` soft targets."""
+    if not (isinstance(targets, Tensor) and targets.is_floating_point() and targets.ndim == 2):
+        return check_targets(targets, logits, validate_args=validate_args)
+    if targets.shape != logits.shape:
+        raise ValueError(
+            f"Expected soft `targets` to have the shape of the logits {tuple(logits.shape)}, but got "
+            f"{tuple(targets.shape)}."
+        )
+    if validate_args and not bool((torch.isfinite(targets) & (targets >= 0)).all()):
+        raise ValueError("Expected soft `targets` to be finite and >= 0, but got NaN, Inf or negative entries.")
+    return targets.argmax(dim=-1)
 
 
 __all__ = ["nkd_loss", "nkd_terms"]

@@ -17,6 +17,10 @@ class DKDLoss(DistillationLoss):
     ``min(epoch / warmup, 1)`` of the reference is applied by the training module through
     :meth:`warmup_factor` (20 epochs on CIFAR-100, 1 on ImageNet). Recommended weights: loss 1, CE 1.
 
+    ``logit_standardization=True`` z-scores both logits first: the "DKD + LS" of Sun et al. (CVPR 2024). Their
+    CIFAR-100 command multiplies ``alpha`` and ``beta`` by 9 and sets the temperature to 2 (res32x4->res8x4:
+    ``alpha=9, beta=72, temperature=2``, CE 1, warm-up 20). Targets may have any integer dtype.
+
     Args:
         alpha: TCKD weight.
         beta: NCKD weight (CIFAR-100: 8; 2 for res56->res20 and res110->res32; 6 for wrn40_2->wrn16_2,
@@ -24,6 +28,8 @@ class DKDLoss(DistillationLoss):
             ImageNet: 0.5 for R34->R18, 2 for R50->MV1).
         temperature: softening temperature (4 on CIFAR-100, 1 on ImageNet).
         warmup_epochs: linear warm-up length in epochs.
+        logit_standardization: z-score the student's and the teacher's logits per sample before the softmax.
+        eps: added to the standard deviation of the z-score (used only with ``logit_standardization``).
     """
 
     name = "dkd"
@@ -32,20 +38,37 @@ class DKDLoss(DistillationLoss):
     recommended_ce_weight = 1.0
 
     def __init__(
-        self, alpha: float = 1.0, beta: float = 8.0, temperature: float = 4.0, warmup_epochs: int = 20
+        self,
+        alpha: float = 1.0,
+        beta: float = 8.0,
+        temperature: float = 4.0,
+        warmup_epochs: int = 20,
+        logit_standardization: bool = False,
+        eps: float = 1e-7,
     ) -> None:
         super().__init__(warmup_epochs)
         check_non_negative(alpha, "alpha")
         check_non_negative(beta, "beta")
         check_positive(temperature, "temperature")
+        if not isinstance(logit_standardization, bool):
+            raise TypeError(f"Expected `logit_standardization` to be a bool, but got {logit_standardization!r}.")
+        check_positive(eps, "eps")
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
+        self.logit_standardization = logit_standardization
+        self.eps = eps
 
     @override
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor | None = None
     ) -> dict[str, Tensor]:
         tckd, nckd = dkd_terms(
-            student_logits, teacher_logits.detach(), targets, temperature=self.temperature, validate_args=False
+            student_logits,
+            teacher_logits.detach(),
+            targets,
+            temperature=self.temperature,
+            logit_standardization=self.logit_standardization,
+            eps=self.eps,
+            validate_args=False,
         )
         tckd, nckd = tckd.mean(), nckd.mean()
         return {"loss": self.alpha * tckd + self.beta * nckd, "tckd": tckd.detach(), "nckd": nckd.detach()}

@@ -14,7 +14,8 @@ class NKDLoss(DistillationLoss):
     """Normalized KD (Yang et al., ICCV 2023): target term plus ``gamma * T^2 *`` non-target cross-entropy.
 
     Components: ``target`` and ``non_target`` (the latter with its ``T^2``, before ``gamma``). Recipe (ImageNet):
-    ``temperature=1, gamma=1.5``. Recommended weights: loss 1, CE 1.
+    ``temperature=1, gamma=1.5``. Recommended weights: loss 1, CE 1. ``targets`` may be class indices of any
+    integer dtype or ``(N, C)`` soft targets (mixup/cutmix), read as their arg-max class as the authors' code does.
 
     Args:
         temperature: temperature of the non-target term.
