@@ -298,3 +298,30 @@ def test_teacher_module_shares_the_defaults_of_distillation_module():
     for name, param in own.items():
         if name != "self":
             assert param.default == parent[renamed.get(name, name)].default, name
+
+
+@pytest.mark.slow  # two `cmkd` subprocesses
+def test_teacher_config_through_the_cli(tmp_path):
+    """``cmkd fit -c examples/configs/digits/teacher.yaml`` trains a TeacherModule whose checkpoint reads as a teacher."""
+    from tests.test_cli import DIGITS, QUIET, SHORT_FIT, SMALL_DATA, _cmkd
+
+    printed = yaml.safe_load(_cmkd(["fit", "-c", str(DIGITS / "teacher.yaml"), "--print_config"], tmp_path).stdout)
+    assert printed["model"]["class_path"] == "cmkd_lightning.TeacherModule"
+    assert {"model", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule"} <= set(printed["model"]["init_args"])
+    assert printed["model"]["init_args"]["model"] == "digits_teacher"
+    _cmkd(
+        ["fit", "-c", str(DIGITS / "teacher.yaml"), *SMALL_DATA, *SHORT_FIT, *QUIET, "--trainer.logger=false"], tmp_path
+    )
+    path = tmp_path / "runs" / "digits-teacher" / "teacher.ckpt"
+    hparams = torch.load(path, weights_only=True)["hyper_parameters"]
+    assert (hparams["model"], hparams["_class_path"], hparams["weight_decay"]) == (
+        "digits_teacher",
+        "cmkd_lightning.TeacherModule",
+        5e-4,
+    )
+    restored = TeacherModule.load_from_checkpoint(path)  # zoo name and settings come from the checkpoint
+    student = DistillationModule(
+        "digits_student", teacher="digits_teacher", num_classes=100, teacher_checkpoint=str(path)
+    )
+    for key, value in restored.model.state_dict().items():
+        assert torch.equal(student.teacher.state_dict()[key], value), key
