@@ -249,8 +249,14 @@ def test_cifar100_configs_follow_the_recipe(rel):
     assert spec["teacher_checkpoint"] == f"checkpoints/{spec['teacher']}_vanilla/ckpt_epoch_240.pth"
     for entry in spec["losses"]:
         name, args = entry["class_path"].rsplit(".", 1)[1], entry["init_args"]
-        if name == "DKDLoss":
+        if name == "DKDLoss" and args.get("logit_standardization"):  # DKD + LS: the LS-KD authors' command
+            ls_args = {"alpha": 9.0, "beta": 9.0 * CIFAR_DKD_BETA[key], "temperature": 2.0, "warmup_epochs": 20}
+            assert args == {**ls_args, "logit_standardization": True}
+            assert spec["ce_weight"] == 1.0
+        elif name == "DKDLoss":
             assert args == {"alpha": 1.0, "beta": CIFAR_DKD_BETA[key], "temperature": 4.0, "warmup_epochs": 20}
+        elif name == "KDLoss" and args.get("logit_standardization"):  # KD + LS, the LS-KD recipe
+            assert (args["temperature"], spec["ce_weight"], spec["loss_weights"]) == (2.0, 0.1, [9.0])
         elif name == "CMKDLoss":
             assert (args["temperature"], args["beta"], args["gamma"]) == (4.0, 4.0, 1.0)
             assert spec["ce_weight"] == 1.0
