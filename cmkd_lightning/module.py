@@ -150,6 +150,10 @@ class DistillationModule(LightningModule):
         compile: ``torch.compile`` the student and teacher (in place, so state_dict keys do not change); the
             losses stay eager.
         teacher_chance_factor: warn when the teacher's validation Top-1 is below this multiple of chance.
+        teacher_cache: a teacher-logit cache file (``cmkd-teacher-cache build``, ``docs/TEACHER_CACHE.md``),
+            checked against the teacher's weights and ``num_classes`` here. Training steps then read the teacher's
+            logits from it (looked up on the host before the batch moves to the device) instead of running the
+            teacher; validation and test still run the teacher. The data module must be given the same file.
     """
 
     def __init__(
@@ -176,6 +180,7 @@ class DistillationModule(LightningModule):
         channels_last: bool = False,
         compile: bool = False,
         teacher_chance_factor: float = 2.0,
+        teacher_cache: str | None = None,
     ) -> None:
         super().__init__()
         with warnings.catch_warnings():
@@ -267,6 +272,11 @@ class DistillationModule(LightningModule):
         elif teacher_checkpoint is not None:
             raise ValueError("Expected a `teacher` to load `teacher_checkpoint` into, but got teacher=None.")
         self._check_classifier_sizes()
+        self._teacher_cache = None
+        if teacher_cache is not None:
+            from cmkd_lightning.teacher_cache.store import open_for_module
+
+            self._teacher_cache = open_for_module(teacher_cache, self.teacher, self.num_classes)
         if channels_last:
             self.student.to(memory_format=torch.channels_last)
             if self.teacher is not None:
@@ -416,7 +426,10 @@ class DistillationModule(LightningModule):
         student_logits = self.student(x)
         self._check_logits(student_logits, "student", y)
         teacher_logits = None
-        if self.teacher is not None:
+        if self._teacher_cache is not None and stage == "train":
+            teacher_logits = self._teacher_cache.batch_logits(batch, y)
+            self._check_logits(teacher_logits, "teacher", y)
+        elif self.teacher is not None:
             teacher_logits = self.teacher_forward(x)
             self._check_logits(teacher_logits, "teacher", y)
         terms = self.compute_losses(student_logits, teacher_logits, y)
@@ -430,6 +443,16 @@ class DistillationModule(LightningModule):
             self.teacher_top5.update(teacher_logits, y)
         self._accumulate(stage, terms, y.shape[0])
         return terms
+
+    @override
+    def setup(self, stage: str) -> None:
+        if self._teacher_cache is not None and stage == "fit":
+            self._teacher_cache.check_datamodule(getattr(self.trainer, "datamodule", None))
+
+    @override
+    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        # The cached teacher logits are read on the host and travel with the batch: no device->host read.
+        return batch if self._teacher_cache is None else self._teacher_cache.attach(batch)
 
     # ------------------------------------------------------------------ epoch aggregation
     # Per step, only `train/loss_step` and `train/lr` go through `self.log` (each call costs ~0.3 ms of Python);

@@ -46,6 +46,8 @@ from cmkd_lightning.teacher_cache.views import NUM_VIEWS, render_all_views, tran
 _CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 _CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 _SPLITS = ("train", "test")
+#: Seconds between progress records in the header (what a resumed build skips).
+_SAVE_EVERY_S = 10.0
 
 
 class _Progress:
@@ -192,7 +194,7 @@ def build_cache(
             views = render_all_views(images[begin:end], mean, std).to(device)
             out = teacher(views).float().reshape(end - begin, NUM_VIEWS, num_classes)
             logits[begin:end] = out.to(torch.float16 if dtype == "float16" else torch.float32).cpu().numpy()
-            if time.perf_counter() - last_save > 10.0 or end == len(images):
+            if time.perf_counter() - last_save >= _SAVE_EVERY_S or end == len(images):
                 logits.flush()  # the logits reach the file before the header counts them
                 header["images_done"] = end
                 header["build_seconds"] = seconds_before + time.perf_counter() - t0

@@ -287,6 +287,27 @@ class TeacherLogitCache:
                 "files or another synthetic set. Rebuild the cache for this data."
             )
 
+    def check_datamodule(self, datamodule: Any) -> None:
+        """Refuse a data module that was not given this same cache (its batches would carry no or other indices).
+
+        ``None`` (dataloaders passed to the Trainer directly) is accepted: the step checks each batch's layout.
+        """
+        if datamodule is None:
+            return
+        theirs = getattr(datamodule, "logit_cache", None)
+        if theirs is None:
+            raise StaleTeacherCacheError(
+                f"Expected the data module to be given the same `teacher_cache` as the module ({self.path}), so that "
+                f"its training batches carry sample and view indices, but {type(datamodule).__name__} has none. "
+                "Set `teacher_cache` on both (e.g. data.init_args.teacher_cache and model.init_args.teacher_cache)."
+            )
+        if theirs.id != self.id:
+            raise StaleTeacherCacheError(
+                f"Expected the data module and the module to use the same teacher-logit cache, but the data module's "
+                f"{theirs.path} (id {theirs.id}) and the module's {self.path} (id {self.id}) are bound to different "
+                "teachers, data, transforms or dtypes."
+            )
+
     # ------------------------------------------------------------------ lookup
     def lookup(self, sample_index: Tensor, view_index: Tensor) -> Tensor:
         """Cached teacher logits of ``(sample, view)`` pairs, on the CPU in the stored dtype.
@@ -348,7 +369,26 @@ class TeacherLogitCache:
         return batch
 
 
+def open_for_module(path: str | os.PathLike[str], teacher: nn.Module | None, num_classes: int) -> TeacherLogitCache:
+    """Open a cache for :class:`~cmkd_lightning.DistillationModule`: checked against its teacher and class count.
+
+    Raises:
+        ValueError: if there is no teacher to check the cache against (validation also runs it).
+        StaleTeacherCacheError: if the cache belongs to other weights or another class count, or is unfinished.
+    """
+    if teacher is None:
+        raise ValueError(
+            f"Expected a `teacher` with `teacher_cache` ({path}): the cache is checked against its weights and "
+            "validation runs it, but got teacher=None."
+        )
+    cache = TeacherLogitCache(path)
+    cache.check_classes(num_classes)
+    cache.check_teacher(teacher)
+    return cache
+
+
 __all__ = [
+    "open_for_module",
     "DTYPES",
     "HEADER_BYTES",
     "MAGIC",
