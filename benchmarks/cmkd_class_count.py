@@ -83,13 +83,15 @@ def grad_table(args: argparse.Namespace) -> dict:  # noqa: C901
                 zs = student(x)
             ce = _grad_norm(lambda z: F.cross_entropy(z, y, reduction="none"), zs)
             zhat = (zt - zt.mean(1, keepdim=True)) / zt.std(1, keepdim=True)
+            paper = {"pearson_scale": "paper"}
             terms = {
-                "pearson_T4": lambda z: cmkd_terms(z, zt, temperature=4.0, spearman=False, beta=1.0).pearson,
-                "pearson_T1": lambda z: cmkd_terms(z, zt, temperature=1.0, spearman=False, beta=1.0).pearson,
+                "pearson_T4": lambda z: cmkd_terms(z, zt, temperature=4.0, spearman=False, beta=1.0, **paper).pearson,
+                "pearson_T1": lambda z: cmkd_terms(z, zt, temperature=1.0, spearman=False, beta=1.0, **paper).pearson,
                 "spearman": lambda z: cmkd_terms(z, zt, temperature=4.0).spearman,
-                "eq16_T4": lambda z: cmkd_per_sample(z, zt, temperature=4.0),
-                "eq16_T4_T2": lambda z: cmkd_per_sample(z, zt, temperature=4.0, temperature_squared=True),
-                "eq16_T1": lambda z: cmkd_per_sample(z, zt, temperature=1.0),
+                "eq16_T4": lambda z: cmkd_per_sample(z, zt, temperature=4.0, **paper),
+                "eq16_T4_T2": lambda z: cmkd_per_sample(z, zt, temperature=4.0, temperature_squared=True, **paper),
+                "eq16_T1": lambda z: cmkd_per_sample(z, zt, temperature=1.0, **paper),
+                "eq16_default": lambda z: cmkd_per_sample(z, zt),  # CMKDLoss() now: Pearson x sqrt(C)
                 "kd_T4": lambda z: (
                     16.0 * (F.softmax(zt / 4, 1) * (F.log_softmax(zt / 4, 1) - F.log_softmax(z / 4, 1))).sum(1)
                 ),
@@ -160,6 +162,7 @@ class ProtoCMKD(DistillationLoss):
             zscore=zscore,
             spearman=spearman,
             temperature_squared=t2,
+            pearson_scale="paper",  # the variants apply their own scales below
         )
         self.scale, self.pearson_input, self.pearson_scale = scale, pearson_input, pearson_scale
 
@@ -191,7 +194,7 @@ class ProtoCMKD(DistillationLoss):
 
 # name -> (ProtoCMKD kwargs, loss weight); CE weight 1 everywhere
 VARIANTS = {
-    "paper": ({}, 1.0),
+    "paper": ({}, 1.0),  # what CMKDLoss(pearson_scale="paper") computes
     "t2": ({"t2": True}, 1.0),
     "w16": ({}, 16.0),
     "sqrtc": ({"scale": "sqrt_c"}, 1.0),
@@ -206,7 +209,8 @@ VARIANTS = {
     "t2_sqrtc": ({"temperature": 2.0, "scale": "sqrt_c"}, 1.0),
     "sqrtc_nosp": ({"scale": "sqrt_c", "spearman": False}, 1.0),
     "c": ({"scale": "c"}, 1.0),
-    "psqrtc": ({"pearson_scale": "sqrt_c"}, 1.0),
+    "psqrtc": ({"pearson_scale": "sqrt_c"}, 1.0),  # what CMKDLoss() computes now
+    "psqrtc_eps8c": ({"pearson_scale": "sqrt_c", "eps_rank": "8/C"}, 1.0),
     "sqrtc_eps3c": ({"scale": "sqrt_c", "eps_rank": "3/C"}, 1.0),
     "sqrtc_eps8c": ({"scale": "sqrt_c", "eps_rank": "8/C"}, 1.0),
     "t1_sqrtc_nosp": ({"temperature": 1.0, "scale": "sqrt_c", "spearman": False}, 1.0),

@@ -32,7 +32,6 @@ def _tiny_config() -> dict:
         accelerator="cpu",
         enable_progress_bar=False,
         enable_model_summary=False,
-        enable_checkpointing=False,
         logger={"class_path": "lightning.pytorch.loggers.CSVLogger", "init_args": {"save_dir": "x", "name": "cmkd"}},
     )
     return config

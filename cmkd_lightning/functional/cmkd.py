@@ -253,7 +253,7 @@ def cmkd_loss(
     (``pearson_scale="paper"``). The gradient of ``L_P`` on z-scored rows has norm
     :math:`\approx \sqrt{1 - r^2} / \sqrt{C - 1}` (over the student's logit std), so with ``s = 1`` the Pearson
     term fades against the cross-entropy as ``C`` grows; ``s = sqrt(C)`` keeps its pull independent of ``C``
-    (:func:`resolve_scale`). The Spearman term is left unscaled: scaling it as well made training unstable.
+    (:func:`resolve_scale`). The Spearman term is left unscaled: scaling it too trained less well here.
     ``alpha``, ``beta`` and ``gamma`` keep the paper's meaning. Measurements: ``docs/DESIGN.md``, "CMKD across
     class counts".
 
