@@ -93,8 +93,11 @@ class DistillationLoss(nn.Module, ABC):
 
         Example:
             >>> from cmkd_lightning.losses import KDLoss
-            >>> KDLoss(temperature=2.0).to_config()
-            {'class_path': 'cmkd_lightning.losses.KDLoss', 'init_args': {'temperature': 2.0, 'warmup_epochs': 0}}
+            >>> config = KDLoss(temperature=2.0).to_config()
+            >>> config["class_path"], config["init_args"]["temperature"], config["init_args"]["warmup_epochs"]
+            ('cmkd_lightning.losses.KDLoss', 2.0, 0)
+            >>> type(KDLoss(**config["init_args"])).__name__
+            'KDLoss'
         """
         return {"class_path": _class_path(type(self)), "init_args": self.init_args()}
 
