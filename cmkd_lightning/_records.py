@@ -73,11 +73,11 @@ def record(module: Any, updates: Mapping[str, Any], keep_only: type | None = Non
     own signature, e.g. :class:`~cmkd_lightning.TeacherModule`), keeping Lightning's own ``_``-prefixed keys.
     """
     hparams = module.hparams
+    hparams.update(updates)
     if keep_only is not None:
         names = inspect.signature(keep_only.__init__).parameters
         for key in [k for k in hparams if k not in names and not k.startswith("_")]:
             del hparams[key]
-    hparams.update({k: v for k, v in updates.items() if keep_only is None or k in names})
     # Lightning logs `hparams_initial`, a copy taken when save_hyperparameters ran; keep it in step.
     module._hparams_initial = copy.deepcopy(module._hparams)
 
