@@ -9,7 +9,9 @@ Sections (all measured side by side within one run; ratios are medians over inte
 a) forward + backward of every loss as a ratio to KD at 64x100, 128x1000 and 512x1000, the two soft-rank backends
    side by side, and CMKD's pieces (teacher statistics, sort, Pearson path, Spearman path);
 b) a full training step, KD vs CMKD, resnet32x4 -> resnet8x4, batch 64, 3x32x32 random data, 100 classes;
-c) ``DistillationModule`` under ``Trainer`` vs a plain PyTorch loop doing the same work, images per second.
+c) ``DistillationModule`` under ``Trainer`` vs a plain PyTorch loop doing the same work, images per second;
+d) the teacher-logit cache: KD step with cached vs live teacher logits (resnet32x4 -> resnet8x4, wrn_40_2 ->
+   wrn_16_2, batch 64), the cache's build time per image, break-even runs and the speed-up of a 5-run sweep.
 
 Prints tables and writes ``benchmarks/results-<device>.json`` (or ``--out``). Where a target is missed (and unless
 ``--no-profile``), the suite profiles the slow case and stores the top operations / functions in the JSON.
@@ -32,6 +34,7 @@ sys.path.insert(0, str(HERE))
 
 import lightning_overhead  # noqa: E402
 import losses  # noqa: E402
+import teacher_cache  # noqa: E402
 import train_step  # noqa: E402
 from _timing import machine_info  # noqa: E402
 
@@ -41,7 +44,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--quick", action="store_true", help="fewer rounds and steps (< 5 min on a 2-core CPU)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
-    p.add_argument("--sections", nargs="+", choices=("a", "b", "c"), default=["a", "b", "c"])
+    p.add_argument("--sections", nargs="+", choices=("a", "b", "c", "d"), default=["a", "b", "c", "d"])
     p.add_argument("--no-profile", action="store_true", help="do not profile missed targets")
     p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results-<device>.json)")
     args = p.parse_args(argv)
@@ -147,6 +150,23 @@ def _print_lightning(res: dict[str, Any]) -> None:
         _table(f"[c] cProfile ({loss}): top functions by own time", rows, ["function", "own s", "cum s", "calls"])
 
 
+def _print_cache(res: dict[str, Any]) -> None:
+    rows = []
+    for label, r in res["pairs"].items():
+        sp = r["speedup"]
+        rows.append([
+            label, f"{r['step_s']['live']:.3f}", f"{r['step_s']['cached']:.3f}", _ratio_cell(sp),
+            f"{100 * r['teacher_share']:.0f} %",
+            _verdict(sp["ratio"], r["target"], higher_is_better=True, spread=(sp["ratio_lo"], sp["ratio_hi"])),
+            f"{r['build_s_per_image']:.2f}", f"{r['build_s_cifar100_train'] / 3600:.1f}",
+            f"{r['break_even_runs']:.2f}", f"{r['sweep_speedup']:.2f}",
+        ])  # fmt: skip
+    _table(f"[d] teacher-logit cache, KD step, batch {res['batch']} (live teacher vs cached float16 logits); build "
+           f"and sweep figures for {res['train_images']} images x {res['epochs']} epochs", rows,
+           ["pair", "live s/step", "cached s/step", "speed-up [range]", "teacher fwd / live step", "", "build s/image",
+            "build h (CIFAR-100)", "break-even runs", "5-run sweep speed-up"])
+
+
 # ---------------------------------------------------------------------------------------------------------------
 
 
@@ -181,6 +201,11 @@ def main(argv: list[str] | None = None) -> None:
         results["lightning"] = lightning_overhead.run(device, args.quick, args.threads, profile)
         results["seconds"]["c"] = time.perf_counter() - t0
         _print_lightning(results["lightning"])
+    if "d" in args.sections:
+        t0 = time.perf_counter()
+        results["teacher_cache"] = teacher_cache.run(device, args.quick, args.threads)
+        results["seconds"]["d"] = time.perf_counter() - t0
+        _print_cache(results["teacher_cache"])
     results["seconds"]["total"] = time.perf_counter() - start
     out.write_text(json.dumps(results, indent=1))
     print(f"\nTotal {results['seconds']['total']:.0f} s; results written to {out}")
