@@ -59,6 +59,8 @@ SAMPLE = (
     "cifar100/dkd/res56_res20.yaml",
     "cifar100/dist/res32x4_res8x4.yaml",
     "cifar100/lskd/res32x4_res8x4.yaml",
+    "cifar100/kd_ls/res32x4_res8x4.yaml",
+    "cifar100/dkd_ls/res32x4_res8x4.yaml",
     "cifar100/nkd/res32x4_res8x4.yaml",
     "cifar100/cmkd/res56_res20.yaml",
     "cifar100/dkd_cmkd/res56_res20.yaml",

@@ -159,7 +159,13 @@ def test_cmkd_fit_ends_with_its_summary_and_no_noise(tmp_path):
     assert "epoch 1/2  val Top-1" in out and "epoch 2/2  val Top-1" in out
     assert "cmkd fit finished: 2 epoch(s)" in out and "(cpu, 1 torch thread(s))" in out
     assert "val Top-1 %" in out and "losses, last epoch" in out
-    assert f"checkpoint (latest): {tmp_path / 'runs' / 'digits-teacher' / 'teacher.ckpt'}" in out
+    # Each run checkpoints into its own folder; the config publishes the stable teacher path as a link to it.
+    latest = next(line for line in out.splitlines() if line.startswith("checkpoint (latest): "))
+    last = next(line for line in out.splitlines() if line.startswith("last checkpoint:"))
+    assert latest.split(": ", 1)[1].strip().startswith("runs/cmkd-digits/")
+    last_path = tmp_path / last.split(":", 1)[1].strip()
+    assert last_path.is_file() and last_path.name == "last.ckpt"
+    assert (tmp_path / "runs" / "digits-teacher" / "teacher.ckpt").resolve() == last_path.resolve()
     assert "config:" in out and "W&B run (offline):" in out and "upload it with:      wandb sync runs/wandb/" in out
     assert "W&B: no API key found" in err  # said once, when the run starts
     assert "litlogger" not in out + err and "LeafSpec" not in out + err

@@ -185,11 +185,17 @@ def test_channels_last_converts_both_networks_and_matches_contiguous() -> None:
     module.train()
     plain.train()
     torch.testing.assert_close(module.student(x), plain.student(x), rtol=1e-4, atol=1e-5)
+    # Compare the loss without Eq. 16's entropy split: a sample whose teacher entropy sits at the batch mean may
+    # change branch on the ~1e-6 differences of the conv kernels, a jump of (beta - gamma) times its terms.
+    smooth = CMKDLoss(dynamic_weighting=False)
+    module_loss, plain_loss = module.losses[0], plain.losses[0]
+    module.losses[0], plain.losses[0] = smooth, smooth
     torch.testing.assert_close(
         module.compute_losses(module.student(x), module.teacher_forward(x), y)["loss"],
         plain.compute_losses(plain.student(x), plain.teacher_forward(x), y)["loss"],
         rtol=1e-3, atol=1e-5,  # the soft rank (eps = 1/C) amplifies the ~1e-6 differences of the conv kernels
     )
+    module.losses[0], plain.losses[0] = module_loss, plain_loss
 
     before = _params(module.student)
     _trainer(max_steps=2).fit(module, dm)
