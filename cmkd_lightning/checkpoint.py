@@ -183,7 +183,7 @@ def load_state_dict_file(
         raise ValueError(f"Expected `part` to be one of {_PARTS} or None, but got {part!r}.")
     if not isinstance(weights_only, bool):
         raise TypeError(f"Expected `weights_only` to be a bool, but got {type(weights_only).__name__}.")
-    file = Path(path)
+    file = Path(path).expanduser()
     if not file.is_file():
         raise FileNotFoundError(f"Expected `path` to be an existing checkpoint file, but got '{file}' (not found).")
 

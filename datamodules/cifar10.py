@@ -15,15 +15,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from torchvision.datasets import CIFAR10, VisionDataset
 
-from datamodules._checks import (
-    check_bool,
-    check_int,
-    check_optional_bool,
-    check_path,
-    file_md5,
-    load_data_pickle,
-    loader_kwargs,
-)
+from cmkd_lightning._validation import check_bool, check_int, check_optional_bool, check_path
+from datamodules._io import file_md5, load_data_pickle, loader_kwargs
 from datamodules.cifar100 import _READ_ERRORS
 from datamodules.cifar100c import CIFAR100CDataset
 

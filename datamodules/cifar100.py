@@ -16,15 +16,8 @@ from torch.utils.data import DataLoader, Dataset
 from torchvision import transforms
 from torchvision.datasets import CIFAR100, VisionDataset
 
-from datamodules._checks import (
-    check_bool,
-    check_int,
-    check_optional_bool,
-    check_path,
-    file_md5,
-    load_data_pickle,
-    loader_kwargs,
-)
+from cmkd_lightning._validation import check_bool, check_int, check_optional_bool, check_path
+from datamodules._io import file_md5, load_data_pickle, loader_kwargs
 
 #: Per-channel mean and std of the CIFAR-100 training images (the values of the reference repos).
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)

@@ -11,7 +11,8 @@ from lightning import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from datamodules._checks import check_bool, check_int, check_optional_bool, check_path, loader_kwargs
+from cmkd_lightning._validation import check_bool, check_int, check_optional_bool, check_path
+from datamodules._io import loader_kwargs
 from datamodules.cifar100 import cifar100_test_transform
 
 #: The 15 corruptions of the CIFAR-100-C benchmark (Hendrycks & Dietterich, 2019), in the paper's order.

@@ -9,7 +9,8 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from cmkd_lightning._optional import require
-from datamodules._checks import check_bool, check_fraction, check_int, check_optional_bool, loader_kwargs
+from cmkd_lightning._validation import check_bool, check_fraction, check_int, check_optional_bool
+from datamodules._io import loader_kwargs
 from datamodules._sampling import EpochShuffleSampler
 
 _SPLITS = ("train", "val", "test")

@@ -12,7 +12,8 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from datamodules._checks import check_bool, check_int, check_optional_bool, check_path, loader_kwargs
+from cmkd_lightning._validation import check_bool, check_int, check_optional_bool, check_path
+from datamodules._io import loader_kwargs
 from datamodules._synthetic import SyntheticImageDataset
 
 #: Per-channel mean and std of the ImageNet training images (torchvision's values).

@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from cmkd_lightning.callbacks._checks import check_str
+from cmkd_lightning._validation import check_path, check_str
 
 __all__ = ["PublishCheckpoint", "point_link"]
 
@@ -71,9 +71,7 @@ class PublishCheckpoint(Callback):
     """
 
     def __init__(self, link: str | Path, which: Literal["last", "best"] = "last", overwrite: bool = False) -> None:
-        if not isinstance(link, (str, Path)) or str(link) == "":
-            raise TypeError(f"Expected `link` to be a non-empty str or pathlib.Path, but got {link!r}.")
-        self.link = Path(link)
+        self.link = check_path(link, "link")
         self.which = check_str(which, "which")
         if self.which not in ("last", "best"):
             raise ValueError(f"Expected `which` to be 'last' or 'best', but got {which!r}.")

@@ -10,8 +10,8 @@ from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
 from typing_extensions import override
 
+from cmkd_lightning._validation import check_optional_positive_int, check_str
 from cmkd_lightning.callbacks._capture import LogitCapture, batch_inputs, has_teacher
-from cmkd_lightning.callbacks._checks import check_optional_positive_int, check_str
 from cmkd_lightning.functional import kd_loss, pearson_corr, spearman_corr
 
 #: Names of the monitored quantities, in the order of the running-sum vector (the count comes last).

@@ -15,8 +15,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from typing_extensions import override
 
-from cmkd_lightning.callbacks._capture import LogitCapture, batch_inputs, batch_targets, has_teacher
-from cmkd_lightning.callbacks._checks import (
+from cmkd_lightning._validation import (
     check_bool,
     check_filename,
     check_non_negative_int,
@@ -25,6 +24,7 @@ from cmkd_lightning.callbacks._checks import (
     check_positive_int,
     check_str,
 )
+from cmkd_lightning.callbacks._capture import LogitCapture, batch_inputs, batch_targets, has_teacher
 from cmkd_lightning.callbacks._figures import run_directory
 from datamodules.cifar100 import cifar100_test_transform
 from datamodules.cifar100c import CIFAR100C_CORRUPTIONS, CIFAR100CDataset, check_corruption

@@ -17,7 +17,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from typing_extensions import override
 
 from cmkd_lightning._optional import require
-from cmkd_lightning.callbacks._checks import (
+from cmkd_lightning._validation import (
     check_bool,
     check_non_negative_int,
     check_optional_path,

@@ -16,14 +16,14 @@ from matplotlib.image import AxesImage
 from torch import Tensor
 from typing_extensions import override
 
-from cmkd_lightning.callbacks._capture import LogitCapture, batch_inputs, batch_targets, has_teacher
-from cmkd_lightning.callbacks._checks import (
+from cmkd_lightning._validation import (
     check_bool,
     check_optional_path,
     check_positive_float,
     check_positive_int,
     check_str,
 )
+from cmkd_lightning.callbacks._capture import LogitCapture, batch_inputs, batch_targets, has_teacher
 from cmkd_lightning.callbacks._figures import describe_method, log_image_file, run_directory, save_figure
 
 

@@ -7,7 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from cmkd_lightning.functional._checks import check_positive
+from cmkd_lightning._validation import check_positive
 from cmkd_lightning.functional.rank import rank
 from cmkd_lightning.functional.soft_rank import soft_rank
 

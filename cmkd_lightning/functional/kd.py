@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from cmkd_lightning.functional._checks import (
+from cmkd_lightning._validation import (
     Reduction,
     check_pair,
     check_positive,

@@ -10,7 +10,7 @@ import torch.distributed as dist
 from torch import Tensor
 from typing_extensions import override
 
-from cmkd_lightning.functional._checks import check_non_negative, check_positive, upcast
+from cmkd_lightning._validation import check_non_negative, check_positive, upcast
 from cmkd_lightning.functional.cmkd import CMKDScale, cmkd_terms, resolve_scale, teacher_stats
 from cmkd_lightning.losses.base import DistillationLoss
 

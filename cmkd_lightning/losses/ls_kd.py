@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 from typing_extensions import override
 
-from cmkd_lightning.functional._checks import check_positive
+from cmkd_lightning._validation import check_positive
 from cmkd_lightning.functional.ls_kd import ls_kd_loss
 from cmkd_lightning.losses.base import DistillationLoss
 

@@ -137,7 +137,7 @@ def test_missing_files_are_listed(tmp_path):
             ValueError,
             "Expected `filename` to be a file name ending in '.csv' (no folder), but got 'a/b.csv'.",
         ),
-        ({"root": None}, TypeError, "Expected `root` to be a str or pathlib.Path, but got NoneType None."),
+        ({"root": None}, TypeError, "Expected `root` to be a str or os.PathLike, but got NoneType None."),
     ],
 )
 def test_argument_errors(kwargs, error, message):

@@ -140,7 +140,7 @@ def test_module_without_teacher_is_skipped(tmp_path):
             "Expected `matrix` to be 'logit_difference' or 'correlation_gap', but got 'kl'.",
         ),
         ({"include_matrices": 1}, TypeError, "Expected `include_matrices` to be a bool, but got int 1."),
-        ({"dirpath": 3}, TypeError, "Expected `dirpath` to be a str or pathlib.Path, but got int 3."),
+        ({"dirpath": 3}, TypeError, "Expected `dirpath` to be a str or os.PathLike, but got int 3."),
     ],
 )
 def test_argument_errors(kwargs, error, message):

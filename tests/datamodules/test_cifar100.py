@@ -224,7 +224,7 @@ def test_empty_split_is_an_error_not_an_empty_dataset(tmp_path):
 @pytest.mark.parametrize(
     ("kwargs", "error", "message"),
     [
-        ({"data_dir": 3}, TypeError, "Expected `data_dir` to be a str or pathlib.Path, but got int."),
+        ({"data_dir": 3}, TypeError, "Expected `data_dir` to be a str or os.PathLike, but got int 3."),
         ({"data_dir": ""}, ValueError, "Expected `data_dir` to be a non-empty path, but got ''."),
         ({"download": "yes"}, TypeError, "Expected `download` to be a bool, but got str 'yes'."),
         ({"batch_size": 0}, ValueError, "Expected `batch_size` to be an int >= 1, but got 0."),

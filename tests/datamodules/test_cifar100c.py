@@ -141,7 +141,7 @@ def test_missing_labels(root):
         ),
         ({"severity": 0}, ValueError, "Expected `severity` to be an int in [1, 5], but got 0."),
         ({"severity": 6}, ValueError, "Expected `severity` to be an int in [1, 5], but got 6."),
-        ({"severity": "1"}, TypeError, "Expected `severity` to be an int, but got str '1'."),
+        ({"severity": "1"}, TypeError, "Expected `severity` to be an int in [1, 5], but got str '1'."),
     ],
 )
 def test_dataset_invalid_arguments(root, kwargs, error, message):

@@ -239,8 +239,8 @@ def test_dataloader_before_setup_raises():
     [
         ({"num_digits": 0}, ValueError, "Expected `num_digits` to be an int in [1, 4], but got 0."),
         ({"num_digits": 5}, ValueError, "Expected `num_digits` to be an int in [1, 4], but got 5."),
-        ({"num_digits": 2.0}, TypeError, "Expected `num_digits` to be an int, but got float 2.0."),
-        ({"num_digits": True}, TypeError, "Expected `num_digits` to be an int, but got bool True."),
+        ({"num_digits": 2.0}, TypeError, "Expected `num_digits` to be an int in [1, 4], but got float 2.0."),
+        ({"num_digits": True}, TypeError, "Expected `num_digits` to be an int in [1, 4], but got bool True."),
         ({"train_size": 0}, ValueError, "Expected `train_size` to be an int >= 1, but got 0."),
         ({"val_size": -5}, ValueError, "Expected `val_size` to be an int >= 1, but got -5."),
         ({"test_size": 0}, ValueError, "Expected `test_size` to be an int >= 1, but got 0."),

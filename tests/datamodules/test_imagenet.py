@@ -120,10 +120,10 @@ def test_train_and_val_classes_must_agree(data_dir):
             "Expected `resize_size` to be >= `image_size` = 224, but got 200.",
         ),
         ({"num_classes": 1}, ValueError, "Expected `num_classes` to be an int >= 2, but got 1."),
-        ({"batch_size": 1.5}, TypeError, "Expected `batch_size` to be an int, but got float 1.5."),
+        ({"batch_size": 1.5}, TypeError, "Expected `batch_size` to be an int >= 1, but got float 1.5."),
         ({"num_workers": -1}, ValueError, "Expected `num_workers` to be an int >= 0, but got -1."),
         ({"augment": 1}, TypeError, "Expected `augment` to be a bool, but got int 1."),
-        ({"data_dir": None}, TypeError, "Expected `data_dir` to be a str or pathlib.Path, but got NoneType."),
+        ({"data_dir": None}, TypeError, "Expected `data_dir` to be a str or os.PathLike, but got NoneType None."),
     ],
 )
 def test_invalid_arguments(kwargs, error, message):

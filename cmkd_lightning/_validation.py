@@ -1,12 +1,17 @@
-"""Input validation shared by every functional loss.
+"""The one validation layer of the library: argument checks shared by functional, losses, metrics, callbacks and
+data modules.
 
-Errors name the argument, what was expected and what was received, and are raised as ``ValueError`` or
-``TypeError`` (never ``assert``, which ``python -O`` strips).
+Every error names the argument, what was expected and what was received (style: "Expected `temperature` to be a
+number > 0, but got -1."), raised as ``TypeError`` (wrong type) or ``ValueError`` (wrong value), never with
+``assert`` (which ``python -O`` strips). Path arguments accept ``str`` and any ``os.PathLike`` and expand ``~``.
 """
 
 from __future__ import annotations
 
-from typing import Literal
+import math
+import os
+from pathlib import Path
+from typing import Any, Literal
 
 import torch
 from torch import Tensor
@@ -15,6 +20,7 @@ Reduction = Literal["mean", "sum", "none"]
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+# ---------------------------------------------------------------------------------------------- tensors and losses
 def check_logits(x: Tensor, name: str = "logits", validate_args: bool = True) -> None:
     """Check that ``x`` is a finite floating-point ``(N, C)`` tensor with ``C >= 2``.
 
@@ -30,9 +36,7 @@ def check_logits(x: Tensor, name: str = "logits", validate_args: bool = True) ->
     if not x.is_floating_point():
         raise TypeError(f"Expected `{name}` to be a floating-point tensor of logits, but got dtype {x.dtype}.")
     if x.ndim != 2:
-        raise ValueError(
-            f"Expected `{name}` to be 2-D with shape (N, C), but got {x.ndim}-D shape {tuple(x.shape)}."
-        )
+        raise ValueError(f"Expected `{name}` to be 2-D with shape (N, C), but got {x.ndim}-D shape {tuple(x.shape)}.")
     if x.shape[0] < 1:
         raise ValueError(f"Expected `{name}` to hold at least one sample, but got shape {tuple(x.shape)}.")
     if x.shape[1] < 2:
@@ -53,9 +57,7 @@ def check_pair(student_logits: Tensor, teacher_logits: Tensor, validate_args: bo
         )
 
 
-def check_targets(
-    targets: Tensor | None, logits: Tensor, name: str = "targets", validate_args: bool = True
-) -> Tensor:
+def check_targets(targets: Tensor | None, logits: Tensor, name: str = "targets", validate_args: bool = True) -> Tensor:
     """Check class-index targets of shape ``(N,)`` with values in ``[0, C)`` and return them as int64.
 
     The range check reads the values (a host-device sync) and runs only with ``validate_args=True``.
@@ -69,9 +71,7 @@ def check_targets(
     if not isinstance(targets, Tensor):
         raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(targets).__name__}.")
     if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise TypeError(
-            f"Expected `{name}` to be an integer tensor of class indices, but got dtype {targets.dtype}."
-        )
+        raise TypeError(f"Expected `{name}` to be an integer tensor of class indices, but got dtype {targets.dtype}.")
     n, c = logits.shape
     if targets.shape != (n,):
         raise ValueError(f"Expected `{name}` to have shape ({n},), but got {tuple(targets.shape)}.")
@@ -144,3 +144,117 @@ def log_softmax_safe(x: Tensor, dim: int = -1) -> Tensor:
 def upcast(x: Tensor) -> Tensor:
     """Return ``x`` in float32 when it is float16/bfloat16, unchanged otherwise (losses never run in half)."""
     return x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+
+
+# ---------------------------------------------------------------------------------------------- plain arguments
+def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
+    """Return ``value`` if it is an ``int`` (not ``bool``) within ``[minimum, maximum]``, else raise.
+
+    Raises:
+        TypeError: if ``value`` is not an integer.
+        ValueError: if ``value`` lies outside the bounds.
+    """
+    if maximum is None:
+        expected = "an int" if minimum is None else f"an int >= {minimum}"
+    elif minimum is None:
+        expected = f"an int <= {maximum}"
+    else:
+        expected = f"an int in [{minimum}, {maximum}]"
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Expected `{name}` to be {expected}, but got {type(value).__name__} {value!r}.")
+    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
+        raise ValueError(f"Expected `{name}` to be {expected}, but got {value!r}.")
+    return value
+
+
+def check_positive_int(value: Any, name: str, *, or_none: bool = False) -> int:
+    """Return ``value`` if it is an ``int >= 1`` (not ``bool``), else raise ``TypeError`` / ``ValueError``."""
+    expected = "an int >= 1" + (" or None" if or_none else "")
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise TypeError(f"Expected `{name}` to be {expected}, but got {type(value).__name__} {value!r}.")
+    if value < 1:
+        raise ValueError(f"Expected `{name}` to be {expected}, but got {value!r}.")
+    return value
+
+
+def check_optional_positive_int(value: Any, name: str) -> int | None:
+    """Return ``value`` if it is ``None`` or an ``int >= 1`` (not ``bool``), else raise."""
+    if value is None:
+        return None
+    return check_positive_int(value, name, or_none=True)
+
+
+def check_non_negative_int(value: Any, name: str) -> int:
+    """Return ``value`` if it is an ``int >= 0`` (not ``bool``), else raise ``TypeError`` / ``ValueError``."""
+    return check_int(value, name, minimum=0)
+
+
+def check_positive_float(value: Any, name: str) -> float:
+    """Return ``value`` as a float if it is a finite number ``> 0`` (not ``bool``), else raise."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"Expected `{name}` to be a number > 0, but got {type(value).__name__} {value!r}.")
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"Expected `{name}` to be a finite number > 0, but got {value!r}.")
+    return float(value)
+
+
+def check_fraction(value: Any, name: str) -> float:
+    """Return ``value`` as a float if it is a number strictly between 0 and 1, else raise ``ValueError``."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
+        raise ValueError(f"Expected `{name}` to be a number in (0, 1), but got {value!r}.")
+    return float(value)
+
+
+def check_bool(value: Any, name: str) -> bool:
+    """Return ``value`` if it is a ``bool``, else raise ``TypeError``."""
+    if not isinstance(value, bool):
+        raise TypeError(f"Expected `{name}` to be a bool, but got {type(value).__name__} {value!r}.")
+    return value
+
+
+def check_optional_bool(value: Any, name: str) -> bool | None:
+    """Return ``value`` if it is a ``bool`` or ``None``, else raise ``TypeError``."""
+    if value is not None and not isinstance(value, bool):
+        raise TypeError(f"Expected `{name}` to be a bool or None, but got {type(value).__name__} {value!r}.")
+    return value
+
+
+def check_str(value: Any, name: str) -> str:
+    """Return ``value`` if it is a ``str``, else raise ``TypeError``."""
+    if not isinstance(value, str):
+        raise TypeError(f"Expected `{name}` to be a str, but got {type(value).__name__} {value!r}.")
+    return value
+
+
+# ---------------------------------------------------------------------------------------------- paths
+def check_path(value: Any, name: str) -> Path:
+    """Return ``value`` as a :class:`~pathlib.Path` with ``~`` expanded, if it is a non-empty ``str`` or
+    ``os.PathLike``; else raise.
+
+    Example:
+        >>> check_path("~/figs", "dirpath") == Path.home() / "figs"
+        True
+    """
+    if not isinstance(value, (str, os.PathLike)):
+        raise TypeError(f"Expected `{name}` to be a str or os.PathLike, but got {type(value).__name__} {value!r}.")
+    text = os.fspath(value)
+    if not isinstance(text, str):
+        raise TypeError(f"Expected `{name}` to be a str path, but got bytes {text!r}.")
+    if text == "":
+        raise ValueError(f"Expected `{name}` to be a non-empty path, but got {value!r}.")
+    return Path(text).expanduser()
+
+
+def check_optional_path(value: Any, name: str) -> Path | None:
+    """:func:`check_path`, with ``None`` passed through."""
+    if value is None:
+        return None
+    return check_path(value, name)
+
+
+def check_filename(value: Any, name: str, suffix: str) -> str:
+    """Return ``value`` if it is a plain file name (no folder) ending in ``suffix``, else raise."""
+    check_str(value, name)
+    if not value.endswith(suffix) or len(value) <= len(suffix) or Path(value).name != value:
+        raise ValueError(f"Expected `{name}` to be a file name ending in {suffix!r} (no folder), but got {value!r}.")
+    return value

@@ -1,8 +1,4 @@
-"""Argument checks and DataLoader settings shared by the datamodules.
-
-Errors name the argument, what was expected and what was received (``ValueError``/``TypeError``, never
-``assert``).
-"""
+"""DataLoader settings shared by the data modules, and reading data files safely (no code runs from a pickle)."""
 
 from __future__ import annotations
 
@@ -14,56 +10,6 @@ from typing import Any
 
 import numpy as np
 import torch
-
-
-def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int | None = None) -> int:
-    """Return ``value`` if it is an ``int`` (not ``bool``) within ``[minimum, maximum]``, else raise.
-
-    Raises:
-        TypeError: if ``value`` is not an integer.
-        ValueError: if ``value`` lies outside the bounds.
-    """
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"Expected `{name}` to be an int, but got {type(value).__name__} {value!r}.")
-    if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        if maximum is None:
-            expected = f"an int >= {minimum}"
-        elif minimum is None:
-            expected = f"an int <= {maximum}"
-        else:
-            expected = f"an int in [{minimum}, {maximum}]"
-        raise ValueError(f"Expected `{name}` to be {expected}, but got {value!r}.")
-    return value
-
-
-def check_bool(value: Any, name: str) -> bool:
-    """Return ``value`` if it is a ``bool``, else raise ``TypeError``."""
-    if not isinstance(value, bool):
-        raise TypeError(f"Expected `{name}` to be a bool, but got {type(value).__name__} {value!r}.")
-    return value
-
-
-def check_optional_bool(value: Any, name: str) -> bool | None:
-    """Return ``value`` if it is a ``bool`` or ``None``, else raise ``TypeError``."""
-    if value is not None and not isinstance(value, bool):
-        raise TypeError(f"Expected `{name}` to be a bool or None, but got {type(value).__name__} {value!r}.")
-    return value
-
-
-def check_fraction(value: Any, name: str) -> float:
-    """Return ``value`` as a float if it is a number strictly between 0 and 1, else raise ``ValueError``."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-        raise ValueError(f"Expected `{name}` to be a number in (0, 1), but got {value!r}.")
-    return float(value)
-
-
-def check_path(value: Any, name: str) -> Path:
-    """Return ``value`` as a :class:`~pathlib.Path` if it is a ``str`` or ``os.PathLike``, else raise."""
-    if not isinstance(value, (str, Path)):
-        raise TypeError(f"Expected `{name}` to be a str or pathlib.Path, but got {type(value).__name__}.")
-    if str(value) == "":
-        raise ValueError(f"Expected `{name}` to be a non-empty path, but got {value!r}.")
-    return Path(value).expanduser()
 
 
 def loader_kwargs(batch_size: int, num_workers: int, pin_memory: bool | None) -> dict[str, Any]:
