@@ -69,7 +69,13 @@ BUILTIN_METHODS: dict[str, Method] = {
     "ce": Method("ce", description="cross-entropy only"),
     "kd": Method("kd", lambda: [KDLoss(temperature=4.0)], [0.9], 0.1, "CE 0.1 + KD 0.9, T = 4 (the recipe)"),
     "kd_ce1": Method("kd_ce1", lambda: [KDLoss(temperature=4.0)], [1.0], 1.0, "CE 1 + KD 1, T = 4"),
-    "dist": Method("dist", lambda: [DISTLoss(temperature=4.0)], [2.0], 1.0, "CE 1 + DIST (tau = 4, weight 2)"),
+    "dist": Method(
+        "dist",
+        lambda: [DISTLoss(temperature=4.0, beta=1.0, gamma=1.0)],
+        [2.0],
+        1.0,
+        "CE 1 + 2 * DIST (tau = 4, beta = gamma = 1)",
+    ),
     "cmkd": Method("cmkd", lambda: [CMKDLoss()], [1.0], 1.0, "CE 1 + CMKDLoss() defaults"),
     "cmkd_paper": Method(
         "cmkd_paper",

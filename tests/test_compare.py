@@ -79,7 +79,8 @@ def test_builtin_cmkd_uses_the_loss_defaults_and_paper_is_one_argument_away():
     (cmkd,) = BUILTIN_METHODS["cmkd"].losses()
     (paper,) = BUILTIN_METHODS["cmkd_paper"].losses()
     assert isinstance(cmkd, CMKDLoss) and isinstance(paper, CMKDLoss)
-    assert paper.scale == "paper" and (paper.temperature, paper.beta, paper.gamma) == (4.0, 4.0, 1.0)
+    assert paper.pearson_scale == "paper" and (paper.temperature, paper.beta, paper.gamma) == (4.0, 4.0, 1.0)
+    assert cmkd.pearson_scale == "sqrt_classes"
 
 
 def test_bad_methods_are_rejected_with_clear_errors(tmp_path):
