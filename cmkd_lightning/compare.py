@@ -77,6 +77,13 @@ BUILTIN_METHODS: dict[str, Method] = {
         "CE 1 + 2 * DIST (tau = 4, beta = gamma = 1)",
     ),
     "cmkd": Method("cmkd", lambda: [CMKDLoss()], [1.0], 1.0, "CE 1 + CMKDLoss() defaults"),
+    "cmkd_pearson": Method(
+        "cmkd_pearson",
+        lambda: [CMKDLoss(spearman=False)],
+        [1.0],
+        1.0,
+        "CE 1 + CMKD without its Spearman term (the Table VI ablation switch): beta * sqrt(C) * L_P",
+    ),
     "cmkd_paper": Method(
         "cmkd_paper",
         lambda: [CMKDLoss(temperature=4.0, beta=4.0, gamma=1.0, pearson_scale="paper")],
