@@ -9,7 +9,9 @@
 - :class:`PublishCheckpoint`: a stable link to the checkpoint of the run that finished last.
 - :class:`RunSummary`: what a run produced, printed when fit / validate / test ends (``cmkd`` adds it).
 
-The two figure callbacks need the ``figures`` extra (matplotlib, scikit-learn): they are imported on first use, so
+The arithmetic lives in :mod:`cmkd_lightning.metrics` (torchmetrics metrics); the callbacks decide when to run, what
+to plot and what to log, and keep their history across a resume. The two figure callbacks need the ``figures`` extra
+(matplotlib, scikit-learn): they are imported on first use, so
 the others work without it, and a missing extra is named in the error.
 """
 
@@ -23,16 +25,15 @@ from cmkd_lightning.callbacks.correlation_monitor import CorrelationMonitor, cor
 from cmkd_lightning.callbacks.corruption_robustness import CorruptionRobustness
 from cmkd_lightning.callbacks.run_summary import RunSummary
 from cmkd_lightning.callbacks.training_cost import TrainingCost
+from cmkd_lightning.metrics.class_gap import class_correlation, correlation_gap
 
 if TYPE_CHECKING:
     from cmkd_lightning.callbacks.embedding_projection import EmbeddingProjection
-    from cmkd_lightning.callbacks.logit_heatmap import LogitCorrelationHeatmap, class_correlation, correlation_gap
+    from cmkd_lightning.callbacks.logit_heatmap import LogitCorrelationHeatmap
 
 _NEEDS_MATPLOTLIB = {
     "EmbeddingProjection": "embedding_projection",
     "LogitCorrelationHeatmap": "logit_heatmap",
-    "class_correlation": "logit_heatmap",
-    "correlation_gap": "logit_heatmap",
 }
 
 

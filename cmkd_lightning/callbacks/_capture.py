@@ -1,13 +1,18 @@
-"""Reuse the logits the LightningModule already computed in its step: forward hooks on student and teacher."""
+"""Reuse the logits the module already computed in its step: forward hooks, and the callback base around them."""
 
 from __future__ import annotations
 
+import copy
+import warnings
 from typing import Any
 
 import torch
-from lightning.pytorch import LightningModule
+from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
 from torch.utils.hooks import RemovableHandle
+from torchmetrics import Metric
+from typing_extensions import override
 
 _ROLES = ("student", "teacher")
 
@@ -23,9 +28,7 @@ def batch_inputs(batch: Any) -> Tensor:
 def batch_targets(batch: Any) -> Tensor:
     """The targets ``y`` of a ``(x, y, ...)`` batch."""
     if not isinstance(batch, (list, tuple)) or len(batch) < 2 or not isinstance(batch[1], Tensor):
-        raise TypeError(
-            f"Expected the batch to be `(x, y)` with tensor targets `y`, but got {type(batch).__name__}."
-        )
+        raise TypeError(f"Expected the batch to be `(x, y)` with tensor targets `y`, but got {type(batch).__name__}.")
     return batch[1]
 
 
@@ -119,3 +122,105 @@ class LogitCapture:
                     teacher_out = teacher_forward(x)
         student_logits = student_out.detach().float()
         return student_logits, (teacher_out.detach().float() if teacher_out is not None else None)
+
+
+class LogitCaptureCallback(Callback):
+    """Base of the callbacks that read the student's and teacher's logits of the module's own steps.
+
+    It owns the capture lifecycle every such callback needs: :meth:`setup` checks for a teacher (a module without
+    one is skipped with one warning naming the callback), :meth:`start_capture` registers the forward hooks,
+    every batch start clears them, :meth:`batch_logits` hands out the batch's logits, and teardown, exceptions
+    and :meth:`stop_capture` remove them. Subclasses decide when to capture and what to do with the logits; the
+    history they keep in :attr:`history` is saved with the trainer's checkpoint (``state_dict`` /
+    ``load_state_dict``), so it survives a resume.
+    """
+
+    #: whether a module without a teacher makes the callback skip (and warn once)
+    needs_teacher = True
+
+    def __init__(self) -> None:
+        self.history: list[dict[str, Any]] = []
+        self._capture = LogitCapture()
+        self._enabled = True
+        self._warned: set[str] = set()
+
+    def warn_once(self, key: str, message: str) -> None:
+        """``rank_zero_warn(message)`` the first time ``key`` is seen."""
+        if key not in self._warned:
+            self._warned.add(key)
+            rank_zero_warn(message)
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self._enabled = has_teacher(pl_module) or not self.needs_teacher
+        if not self._enabled:
+            self.warn_once(
+                "teacher",
+                f"{type(self).__name__}: the LightningModule has no `teacher`, so there is nothing to compare; "
+                "the callback is skipped.",
+            )
+
+    def start_capture(self, pl_module: LightningModule) -> None:
+        """Register the hooks on ``pl_module.student`` / ``pl_module.teacher``."""
+        self._capture.attach(pl_module)
+
+    def stop_capture(self) -> None:
+        """Remove the hooks and forget what they recorded."""
+        self._capture.detach()
+
+    def batch_logits(
+        self, pl_module: LightningModule, batch: Any, *, allow_forward: bool = True, teacher: bool = True
+    ) -> tuple[Tensor, Tensor | None] | None:
+        """Student and teacher logits of ``batch`` (see :meth:`LogitCapture.logits`)."""
+        return self._capture.logits(pl_module, batch_inputs(batch), allow_forward=allow_forward, teacher=teacher)
+
+    def _clear(self) -> None:
+        if self._capture.attached:
+            self._capture.clear()
+
+    @override
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        self._clear()
+
+    @override
+    def on_validation_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._clear()
+
+    @override
+    def on_test_batch_start(
+        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        self._clear()
+
+    @override
+    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        self.stop_capture()
+
+    @override
+    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
+        self.stop_capture()
+
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": copy.deepcopy(self.history)}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = copy.deepcopy(list(state_dict.get("history", [])))
+
+
+def new_metric(metric: Metric, pl_module: LightningModule) -> Metric:
+    """``metric`` on the module's device, its float64 states in float32 on MPS (which has no float64)."""
+    metric = metric.to(pl_module.device)
+    if pl_module.device.type == "mps":
+        metric.set_dtype(torch.float32)
+    return metric
+
+
+def compute_synced(metric: Metric) -> Any:
+    """``metric.compute()`` (synced over processes), also on a process that saw no batch (which must join)."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method.*")
+        return metric.compute()

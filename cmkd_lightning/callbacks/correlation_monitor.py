@@ -5,32 +5,23 @@ from __future__ import annotations
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 from typing_extensions import override
 
 from cmkd_lightning._validation import check_optional_positive_int, check_str
-from cmkd_lightning.callbacks._capture import LogitCapture, batch_inputs, has_teacher
-from cmkd_lightning.functional import kd_loss, pearson_corr, spearman_corr
+from cmkd_lightning.callbacks._capture import LogitCaptureCallback, compute_synced, new_metric
+from cmkd_lightning.metrics import AGREEMENT_MEASURES, LogitAgreement, agreement_per_sample
 
 #: Names of the monitored quantities, in the order of the running-sum vector (the count comes last).
-CORRELATION_METRICS = ("pearson", "spearman", "top1_agreement", "kl")
+CORRELATION_METRICS = AGREEMENT_MEASURES
 
 
 def correlation_sums(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     r"""Per-batch sums of the four agreement measures and the sample count, as one float64 vector.
 
-    For each sample ``i`` with student logits :math:`z^s_i` and teacher logits :math:`z^t_i` (``C`` classes):
-
-    .. math::
-        r_i = \operatorname{pearson}(z^s_i, z^t_i),\quad
-        \rho_i = \operatorname{pearson}(\operatorname{rank} z^s_i, \operatorname{rank} z^t_i),\quad
-        a_i = [\arg\max z^s_i = \arg\max z^t_i],\quad
-        \mathrm{KL}_i = \sum_c p^t_{i,c} \log \frac{p^t_{i,c}}{p^s_{i,c}},\ p = \operatorname{softmax}(z)
-
-    (exact ranks with average ties; KL at temperature 1). Summing these and the count over batches and
-    processes, then dividing, gives the dataset means exactly, without keeping any logits.
+    The sums behind :class:`~cmkd_lightning.metrics.LogitAgreement` (see
+    :func:`~cmkd_lightning.metrics.agreement_per_sample` for the formulas); kept for code that reduces them itself.
 
     Args:
         student_logits: ``(N, C)`` student logits.
@@ -44,19 +35,12 @@ def correlation_sums(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
         >>> [round(v, 4) for v in correlation_sums(z, z).tolist()]
         [2.0, 2.0, 2.0, 0.0, 2.0]
     """
-    s, t = student_logits.float(), teacher_logits.float()
-    dtype = torch.float32 if s.device.type == "mps" else torch.float64
-    parts = (
-        pearson_corr(s, t).sum(),
-        spearman_corr(s, t).sum(),
-        (s.argmax(dim=-1) == t.argmax(dim=-1)).sum(),
-        kd_loss(s, t, temperature=1.0, reduction="sum"),
-        torch.tensor(s.shape[0], device=s.device),
-    )
-    return torch.stack([p.to(dtype) for p in parts])
+    dtype = torch.float32 if student_logits.device.type == "mps" else torch.float64
+    values = agreement_per_sample(student_logits, teacher_logits).to(dtype)
+    return torch.cat([values.sum(dim=1), values.new_tensor([student_logits.shape[0]])])
 
 
-class CorrelationMonitor(Callback):
+class CorrelationMonitor(LogitCaptureCallback):
     r"""Mean per-sample Pearson and Spearman correlation, top-1 agreement and KL between teacher and student.
 
     The paper's Fig. 3 tracks the Spearman and Pearson correlation of teacher and student outputs during
@@ -72,8 +56,9 @@ class CorrelationMonitor(Callback):
     On training steps it never runs an extra forward (that would update BatchNorm statistics in train mode); the
     training-step values are those of the training-mode logits the loss saw.
 
-    Distributed: each process keeps running sums ``[sum r, sum rho, sum a, sum KL, N]`` (memory O(1), no logits
-    stored) and they are summed over processes (``trainer.strategy.reduce``) before dividing, so the logged
+    The arithmetic is :class:`~cmkd_lightning.metrics.LogitAgreement`; the callback only decides when to run and
+    what to log. Distributed: the metric's states are sums ``[sum r, sum rho, sum a, sum KL, N]`` (memory O(1), no
+    logits stored) summed over processes (``dist_reduce_fx="sum"``) before dividing, so the logged
     value equals the single-process value over the same samples (with a ``DistributedSampler``, make the
     validation set size divisible by the number of processes, or its padding repeats samples). All validation
     dataloaders are pooled. A module without a teacher is skipped with one warning.
@@ -88,7 +73,8 @@ class CorrelationMonitor(Callback):
 
     Attributes:
         history: one dict per logged evaluation: ``stage`` (``"val"`` or ``"train"``), ``epoch``, ``step``,
-            ``num_samples`` and the four values as floats. Sanity-check epochs are not recorded.
+            ``num_samples`` and the four values as floats. Sanity-check epochs are not recorded. Saved in the
+            trainer's checkpoint (``state_dict``), so a resumed run keeps the earlier entries.
 
     Args:
         prefix: prepended to every logged key.
@@ -101,76 +87,35 @@ class CorrelationMonitor(Callback):
     """
 
     def __init__(self, prefix: str = "corr/", every_n_train_steps: int | None = None) -> None:
+        super().__init__()
         self.prefix = check_str(prefix, "prefix")
         self.every_n_train_steps = check_optional_positive_int(every_n_train_steps, "every_n_train_steps")
-        self.history: list[dict[str, Any]] = []
-        self._capture = LogitCapture()
-        self._sums: Tensor | None = None
-        self._enabled = True
-        self._warned: set[str] = set()
+        self._metric: LogitAgreement | None = None
         self._train_due = False
         self._last_train_step = -1
         self._train_step = -1
 
-    # ------------------------------------------------------------------ helpers
-    def _warn_once(self, key: str, message: str) -> None:
-        if key not in self._warned:
-            self._warned.add(key)
-            rank_zero_warn(message)
-
-    def _values(self, trainer: Trainer, sums: Tensor) -> dict[str, Tensor]:
-        total = trainer.strategy.reduce(sums, reduce_op="sum")
-        count = total[-1].clamp_min(1)
-        values = {name: (total[i] / count).float() for i, name in enumerate(CORRELATION_METRICS)}
-        values["num_samples"] = total[-1]
-        return values
-
-    def _record(self, trainer: Trainer, stage: str, step: int, values: dict[str, Tensor]) -> dict[str, Any]:
-        entry: dict[str, Any] = {"stage": stage, "epoch": trainer.current_epoch, "step": step}
-        entry.update({name: float(value) for name, value in values.items()})
-        entry["num_samples"] = int(entry["num_samples"])
-        self.history.append(entry)
+    def _record(self, trainer: Trainer, stage: str, step: int, metric: LogitAgreement) -> dict[str, Any] | None:
+        """Compute (synced over processes) and keep one history entry; ``None`` when no sample was seen."""
+        values = compute_synced(metric)
+        count = int(metric.count)  # synced by compute()
+        if count == 0:
+            return None
+        entry: dict[str, Any] = {"stage": stage, "epoch": trainer.current_epoch, "step": step, "num_samples": count}
+        entry.update({name: float(values[name]) for name in CORRELATION_METRICS})
         return entry
 
-    # ------------------------------------------------------------------ set-up
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._enabled = has_teacher(pl_module)
+        super().setup(trainer, pl_module, stage)
         self._last_train_step = -1
-        if not self._enabled:
-            self._warn_once(
-                "teacher",
-                "CorrelationMonitor: the LightningModule has no `teacher`, so there is nothing to correlate; "
-                "the callback is skipped.",
-            )
-
-    @override
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._capture.detach()
-
-    @override
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._capture.detach()
 
     # ------------------------------------------------------------------ validation
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._enabled:
-            return
-        self._capture.attach(pl_module)
-        self._sums = None
-
-    @override
-    def on_validation_batch_start(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
         if self._enabled:
-            self._capture.clear()
+            self.start_capture(pl_module)
+            self._metric = new_metric(LogitAgreement(validate_args=False), pl_module)
 
     @override
     def on_validation_batch_end(
@@ -182,38 +127,28 @@ class CorrelationMonitor(Callback):
         batch_idx: int,
         dataloader_idx: int = 0,
     ) -> None:
-        if not self._enabled:
-            return
-        student_logits, teacher_logits = self._capture.logits(pl_module, batch_inputs(batch))
-        sums = correlation_sums(student_logits, teacher_logits)
-        self._sums = sums if self._sums is None else self._sums + sums
+        if self._enabled and self._metric is not None:
+            student_logits, teacher_logits = self.batch_logits(pl_module, batch)
+            self._metric.update(student_logits, teacher_logits)
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        if not self._enabled:
+        if not self._enabled or self._metric is None:
             return
-        self._capture.detach()
-        sums = (
-            self._sums
-            if self._sums is not None
-            else torch.zeros(5, dtype=torch.float64, device=pl_module.device)
-        )
-        self._sums = None
-        values = self._values(
-            trainer, sums
-        )  # every process joins the reduction, also during the sanity check
-        if trainer.sanity_checking or int(values["num_samples"]) == 0:
+        self.stop_capture()
+        metric, self._metric = self._metric, None
+        entry = self._record(trainer, "val", trainer.global_step, metric)  # every process joins the sync
+        if trainer.sanity_checking or entry is None:
             return
+        self.history.append(entry)
         # Already summed over processes: log plain floats (identical on every rank) without another reduction.
-        entry = self._record(trainer, "val", trainer.global_step, values)
         for name in CORRELATION_METRICS:
             pl_module.log(f"{self.prefix}{name}", entry[name], on_step=False, on_epoch=True, sync_dist=False)
 
     # ------------------------------------------------------------------ training steps
     @override
-    def on_train_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int
-    ) -> None:
+    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
+        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         n = self.every_n_train_steps
         if n is None or not self._enabled:
             return
@@ -222,7 +157,7 @@ class CorrelationMonitor(Callback):
         self._train_due = step % n == 0 and step != self._last_train_step
         if self._train_due:
             self._train_step = step
-            self._capture.attach(pl_module)
+            self.start_capture(pl_module)
 
     @override
     def on_train_batch_end(
@@ -231,20 +166,21 @@ class CorrelationMonitor(Callback):
         if not self._train_due:
             return
         self._train_due = False
-        logits = self._capture.logits(pl_module, batch_inputs(batch), allow_forward=False)
-        self._capture.detach()
+        logits = self.batch_logits(pl_module, batch, allow_forward=False)
+        self.stop_capture()
         if logits is None:
-            self._warn_once(
+            self.warn_once(
                 "train",
                 "CorrelationMonitor: the student or teacher was not called during `training_step`, so the "
                 "training-step correlations are not logged (no extra forward is run in train mode).",
             )
             return
         self._last_train_step = self._train_step
-        entry = self._record(
-            trainer, "train", self._last_train_step, self._values(trainer, correlation_sums(*logits))
-        )
+        metric = new_metric(LogitAgreement(validate_args=False), pl_module)
+        metric.update(*logits)
+        entry = self._record(trainer, "train", self._last_train_step, metric)
+        if entry is None:
+            return
+        self.history.append(entry)
         for name in CORRELATION_METRICS:
-            pl_module.log(
-                f"{self.prefix}train_{name}", entry[name], on_step=True, on_epoch=False, sync_dist=False
-            )
+            pl_module.log(f"{self.prefix}train_{name}", entry[name], on_step=True, on_epoch=False, sync_dist=False)

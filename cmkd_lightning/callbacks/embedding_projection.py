@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -190,7 +191,7 @@ class EmbeddingProjection(Callback):
 
     Attributes:
         embedding: the last ``(n, 2)`` t-SNE coordinates; ``labels``: their ``(n,)`` classes.
-        figure_paths: the PNG files written so far.
+        figure_paths: the PNG files written so far (saved in the trainer's checkpoint: they survive a resume).
 
     Args:
         num_samples: size of the subset.
@@ -249,6 +250,15 @@ class EmbeddingProjection(Callback):
         self.labels: np.ndarray | None = None
         self.figure_paths: list[Path] = []
         self._subset: tuple[Dataset, np.ndarray, np.ndarray] | None = None
+
+    # ------------------------------------------------------------------ resume
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"figure_paths": [str(path) for path in self.figure_paths]}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.figure_paths = [Path(path) for path in state_dict.get("figure_paths", [])]
 
     # ------------------------------------------------------------------ hooks
     @override

@@ -6,10 +6,8 @@ from pathlib import Path
 from typing import Any, Literal
 
 import matplotlib
-import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.trainer.states import TrainerFn
-from lightning.pytorch.utilities import rank_zero_warn
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.image import AxesImage
@@ -23,99 +21,30 @@ from cmkd_lightning._validation import (
     check_positive_int,
     check_str,
 )
-from cmkd_lightning.callbacks._capture import LogitCapture, batch_inputs, batch_targets, has_teacher
+from cmkd_lightning.callbacks._capture import LogitCaptureCallback, batch_targets, compute_synced, new_metric
 from cmkd_lightning.callbacks._figures import describe_method, log_image_file, run_directory, save_figure
+from cmkd_lightning.metrics.class_gap import (
+    DKD_MAX_DIFF,
+    GAP_MATRICES,
+    ClassLogitGap,
+    class_correlation,
+    correlation_gap,
+    logit_difference,
+    mean_off_diagonal,
+)
 
-
-def class_correlation(class_means: Tensor) -> Tensor:
-    r"""Pearson correlation between the mean logit vectors of every pair of classes.
-
-    .. math::
-        R_{ab} = \operatorname{pearson}(\bar z_a, \bar z_b),\qquad
-        \bar z_a = \frac{1}{|\{i: y_i = a\}|} \sum_{i: y_i = a} z_i \in \mathbb{R}^C
-
-    Rows of ``class_means`` that hold NaN (classes without samples) or are constant give NaN rows and columns.
-
-    Args:
-        class_means: ``(K, C)`` mean logits per true class.
-
-    Returns:
-        ``(K, K)`` symmetric matrix with ones on the diagonal (NaN for the classes above), float64.
-
-    Example:
-        >>> class_correlation(torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]])).round(decimals=4)
-        tensor([[ 1., -1.],
-                [-1.,  1.]], dtype=torch.float64)
-    """
-    m = class_means.double()
-    centred = m - m.mean(dim=1, keepdim=True)
-    norms = centred.norm(dim=1)
-    unit = centred / norms.masked_fill(norms == 0, float("nan")).unsqueeze(1)
-    return (unit @ unit.T).clamp(-1.0, 1.0)
-
-
-#: Upper end of the colour scale of :func:`logit_difference` in DKD's figure (its ``MAX_DIFF``).
-DKD_MAX_DIFF = 3.0
-_MATRICES = ("logit_difference", "correlation_gap")
-
-
-def logit_difference(student_class_means: Tensor, teacher_class_means: Tensor) -> Tensor:
-    r"""``|\bar z^s_{a,j} - \bar z^t_{a,j}|``: mean student vs mean teacher logit per (true class, output class).
-
-    .. math::
-        D_{aj} = \left|\bar z^s_{a,j} - \bar z^t_{a,j}\right|\ (a \ne j),\qquad D_{aa} = 0,\qquad
-        \bar z_{a} = \frac{1}{|\{i: y_i = a\}|} \sum_{i: y_i = a} z_i \in \mathbb{R}^C
-
-    This is the matrix of the paper's Fig. 9, which follows DKD's visualisation (mdistiller,
-    ``tools/visualizations/correlation.ipynb``): row ``a`` is the true class, column ``j`` the output class,
-    the diagonal is zeroed, and the heatmap is drawn on the fixed scale ``[0, 3]`` (DKD divides by
-    ``MAX_DIFF = 3`` and draws ``[0, 1]``; :data:`DKD_MAX_DIFF`). Small everywhere when the student's
-    logits match the teacher's class by class.
-
-    Args:
-        student_class_means: ``(K, C)`` mean student logits per true class.
-        teacher_class_means: ``(K, C)`` mean teacher logits per true class.
-
-    Returns:
-        ``(K, C)`` float64 matrix, ``>= 0``, zero where ``a == j`` (NaN rows for classes without samples).
-
-    Example:
-        >>> logit_difference(torch.tensor([[2.0, 1.0], [0.0, 3.0]]), torch.tensor([[1.0, -1.0], [0.5, 1.0]]))
-        tensor([[0.0000, 2.0000],
-                [0.5000, 0.0000]], dtype=torch.float64)
-    """
-    diff = (student_class_means.double() - teacher_class_means.double()).abs()
-    k = min(diff.shape)
-    diff[torch.arange(k), torch.arange(k)] = 0.0
-    return diff
-
-
-def correlation_gap(student_class_means: Tensor, teacher_class_means: Tensor) -> Tensor:
-    r"""``|R^t - R^s|`` of :func:`class_correlation`, with the diagonal set to zero.
-
-    A second view of Fig. 9's caption ("the difference in the correlation matrix of the global logits"), kept as
-    an option of :class:`LogitCorrelationHeatmap` (``matrix="correlation_gap"``): the gap between the Pearson
-    correlations of the class-mean logit vectors, small everywhere when the student relates the classes as the
-    teacher does. The paper's figure itself is :func:`logit_difference`.
-
-    Args:
-        student_class_means: ``(K, C)`` mean student logits per true class.
-        teacher_class_means: ``(K, C)`` mean teacher logits per true class.
-
-    Returns:
-        ``(K, K)`` float64 matrix in ``[0, 2]`` (NaN rows/columns for classes without samples).
-    """
-    gap = (class_correlation(teacher_class_means) - class_correlation(student_class_means)).abs()
-    gap.fill_diagonal_(0.0)
-    return gap
-
-
-def mean_off_diagonal(matrix: Tensor) -> float:
-    """Mean of the finite off-diagonal entries of a square matrix (NaN when there are none)."""
-    k = matrix.shape[0]
-    off = matrix[~torch.eye(k, dtype=torch.bool, device=matrix.device)]
-    off = off[torch.isfinite(off)]
-    return float(off.mean()) if off.numel() else float("nan")
+__all__ = [
+    "DKD_MAX_DIFF",
+    "LogitCorrelationHeatmap",
+    "class_correlation",
+    "correlation_gap",
+    "draw_class_matrix",
+    "draw_correlation_gap",
+    "draw_logit_difference",
+    "logit_difference",
+    "mean_off_diagonal",
+    "plot_correlation_gap",
+]
 
 
 def draw_class_matrix(
@@ -201,12 +130,13 @@ def plot_correlation_gap(
     return fig
 
 
-class LogitCorrelationHeatmap(Callback):
+class LogitCorrelationHeatmap(LogitCaptureCallback):
     r"""Fig. 9 of the paper: class-by-class difference between the student's and the teacher's logits.
 
-    Over the validation set, the callback keeps running sums of the student's and the teacher's logits per true
-    class (two ``C x C`` tensors and ``C`` counts; no logits are stored), and at the end of the epoch forms the
-    mean logit vector of each class. Two matrices can be drawn (``matrix``):
+    Over the validation set, :class:`~cmkd_lightning.metrics.ClassLogitGap` keeps running sums of the student's and
+    the teacher's logits per true class (two ``C x C`` tensors and ``C`` counts; no logits are stored), and at the
+    end of the epoch forms the mean logit vector of each class; the callback decides when and draws.
+    Two matrices can be drawn (``matrix``):
 
     - ``"logit_difference"`` (default): the paper's Fig. 9, which follows DKD's visualisation: per (true class,
       output class) ``|mean student logit - mean teacher logit|``, diagonal zeroed (:func:`logit_difference`),
@@ -236,7 +166,8 @@ class LogitCorrelationHeatmap(Callback):
     Attributes:
         difference: the last :func:`logit_difference` matrix; teacher_corr, student_corr, gap: the last
             class-correlation matrices and their gap; all ``(C, C)``, CPU, float64.
-        figure_paths: the PNG files written so far.
+        figure_paths: the PNG files written so far; history: one dict per drawing (``epoch``, ``step``,
+            ``mean_abs_diff``, ``path``). Both are saved in the trainer's checkpoint, so they survive a resume.
 
     Args:
         every_n_epochs: draw on every this many training epochs.
@@ -259,8 +190,9 @@ class LogitCorrelationHeatmap(Callback):
         prefix: str = "heatmap/",
         dpi: int = 120,
     ) -> None:
+        super().__init__()
         self.every_n_epochs = check_positive_int(every_n_epochs, "every_n_epochs")
-        if matrix not in _MATRICES:
+        if matrix not in GAP_MATRICES:
             raise ValueError(f"Expected `matrix` to be 'logit_difference' or 'correlation_gap', but got {matrix!r}.")
         self.matrix = matrix
         if vmax is None:
@@ -275,26 +207,17 @@ class LogitCorrelationHeatmap(Callback):
         self.gap: Tensor | None = None
         self.difference: Tensor | None = None
         self.figure_paths: list[Path] = []
-        self._capture = LogitCapture()
-        self._enabled = True
+        self._metric: ClassLogitGap | None = None
         self._active = False
-        self._warned = False
-        self._sums: dict[str, Tensor] = {}
 
     @override
-    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._enabled = has_teacher(pl_module)
-        if not self._enabled and not self._warned:
-            self._warned = True
-            rank_zero_warn("LogitCorrelationHeatmap: the LightningModule has no `teacher`; the callback is skipped.")
+    def state_dict(self) -> dict[str, Any]:
+        return {**super().state_dict(), "figure_paths": [str(p) for p in self.figure_paths]}
 
     @override
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._capture.detach()
-
-    @override
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._capture.detach()
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        super().load_state_dict(state_dict)
+        self.figure_paths = [Path(p) for p in state_dict.get("figure_paths", [])]
 
     def _due(self, trainer: Trainer) -> bool:
         if trainer.sanity_checking:
@@ -307,20 +230,11 @@ class LogitCorrelationHeatmap(Callback):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._active = self._enabled and self._due(trainer)
         if self._active:
-            self._capture.attach(pl_module)
-            self._sums = {}
+            self.start_capture(pl_module)
+            self._metric = None
 
-    @override
-    def on_validation_batch_start(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        if self._active:
-            self._capture.clear()
+    def _new_metric(self, num_classes: int, pl_module: LightningModule) -> ClassLogitGap:
+        return new_metric(ClassLogitGap(num_classes, matrix=self.matrix, validate_args=False), pl_module)
 
     @override
     def on_validation_batch_end(
@@ -334,50 +248,34 @@ class LogitCorrelationHeatmap(Callback):
     ) -> None:
         if not self._active:
             return
-        student, teacher = self._capture.logits(pl_module, batch_inputs(batch))
-        targets = batch_targets(batch).long()
-        if not self._sums:
-            c = student.shape[1]
-            dtype = torch.float32 if student.device.type == "mps" else torch.float64
-            self._sums = {
-                "student": torch.zeros(c, c, dtype=dtype, device=student.device),
-                "teacher": torch.zeros(c, c, dtype=dtype, device=student.device),
-                "count": torch.zeros(c, dtype=dtype, device=student.device),
-            }
-        sums = self._sums
-        sums["student"].index_add_(0, targets, student.to(sums["student"].dtype))
-        sums["teacher"].index_add_(0, targets, teacher.to(sums["teacher"].dtype))
-        sums["count"].index_add_(0, targets, torch.ones_like(targets, dtype=sums["count"].dtype))
+        student, teacher = self.batch_logits(pl_module, batch)
+        if self._metric is None:
+            self._metric = self._new_metric(student.shape[1], pl_module)
+        self._metric.update(student, teacher, batch_targets(batch))
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._active:
             return
         self._active = False
-        self._capture.detach()
-        num_classes = getattr(pl_module, "num_classes", None)
-        if not self._sums:  # this process saw no batch; it still joins the reduction
-            c = int(num_classes) if num_classes is not None else 0
-            zeros = torch.zeros(c, c, dtype=torch.float64, device=pl_module.device)
-            self._sums = {"student": zeros, "teacher": zeros.clone(), "count": zeros.new_zeros(c)}
-        c = self._sums["count"].shape[0]
-        flat = torch.cat([self._sums["student"].flatten(), self._sums["teacher"].flatten(), self._sums["count"]])
-        self._sums = {}
-        flat = trainer.strategy.reduce(flat, reduce_op="sum").cpu().double()
-        student_sum, teacher_sum = flat[: c * c].view(c, c), flat[c * c : 2 * c * c].view(c, c)
-        count = flat[2 * c * c :]
-        if c == 0 or not bool((count > 0).any()):
+        self.stop_capture()
+        metric, self._metric = self._metric, None
+        if metric is None:  # this process saw no batch; it still joins the sync
+            num_classes = getattr(pl_module, "num_classes", None)
+            if num_classes is None:
+                return
+            metric = self._new_metric(int(num_classes), pl_module)
+        compute_synced(metric)  # syncs the states over processes; they stay synced until reset
+        count = metric.count.detach().cpu()
+        if not bool((count > 0).any()):
             return
-        present = (count > 0).unsqueeze(1)
-        nan = torch.tensor(float("nan"), dtype=torch.float64)
-        student_means = torch.where(present, student_sum / count.clamp_min(1).unsqueeze(1), nan)
-        teacher_means = torch.where(present, teacher_sum / count.clamp_min(1).unsqueeze(1), nan)
+        student_means, teacher_means = (m.detach().cpu().double() for m in metric.class_means())
         self.student_corr = class_correlation(student_means)
         self.teacher_corr = class_correlation(teacher_means)
         self.gap = correlation_gap(student_means, teacher_means)
         self.difference = logit_difference(student_means, teacher_means)
         drawn = self.difference if self.matrix == "logit_difference" else self.gap
-        mean_abs_diff = mean_off_diagonal(drawn)
+        mean_abs_diff = float(mean_off_diagonal(drawn))
         pl_module.log(f"{self.prefix}mean_abs_diff", mean_abs_diff, on_step=False, on_epoch=True, sync_dist=False)
 
         directory = run_directory(trainer, self.dirpath, "figures")  # a collective under DDP: every process calls it
@@ -412,4 +310,12 @@ class LogitCorrelationHeatmap(Callback):
             )
         path = save_figure(fig, directory / f"logit_correlation_epoch{trainer.current_epoch:03d}.png", self.dpi)
         self.figure_paths.append(path)
+        self.history.append(
+            {
+                "epoch": trainer.current_epoch,
+                "step": trainer.global_step,
+                "mean_abs_diff": mean_abs_diff,
+                "path": str(path),
+            }
+        )
         log_image_file(trainer, f"{self.prefix}logit_correlation", path)

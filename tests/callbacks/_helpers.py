@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,13 @@ from datamodules.cifar100c import CIFAR100CDataset
 from tests._fakes import write_fake_cifar100c
 
 
+def sgd_without_schedule(lr: float = 0.05) -> dict[str, Any]:
+    """DistillationModule arguments for plain SGD at ``lr`` without a schedule (either optimiser API)."""
+    if "lr" in inspect.signature(DistillationModule).parameters:
+        return {"lr": lr, "lr_schedule": "none"}
+    return {"optimizer": lambda params: torch.optim.SGD(params, lr=lr, momentum=0.9), "lr_scheduler": None}
+
+
 def digits_data(**kwargs: Any) -> ComposedDigitsDataModule:
     sizes = {"train_size": 256, "val_size": 128, "test_size": 128, "batch_size": 64}
     sizes.update(kwargs)
@@ -33,8 +41,7 @@ def digits_module(teacher: bool = True) -> DistillationModule:
         student=digits_student(100),
         teacher=digits_teacher(100) if teacher else None,
         losses=[KDLoss()] if teacher else None,
-        lr=0.05,
-        lr_schedule="none",
+        **sgd_without_schedule(0.05),
     )
 
 
@@ -72,7 +79,7 @@ CORRUPTIONS = ("gaussian_noise", "fog")
 def cifar_module() -> DistillationModule:
     torch.manual_seed(0)
     student, teacher = create_model("resnet8", num_classes=100), create_model("resnet8", num_classes=100)
-    return DistillationModule(student=student, teacher=teacher, losses=[KDLoss()], lr_schedule="none").eval()
+    return DistillationModule(student=student, teacher=teacher, losses=[KDLoss()], **sgd_without_schedule()).eval()
 
 
 @torch.no_grad()
