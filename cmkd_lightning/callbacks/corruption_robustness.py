@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import csv
-from collections.abc import Sequence
+import re
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch import LightningDataModule, LightningModule, Trainer
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor
@@ -20,53 +22,40 @@ from cmkd_lightning._validation import (
     check_filename,
     check_non_negative_int,
     check_optional_path,
-    check_path,
     check_positive_int,
     check_str,
 )
-from cmkd_lightning.callbacks._capture import LogitCapture, batch_inputs, batch_targets, has_teacher
+from cmkd_lightning.callbacks._capture import LogitCaptureCallback, batch_targets, has_teacher
 from cmkd_lightning.callbacks._figures import run_directory
-from datamodules.cifar100 import cifar100_test_transform
-from datamodules.cifar100c import CIFAR100C_CORRUPTIONS, CIFAR100CDataset, check_corruption
 
-_SEVERITIES = (1, 2, 3, 4, 5)
-#: The five corruptions of the paper's Table V, in its column order.
+#: The five corruptions of the paper's Table V, in its column order (the data module's ``corruptions``).
 PAPER_CORRUPTIONS: tuple[str, ...] = ("brightness", "contrast", "elastic_transform", "fog", "pixelate")
-_PRESETS = {"all": CIFAR100C_CORRUPTIONS, "paper": PAPER_CORRUPTIONS}
+_NAME = re.compile(r"^(?P<corruption>.+)/s(?P<severity>\d+)$")
+_EXPECTED = (
+    "a LightningDataModule with `test_names` and one test dataloader per name (e.g. "
+    "datamodules.CIFAR100CDataModule), or a mapping from '<corruption>/s<severity>' names to datasets"
+)
 
 
-def _check_corruptions(values: Any) -> tuple[str, ...]:
-    if values is None:
-        return CIFAR100C_CORRUPTIONS
-    if isinstance(values, str):
-        if values in _PRESETS:
-            return _PRESETS[values]
-        raise ValueError(
-            f"Expected `corruptions` to be 'all', 'paper', None or a list of corruption names, but got {values!r}."
-        )
-    if not isinstance(values, Sequence):
-        raise TypeError(
-            f"Expected `corruptions` to be 'all', 'paper', None or a list of corruption names, but got {values!r}."
-        )
-    if not values:
-        raise ValueError(f"Expected `corruptions` to be a non-empty list, but got {list(values)}.")
-    for value in values:
-        check_corruption(value, "corruptions")
-    if len(set(values)) != len(values):
-        raise ValueError(f"Expected `corruptions` to hold no duplicates, but got {list(values)}.")
-    return tuple(values)
+def _parse_names(names: Any) -> list[tuple[str, int]]:
+    """``"<corruption>/s<severity>"`` names -> ``(corruption, severity)`` pairs, in order."""
+    if isinstance(names, str) or not isinstance(names, Sequence) or not names:
+        raise ValueError(f"Expected `data` to name at least one '<corruption>/s<severity>' set, but got {names!r}.")
+    pairs = []
+    for name in names:
+        match = _NAME.match(name) if isinstance(name, str) else None
+        if match is None:
+            raise ValueError(
+                f"Expected `data` to name its sets '<corruption>/s<severity>' (e.g. 'fog/s3'), but got {name!r}."
+            )
+        pairs.append((match["corruption"], int(match["severity"])))
+    if len(set(pairs)) != len(pairs):
+        raise ValueError(f"Expected `data` to name each set once, but got {list(names)}.")
+    return pairs
 
 
-def _check_severities(values: Any) -> tuple[int, ...]:
-    if values is None:
-        return _SEVERITIES
-    if isinstance(values, str) or not isinstance(values, Sequence):
-        raise TypeError(f"Expected `severities` to be a list of ints in 1..5 or None, but got {values!r}.")
-    if not values or any(isinstance(v, bool) or not isinstance(v, int) or v not in _SEVERITIES for v in values):
-        raise ValueError(f"Expected `severities` to be a non-empty list of ints in 1..5, but got {list(values)}.")
-    if len(set(values)) != len(values):
-        raise ValueError(f"Expected `severities` to hold no duplicates, but got {list(values)}.")
-    return tuple(values)
+def _is_dataset(value: Any) -> bool:
+    return hasattr(value, "__getitem__") and hasattr(value, "__len__")
 
 
 def robustness_rows(
@@ -97,26 +86,27 @@ def robustness_rows(
     return columns, rows
 
 
-class CorruptionRobustness(Callback):
+class CorruptionRobustness(LogitCaptureCallback):
     r"""Table V of the paper: Top-1 under CIFAR-100-C corruptions, mean over severities, and the drop from clean.
 
-    Runs in ``on_test_epoch_end`` of ``trainer.test(...)`` (on the clean CIFAR-100 test set, e.g. with
-    :class:`~datamodules.CIFAR100DataModule`): the hook where callbacks may still ``log`` and the test dataloader
-    has just been read. The clean accuracy is counted from the logits of the module's own test steps (forward
-    hooks, no extra pass; it equals ``test/acc_top1`` over all test dataloaders), or computed on ``clean_dataset``
-    when given. Then, for every corruption and severity, :class:`~datamodules.CIFAR100CDataset` (with the
-    CIFAR-100 normalisation) is evaluated with the student and, with ``evaluate_teacher``, the teacher in the
-    same pass, in eval mode under ``torch.no_grad()``. Under DDP each process evaluates every
-    ``world_size``-th image and the counts are summed, so the result equals one process. The cost is one
-    forward per network over ``len(corruptions) x len(severities) x 10,000`` images (750,000 for the full set).
+    Runs in ``on_test_epoch_end`` of ``trainer.test(...)`` (on the clean test set, e.g. with
+    :class:`~datamodules.CIFAR100DataModule`). The clean accuracy is counted from the logits of the module's own
+    test steps (forward hooks, no extra pass; it equals ``test/acc_top1`` over all test dataloaders), or computed
+    on ``clean_dataset`` when given. Then every corrupted set of ``data`` is evaluated with the student and, with
+    ``evaluate_teacher``, the teacher in the same pass, in eval mode under ``torch.no_grad()``, through the
+    trainer: batches move with ``trainer.strategy.batch_to_device`` (the module's transfer hooks), the forward
+    runs in the precision plugin's ``test_step_context()`` (``16-mixed``/``bf16-mixed`` autocast as in the test
+    steps), and progress shows on the trainer's progress bar (TQDM or Rich) when it has one. Under DDP each process
+    evaluates every ``world_size``-th image and the counts are summed, so the result equals one process. The
+    callback itself knows nothing of CIFAR: ``data`` says what to evaluate.
 
     Outputs: logged scalars (fractions, like ``test/acc_top1``); a CSV in the layout of Table V (percent):
     ``model, clean, <corruption>, <corruption>_drop, ..., mean, mean_drop`` with one row per model, written to
     ``dirpath`` (default: the run directory) as ``filename``; and, with a ``WandbLogger``, the same table as a
     ``wandb.Table`` under ``robustness/table``.
 
-    Paper: Table V (brightness, contrast, elastic, fog, pixelate on ResNet32x4 / ResNet8x4:
-    ``corruptions="paper"``); CIFAR-100-C from Hendrycks & Dietterich, ICLR 2019.
+    Paper: Table V (brightness, contrast, elastic, fog, pixelate on ResNet32x4 / ResNet8x4: the data module's
+    ``corruptions`` = :data:`PAPER_CORRUPTIONS`); CIFAR-100-C from Hendrycks & Dietterich, ICLR 2019.
 
     Logged metrics (``prefix`` defaults to ``"robustness/"``):
         - ``robustness/clean``: the student's clean Top-1.
@@ -127,56 +117,73 @@ class CorruptionRobustness(Callback):
 
     Attributes:
         results: model -> corruption -> severity -> Top-1 (fraction); ``clean``: model -> clean Top-1;
-        csv_path: the CSV written last.
+        csv_path: the CSV written last; corruptions, severities: what ``data`` holds; history: one entry per
+        evaluation (saved in the trainer's checkpoint).
 
     Args:
-        root: the extracted ``CIFAR-100-C`` folder (``<corruption>.npy`` and ``labels.npy``).
-        corruptions: ``"all"`` or ``None`` (default) for the 15 of the benchmark, ``"paper"`` for the five of
-            Table V (:data:`PAPER_CORRUPTIONS`), or a list of corruption names.
-        severities: severities in 1..5; ``None`` for all five.
-        batch_size: batch size of the corruption passes.
-        num_workers: DataLoader workers of the corruption passes.
+        data: what to evaluate: a data module with ``test_names`` (``"<corruption>/s<severity>"``) and one test
+            dataloader per name, such as ``datamodules.CIFAR100CDataModule(data_dir=..., corruptions=[...])``
+            (its ``setup("test")`` runs when the test starts, and reports missing files), or a mapping from such
+            names to ``(x, y)`` datasets.
         evaluate_teacher: also evaluate the teacher (a module without one warns and evaluates the student).
         clean_dataset: ``(x, y)`` dataset for the clean accuracy instead of the test batches.
+        batch_size: batch size for datasets given as a mapping (a data module's loaders keep theirs).
+        num_workers: DataLoader workers for datasets given as a mapping.
         dirpath: folder of the CSV instead of the run directory.
         filename: CSV file name.
         prefix: prepended to every logged key.
+
+    Example:
+        >>> from datamodules import CIFAR100CDataModule  # doctest: +SKIP
+        >>> data = CIFAR100CDataModule("data/CIFAR-100-C", corruptions=list(PAPER_CORRUPTIONS))  # doctest: +SKIP
+        >>> callback = CorruptionRobustness(data, evaluate_teacher=True)  # doctest: +SKIP
     """
+
+    needs_teacher = False
 
     def __init__(
         self,
-        root: str | Path,
-        corruptions: str | Sequence[str] | None = None,
-        severities: Sequence[int] | None = None,
-        batch_size: int = 256,
-        num_workers: int = 0,
+        data: LightningDataModule | Mapping[str, Dataset],
         evaluate_teacher: bool = False,
         clean_dataset: Dataset | None = None,
+        batch_size: int = 256,
+        num_workers: int = 0,
         dirpath: str | Path | None = None,
         filename: str = "robustness.csv",
         prefix: str = "robustness/",
     ) -> None:
-        self.root = check_path(root, "root")
-        self.corruptions = _check_corruptions(corruptions)
-        self.severities = _check_severities(severities)
-        self.batch_size = check_positive_int(batch_size, "batch_size")
-        self.num_workers = check_non_negative_int(num_workers, "num_workers")
+        super().__init__()
+        if isinstance(data, LightningDataModule):
+            if not hasattr(data, "test_names"):
+                raise TypeError(
+                    f"Expected `data` to be {_EXPECTED}, but got {type(data).__name__} without `test_names`."
+                )
+            names = list(data.test_names)
+        elif isinstance(data, Mapping):
+            if not all(_is_dataset(value) for value in data.values()):
+                raise TypeError(f"Expected `data` to be {_EXPECTED}, but a value is not a map-style dataset.")
+            names = list(data)
+        else:
+            raise TypeError(f"Expected `data` to be {_EXPECTED}, but got {type(data).__name__}.")
+        self.data = data
+        self._keys = _parse_names(names)
+        self.corruptions = tuple(dict.fromkeys(c for c, _ in self._keys))
+        self.severities = tuple(sorted({s for _, s in self._keys}))
         self.evaluate_teacher = check_bool(evaluate_teacher, "evaluate_teacher")
-        if clean_dataset is not None and not (
-            hasattr(clean_dataset, "__getitem__") and hasattr(clean_dataset, "__len__")
-        ):
+        if clean_dataset is not None and not _is_dataset(clean_dataset):
             raise TypeError(
                 f"Expected `clean_dataset` to be a map-style torch Dataset or None, but got "
                 f"{type(clean_dataset).__name__}."
             )
         self.clean_dataset = clean_dataset
+        self.batch_size = check_positive_int(batch_size, "batch_size")
+        self.num_workers = check_non_negative_int(num_workers, "num_workers")
         self.dirpath = check_optional_path(dirpath, "dirpath")
         self.filename = check_filename(filename, "filename", ".csv")
         self.prefix = check_str(prefix, "prefix")
         self.results: dict[str, dict[str, dict[int, float]]] = {}
         self.clean: dict[str, float] = {}
         self.csv_path: Path | None = None
-        self._capture = LogitCapture()
         self._models: tuple[str, ...] = ("student",)
         self._clean_counts: Tensor | None = None
 
@@ -185,14 +192,8 @@ class CorruptionRobustness(Callback):
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
         if stage != "test":
             return
-        needed = [self.root / f"{c}.npy" for c in self.corruptions] + [self.root / "labels.npy"]
-        missing = [str(path) for path in needed if not path.is_file()]
-        if missing:
-            raise FileNotFoundError(
-                f"Expected the CIFAR-100-C files under `root` = {self.root}, but {', '.join(missing)} "
-                f"{'is' if len(missing) == 1 else 'are'} missing. Download CIFAR-100-C.tar from "
-                "https://zenodo.org/records/3555552 and pass the extracted CIFAR-100-C folder."
-            )
+        if isinstance(self.data, LightningDataModule):
+            self.data.setup("test")  # reports missing files before any test step runs
         self._models = ("student",)
         if self.evaluate_teacher:
             if has_teacher(pl_module):
@@ -203,31 +204,25 @@ class CorruptionRobustness(Callback):
                     "only the student is evaluated."
                 )
 
-    @override
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self._capture.detach()
-
-    @override
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self._capture.detach()
+    def _datasets(self) -> list[tuple[Dataset, int, int]]:
+        """``(dataset, batch_size, num_workers)`` per entry of :attr:`_keys`, in order."""
+        if isinstance(self.data, LightningDataModule):
+            loaders = self.data.test_dataloader()
+            loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
+            if len(loaders) != len(self._keys):
+                raise ValueError(
+                    f"Expected the data module to return {len(self._keys)} test dataloaders (one per `test_names`), "
+                    f"but got {len(loaders)}."
+                )
+            return [(loader.dataset, loader.batch_size or self.batch_size, loader.num_workers) for loader in loaders]
+        return [(self.data[f"{c}/s{s}"], self.batch_size, self.num_workers) for c, s in self._keys]
 
     # ------------------------------------------------------------------ clean accuracy from the test steps
     @override
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._clean_counts = torch.zeros(len(self._models) + 1, dtype=torch.float64, device=pl_module.device)
         if self.clean_dataset is None:
-            self._capture.attach(pl_module)
-
-    @override
-    def on_test_batch_start(
-        self,
-        trainer: Trainer,
-        pl_module: LightningModule,
-        batch: Any,
-        batch_idx: int,
-        dataloader_idx: int = 0,
-    ) -> None:
-        self._capture.clear()
+            self.start_capture(pl_module)
 
     @override
     def on_test_batch_end(
@@ -241,7 +236,7 @@ class CorruptionRobustness(Callback):
     ) -> None:
         if self.clean_dataset is not None or self._clean_counts is None:
             return
-        student, teacher = self._capture.logits(pl_module, batch_inputs(batch), teacher="teacher" in self._models)
+        student, teacher = self.batch_logits(pl_module, batch, teacher="teacher" in self._models)
         self._clean_counts += self._correct(batch_targets(batch).to(student.device), student, teacher)
 
     # ------------------------------------------------------------------ evaluation
@@ -252,34 +247,67 @@ class CorruptionRobustness(Callback):
         counts.append(torch.tensor(targets.shape[0], device=targets.device))
         return torch.stack(counts).to(torch.float64)
 
+    def _loaders(self, trainer: Trainer, sets: list[tuple[Dataset, int, int]]) -> list[DataLoader]:
+        """The share of every set this process reads: every world_size-th item, no padding (DDP equals one process)."""
+        return [
+            DataLoader(
+                Subset(dataset, range(trainer.global_rank, len(dataset), trainer.world_size)),
+                batch_size=batch_size,
+                shuffle=False,
+                num_workers=num_workers,
+            )
+            for dataset, batch_size, num_workers in sets
+        ]
+
     @torch.no_grad()
-    def _evaluate(self, trainer: Trainer, pl_module: LightningModule, dataset: Dataset) -> Tensor:
-        """``[correct per model..., n]`` over this process's share of ``dataset`` (every world_size-th item)."""
-        shard = Subset(dataset, range(trainer.global_rank, len(dataset), trainer.world_size))
-        loader = DataLoader(shard, batch_size=self.batch_size, shuffle=False, num_workers=self.num_workers)
-        device = pl_module.device
-        counts = torch.zeros(len(self._models) + 1, dtype=torch.float64, device=device)
-        for x, y in loader:
-            x, y = x.to(device), y.to(device)
-            teacher = pl_module.teacher_forward(x) if "teacher" in self._models else None
-            counts += self._correct(y, pl_module(x), teacher)
-        return counts
+    def _evaluate(self, trainer: Trainer, pl_module: LightningModule, loaders: list[DataLoader]) -> list[Tensor]:
+        """``[correct per model..., n]`` per loader, through the trainer's device transfer, precision and bar."""
+        advance = self._progress(trainer, sum(len(loader) for loader in loaders), len(loaders))
+        results = []
+        try:
+            for index, loader in enumerate(loaders):
+                counts = torch.zeros(len(self._models) + 1, dtype=torch.float64, device=pl_module.device)
+                for batch in loader:
+                    x, y = trainer.strategy.batch_to_device(batch, dataloader_idx=index)[:2]
+                    with trainer.precision_plugin.test_step_context():
+                        student = pl_module(x)
+                        teacher = pl_module.teacher_forward(x) if "teacher" in self._models else None
+                    counts += self._correct(y, student.float(), None if teacher is None else teacher.float())
+                    advance(1)
+                results.append(counts)
+        finally:
+            advance(None)
+        return results
+
+    def _progress(self, trainer: Trainer, total: int, sets: int) -> Callable[[int | None], None]:
+        """A bar on the trainer's progress bar (TQDM or Rich); the callable advances it, ``None`` closes it."""
+        bar_callback = trainer.progress_bar_callback
+        description = f"{type(self).__name__}: {sets} sets"
+        if bar_callback is None or not bar_callback.is_enabled or not trainer.is_global_zero:
+            return lambda steps: None
+        if isinstance(bar_callback, TQDMProgressBar):
+            bar = bar_callback.init_test_tqdm()
+            bar.reset(total=total)
+            bar.set_description(description)
+            return lambda steps: bar.close() if steps is None else bar.update(steps)
+        progress = getattr(bar_callback, "progress", None)  # RichProgressBar's rich.progress.Progress
+        if isinstance(bar_callback, RichProgressBar) and progress is not None:
+            task = progress.add_task(description, total=total)
+            return lambda steps: progress.refresh() if steps is None else progress.update(task, advance=steps)
+        return lambda steps: None
 
     @override
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self._capture.detach()
+        self.stop_capture()
         was_training = pl_module.training
         pl_module.eval()
         try:
+            sets = self._datasets()
             if self.clean_dataset is not None:
-                clean_counts = self._evaluate(trainer, pl_module, self.clean_dataset)
-            else:
-                clean_counts = self._clean_counts
-            transform = cifar100_test_transform()
-            keys = [(c, s) for c in self.corruptions for s in self.severities]
-            counts = [clean_counts] + [
-                self._evaluate(trainer, pl_module, CIFAR100CDataset(self.root, c, s, transform)) for c, s in keys
-            ]
+                sets = [(self.clean_dataset, self.batch_size, self.num_workers), *sets]
+            counts = self._evaluate(trainer, pl_module, self._loaders(trainer, sets))
+            if self.clean_dataset is None:
+                counts = [self._clean_counts, *counts]
         finally:
             pl_module.train(was_training)
         totals = trainer.strategy.reduce(torch.stack(counts), reduce_op="sum").cpu()  # one all-reduce
@@ -287,9 +315,10 @@ class CorruptionRobustness(Callback):
         accuracy[totals[:, -1] == 0] = float("nan")
         self.clean = {model: float(accuracy[0, m]) for m, model in enumerate(self._models)}
         self.results = {model: {c: {} for c in self.corruptions} for model in self._models}
-        for row, (corruption, severity) in enumerate(keys, start=1):
+        for row, (corruption, severity) in enumerate(self._keys, start=1):
             for m, model in enumerate(self._models):
                 self.results[model][corruption][severity] = float(accuracy[row, m])
+        self.history.append({"epoch": trainer.current_epoch, "clean": dict(self.clean), "results": self.results})
         columns, rows = robustness_rows(self.clean, self.results)
         self._log(pl_module)
 

@@ -95,6 +95,15 @@ def predictions(network, root, corruption):
     )
 
 
+def corrupted(root, corruptions, severities, batch_size=256):
+    """The data module CorruptionRobustness evaluates: the fake CIFAR-100-C files, read in this process."""
+    from datamodules import CIFAR100CDataModule
+
+    return CIFAR100CDataModule(
+        root, corruptions=list(corruptions), severities=list(severities), batch_size=batch_size, num_workers=0
+    )
+
+
 def fake_data(tmp_path, module):
     """Fake CIFAR-100-C whose labels make the student right on 3 of 4 gaussian_noise images of each severity."""
     root = write_fake_cifar100c(tmp_path / "c100c", corruptions=CORRUPTIONS, n_per_severity=4)

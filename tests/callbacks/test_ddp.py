@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from cmkd_lightning.callbacks import CorrelationMonitor, CorruptionRobustness, LogitCorrelationHeatmap
-from tests.callbacks._helpers import cifar_module, cpu_trainer, digits_data, digits_module, fake_data
+from tests.callbacks._helpers import cifar_module, corrupted, cpu_trainer, digits_data, digits_module, fake_data
 
 pytestmark = pytest.mark.slow  # two processes per test
 
@@ -17,9 +17,7 @@ def test_two_process_values_equal_single_process(tmp_path):
     module = digits_module()
     single = cpu_trainer(tmp_path / "single", [CorrelationMonitor(), LogitCorrelationHeatmap()])
     single.validate(module, datamodule=dm, verbose=False)
-    expected = {
-        k: float(v) for k, v in single.callback_metrics.items() if k.startswith(("corr/", "heatmap/"))
-    }
+    expected = {k: float(v) for k, v in single.callback_metrics.items() if k.startswith(("corr/", "heatmap/"))}
     assert len(expected) == 5
 
     callbacks = [CorrelationMonitor(), LogitCorrelationHeatmap()]
@@ -34,24 +32,18 @@ def test_two_process_robustness_equals_single_process(tmp_path):
     from torch.utils.data import DataLoader
 
     module = cifar_module()
-    root, clean = fake_data(
-        tmp_path, module
-    )  # the student is right on 3 of 4 gaussian_noise images, 8 of 12 clean
+    root, clean = fake_data(tmp_path, module)  # the student is right on 3 of 4 gaussian_noise images, 8 of 12 clean
     results = []
     for devices, strategy in ((1, "auto"), (2, "ddp_fork")):
         callback = CorruptionRobustness(
-            root,
-            corruptions=["gaussian_noise", "fog"],
-            severities=[1, 2],
+            corrupted(root, ["gaussian_noise", "fog"], [1, 2], batch_size=2),
             evaluate_teacher=True,
             clean_dataset=clean,
             batch_size=2,
         )
         trainer = cpu_trainer(tmp_path / strategy, [callback], devices=devices, strategy=strategy)
         trainer.test(module, dataloaders=DataLoader(clean, batch_size=4), verbose=False)
-        results.append(
-            {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("robustness/")}
-        )
+        results.append({k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("robustness/")})
     assert len(results[0]) == 8 and results[0]["robustness/gaussian_noise"] == 0.75
     for key, value in results[0].items():
         assert math.isclose(results[1][key], value, abs_tol=1e-7), key

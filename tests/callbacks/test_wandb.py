@@ -9,7 +9,7 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from cmkd_lightning.callbacks import CorruptionRobustness, EmbeddingProjection, LogitCorrelationHeatmap
 from tests._fakes import write_fake_cifar100c
-from tests.callbacks._helpers import cifar_module, cpu_trainer
+from tests.callbacks._helpers import cifar_module, corrupted, cpu_trainer
 
 wandb = pytest.importorskip("wandb")
 
@@ -26,7 +26,7 @@ def test_images_and_table_in_offline_wandb_run(tmp_path, monkeypatch):
     callbacks = [
         LogitCorrelationHeatmap(),
         EmbeddingProjection(num_samples=16, num_threads=1),
-        CorruptionRobustness(root, corruptions=["fog"], severities=[1, 2], evaluate_teacher=True),
+        CorruptionRobustness(corrupted(root, ["fog"], [1, 2]), evaluate_teacher=True),
     ]
     try:
         trainer = cpu_trainer(tmp_path, callbacks, logger=logger, limit_train_batches=1)
