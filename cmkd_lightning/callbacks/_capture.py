@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import warnings
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -219,8 +221,13 @@ def new_metric(metric: Metric, pl_module: LightningModule) -> Metric:
     return metric
 
 
-def compute_synced(metric: Metric) -> Any:
-    """``metric.compute()`` (synced over processes), also on a process that saw no batch (which must join)."""
+@contextlib.contextmanager
+def synced(metric: Metric) -> Iterator[Metric]:
+    """Inside the block, ``metric``'s states are summed over processes; afterwards they are this process's again.
+
+    Every process must enter, also one that saw no batch. A no-op without ``torch.distributed``.
+    """
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message=r".*was called before the ``update`` method.*")
-        return metric.compute()
+        with metric.sync_context(should_sync=True):
+            yield metric

@@ -10,7 +10,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from cmkd_lightning._validation import check_optional_positive_int, check_str
-from cmkd_lightning.callbacks._capture import LogitCaptureCallback, compute_synced, new_metric
+from cmkd_lightning.callbacks._capture import LogitCaptureCallback, new_metric, synced
 from cmkd_lightning.metrics import AGREEMENT_MEASURES, LogitAgreement, agreement_per_sample
 
 #: Names of the monitored quantities, in the order of the running-sum vector (the count comes last).
@@ -97,8 +97,9 @@ class CorrelationMonitor(LogitCaptureCallback):
 
     def _record(self, trainer: Trainer, stage: str, step: int, metric: LogitAgreement) -> dict[str, Any] | None:
         """Compute (synced over processes) and keep one history entry; ``None`` when no sample was seen."""
-        values = compute_synced(metric)
-        count = int(metric.count)  # synced by compute()
+        with synced(metric):
+            values = metric.compute()
+            count = int(metric.count)
         if count == 0:
             return None
         entry: dict[str, Any] = {"stage": stage, "epoch": trainer.current_epoch, "step": step, "num_samples": count}
@@ -115,7 +116,7 @@ class CorrelationMonitor(LogitCaptureCallback):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._enabled:
             self.start_capture(pl_module)
-            self._metric = new_metric(LogitAgreement(validate_args=False), pl_module)
+            self._metric = new_metric(LogitAgreement(validate_args=False, sync_on_compute=False), pl_module)
 
     @override
     def on_validation_batch_end(
@@ -176,7 +177,7 @@ class CorrelationMonitor(LogitCaptureCallback):
             )
             return
         self._last_train_step = self._train_step
-        metric = new_metric(LogitAgreement(validate_args=False), pl_module)
+        metric = new_metric(LogitAgreement(validate_args=False, sync_on_compute=False), pl_module)
         metric.update(*logits)
         entry = self._record(trainer, "train", self._last_train_step, metric)
         if entry is None:

@@ -21,7 +21,7 @@ from cmkd_lightning._validation import (
     check_positive_int,
     check_str,
 )
-from cmkd_lightning.callbacks._capture import LogitCaptureCallback, batch_targets, compute_synced, new_metric
+from cmkd_lightning.callbacks._capture import LogitCaptureCallback, batch_targets, new_metric, synced
 from cmkd_lightning.callbacks._figures import describe_method, log_image_file, run_directory, save_figure
 from cmkd_lightning.metrics.class_gap import (
     DKD_MAX_DIFF,
@@ -234,7 +234,9 @@ class LogitCorrelationHeatmap(LogitCaptureCallback):
             self._metric = None
 
     def _new_metric(self, num_classes: int, pl_module: LightningModule) -> ClassLogitGap:
-        return new_metric(ClassLogitGap(num_classes, matrix=self.matrix, validate_args=False), pl_module)
+        return new_metric(
+            ClassLogitGap(num_classes, matrix=self.matrix, validate_args=False, sync_on_compute=False), pl_module
+        )
 
     @override
     def on_validation_batch_end(
@@ -265,11 +267,11 @@ class LogitCorrelationHeatmap(LogitCaptureCallback):
             if num_classes is None:
                 return
             metric = self._new_metric(int(num_classes), pl_module)
-        compute_synced(metric)  # syncs the states over processes; they stay synced until reset
-        count = metric.count.detach().cpu()
+        with synced(metric):  # sums over processes
+            count = metric.count.detach().cpu().clone()
+            student_means, teacher_means = (m.detach().cpu().double() for m in metric.class_means())
         if not bool((count > 0).any()):
             return
-        student_means, teacher_means = (m.detach().cpu().double() for m in metric.class_means())
         self.student_corr = class_correlation(student_means)
         self.teacher_corr = class_correlation(teacher_means)
         self.gap = correlation_gap(student_means, teacher_means)
