@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import importlib.util
 import traceback
 from collections.abc import Iterator
 
@@ -184,7 +185,7 @@ def test_cmkd_reads_only_in_the_soft_rank_pooling_rounds(n, c, monkeypatch):
         return original(*a, **k)
 
     monkeypatch.setattr(soft_rank_module, "_kept", kept)
-    module = _module([CMKDLoss(rank_backend="torch")])
+    module = _module([CMKDLoss(rank_backend="torch", fused=False)])  # the general path (fused: below)
     module.num_classes = c
     module.losses[0].regularization_strength = None
     g = torch.Generator().manual_seed(1)
@@ -218,3 +219,29 @@ def test_zscore_is_scale_safe_and_exact():
     torch.testing.assert_close(_zscore(x), ref, rtol=1e-12, atol=1e-12)
     big = torch.tensor([[3e38, -3e38, 0.0, 1.0]])
     assert torch.isfinite(_zscore(big)).all()
+
+
+@pytest.mark.parametrize(("n", "c"), [(8, 10), (64, 100), (128, 1000)])
+def test_fused_cmkd_reads_no_more_than_the_general_path(n, c, monkeypatch):
+    """The fused path (CPU, torch backend) reads only in the same block search, as often as the general path."""
+    g = torch.Generator().manual_seed(1)
+    zt = torch.randn(n, c, generator=g) * 3
+    zs = zt + torch.randn(n, c, generator=g) * 3
+    counts = {}
+    for fused in (False, True):
+        loss = CMKDLoss(rank_backend="torch", fused=fused)
+        leaf = zs.clone().requires_grad_(True)
+        with _count_reads(monkeypatch) as calls:
+            loss(leaf, zt)["loss"].backward()
+        counts[fused] = len(calls)
+        where = ("soft_rank.py",) if not fused else ("soft_rank.py", "cmkd_fused.py")  # block search, its caller
+        assert calls and all(any(w in call for w in where) for call in calls), calls
+    assert counts[True] == counts[False], counts
+
+
+@pytest.mark.skipif(not importlib.util.find_spec("torchsort"), reason="torchsort is not installed")
+def test_fused_cmkd_with_torchsort_reads_nothing(monkeypatch):
+    zs, zt, _ = _inputs("cpu")
+    with _count_reads(monkeypatch) as calls:
+        CMKDLoss(rank_backend="torchsort", fused=True)(zs, zt)["loss"].backward()
+    assert calls == []

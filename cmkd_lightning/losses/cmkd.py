@@ -12,6 +12,7 @@ from typing_extensions import override
 
 from cmkd_lightning._validation import check_non_negative, check_positive, upcast
 from cmkd_lightning.functional.cmkd import CMKDScale, cmkd_terms, resolve_scale, teacher_stats
+from cmkd_lightning.functional.cmkd_fused import cmkd_fused_terms, fast_teacher_stats, fused_covers
 from cmkd_lightning.losses.base import DistillationLoss
 
 _RANK_BACKENDS = ("auto", "torch", "torchsort")
@@ -44,6 +45,10 @@ class CMKDLoss(DistillationLoss):
         eps: z-score epsilon.
         rank_backend: soft-rank backend (``"auto"``, ``"torch"``, ``"torchsort"``).
         warmup_epochs: see :class:`DistillationLoss`.
+        fused: ``"auto"`` (default): the fused path (:func:`~cmkd_lightning.functional.cmkd_fused.cmkd_fused_terms`,
+            same values and gradients, a fraction of the operations) on CPU and CUDA, the general path elsewhere;
+            ``True``: always fused; ``False``: always the general path (e.g. for double backward, which the fused
+            path does not support).
     """
 
     name = "cmkd"
@@ -63,6 +68,7 @@ class CMKDLoss(DistillationLoss):
         eps: float = 1e-7,
         rank_backend: Literal["auto", "torch", "torchsort"] = "auto",
         warmup_epochs: int = 0,
+        fused: bool | Literal["auto"] = "auto",
     ) -> None:
         super().__init__(warmup_epochs)
         check_positive(temperature, "temperature")
@@ -90,16 +96,21 @@ class CMKDLoss(DistillationLoss):
         self.sync_entropy_threshold = sync_entropy_threshold
         self.eps = eps
         self.rank_backend = rank_backend
+        if fused not in (True, False, "auto"):
+            raise ValueError(f"Expected `fused` to be True, False or 'auto', but got {fused!r}.")
+        self.fused = fused
 
     @override
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor | None = None
     ) -> dict[str, Tensor]:
-        stats = teacher_stats(teacher_logits, temperature=self.temperature, zscore=self.zscore, eps=self.eps)
+        fused = self.fused is True or (self.fused == "auto" and fused_covers(student_logits))
+        stats_fn, terms_fn = (fast_teacher_stats, cmkd_fused_terms) if fused else (teacher_stats, cmkd_terms)
+        stats = stats_fn(teacher_logits, temperature=self.temperature, zscore=self.zscore, eps=self.eps)
         threshold = self._global_threshold(stats.entropy) if self.sync_entropy_threshold else None
         # Hyper-parameters were validated in __init__ (and the un-normalised-Spearman warning given there): no
         # value-reading check runs here, so the step has no host-device sync outside the soft rank's rounds.
-        terms = cmkd_terms(
+        terms = terms_fn(
             student_logits,
             teacher_logits,
             temperature=self.temperature,
