@@ -71,7 +71,7 @@ def _module(loss: str, no_log: bool = False) -> DistillationModule:
     cls = _NoLogModule if no_log else DistillationModule
     return cls(
         digits_student(100), digits_teacher(100), losses=losses, loss_weights=weights, ce_weight=ce,
-        lr=0.05, lr_schedule="none",
+        lr_scheduler=None,
     )
 
 
@@ -136,7 +136,7 @@ def _profile_lightning(loss: str, loader: DataLoader, steps: int, device: torch.
     top = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)[:15]
     suspects = {
         "LightningModule.log": ("lightning/pytorch/core/module.py", "log"),
-        "DistillationModule._raise_if_not_finite": ("cmkd_lightning/module.py", "_raise_if_not_finite"),
+        "check_finite guard": ("cmkd_lightning/_guard.py", "raise_if_not_finite"),
         "DistillationModule.compute_losses": ("cmkd_lightning/module.py", "compute_losses"),
         "DistillationModule.training_step": ("cmkd_lightning/module.py", "training_step"),
         "torchmetrics Metric.update (wrapped)": ("torchmetrics/metric.py", "wrapped_func"),

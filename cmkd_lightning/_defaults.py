@@ -1,20 +1,63 @@
 """The defaults of :class:`~cmkd_lightning.DistillationModule` that depend on other arguments (docs/DEFAULTS.md).
 
-Loss and cross-entropy weights follow the losses, weight decay and momentum follow the optimiser, and the
-``"auto"`` schedule follows the run's length. Each rule is a plain function of the arguments, so it can be tested
-and documented once; an explicit value always wins.
+Loss and cross-entropy weights follow the losses, ``optimizer=None`` is the CIFAR-100 recipe, and the default
+schedule (:class:`~cmkd_lightning.schedules.StepOrCosine`) follows the run's length. Each rule is a plain
+function of the arguments, so it can be tested and documented once; an explicit value always wins.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
 
-from lightning.pytorch.utilities import rank_zero_warn
+from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+from torch.optim.lr_scheduler import MultiStepLR
 
+from cmkd_lightning import _records
 from cmkd_lightning.losses.base import DistillationLoss
+from cmkd_lightning.schedules import RunLengthScheduler, StepOrCosine
 
-# Optimiser -> (default weight decay, default momentum). SGD: the CIFAR-100 recipe; AdamW: torch's own defaults.
-OPTIMIZER_DEFAULTS: dict[str, tuple[float, float | None]] = {"sgd": (5e-4, 0.9), "adamw": (1e-2, None)}
+# `optimizer=None`: the CIFAR-100 recipe of the paper and its reference repositories.
+DEFAULT_OPTIMIZER: dict[str, Any] = {
+    "class_path": "torch.optim.SGD",
+    "init_args": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+}
+
+
+def resolve_losses(
+    losses: Any, loss_weights: Sequence[float] | None, ce_weight: float | None, has_teacher: bool
+) -> tuple[list[DistillationLoss], list[float], float]:
+    """``losses`` built and checked (objects or ``class_path`` configs), with their effective weights."""
+    if losses is None:
+        losses = []
+    elif isinstance(losses, (DistillationLoss, Mapping)):
+        losses = [losses]
+    losses = [_records.build_loss(loss, f"losses[{i}]") for i, loss in enumerate(losses)]
+    for i, loss in enumerate(losses):
+        if not isinstance(loss, DistillationLoss):
+            raise TypeError(
+                f"Expected `losses[{i}]` to be a DistillationLoss (e.g. cmkd_lightning.losses.CMKDLoss), "
+                f"but got {type(loss).__name__}."
+            )
+    weights = loss_weights_for(losses, loss_weights)
+    if len(weights) != len(losses):
+        raise ValueError(
+            f"Expected `loss_weights` to have one weight per loss ({len(losses)}), but got {len(weights)}."
+        )
+    if any(not math.isfinite(w) or w < 0 for w in weights):
+        raise ValueError(f"Expected `loss_weights` to be finite numbers >= 0, but got {weights}.")
+    ce = ce_weight_for(losses, ce_weight)
+    if not math.isfinite(ce) or ce < 0:
+        raise ValueError(f"Expected `ce_weight` to be a finite number >= 0, but got {ce!r}.")
+    if losses and not has_teacher:
+        raise ValueError(
+            f"Expected a `teacher` when distillation `losses` are given, but got teacher=None and "
+            f"{len(losses)} loss(es). Drop `losses` to train with cross-entropy alone."
+        )
+    if has_teacher and not losses and ce == 0:
+        raise ValueError("Expected `losses` or `ce_weight > 0`: with neither there is nothing to train.")
+    return losses, weights, ce
 
 
 def loss_weights_for(losses: Sequence[DistillationLoss], loss_weights: Sequence[float] | None) -> list[float]:
@@ -45,50 +88,49 @@ def ce_weight_for(losses: Sequence[DistillationLoss], ce_weight: float | None) -
     return 1.0
 
 
-def optimizer_args_for(
-    optimizer: str, weight_decay: float | None, momentum: float | None, nesterov: bool
-) -> tuple[float, float | None]:
-    """Effective ``(weight_decay, momentum)`` of ``optimizer``; warns about SGD arguments given to AdamW."""
-    default_decay, default_momentum = OPTIMIZER_DEFAULTS[optimizer]
-    if optimizer == "adamw" and (momentum is not None or nesterov):
-        given = [f"momentum={momentum}"] if momentum is not None else []
-        given += ["nesterov=True"] if nesterov else []
-        rank_zero_warn(
-            f"`momentum` and `nesterov` are SGD arguments: optimizer='adamw' ignores {', '.join(given)} (AdamW uses "
-            "its default betas). Drop them, or pass optimizer='sgd'."
-        )
-        momentum = None
-    return (default_decay if weight_decay is None else float(weight_decay)), (
-        default_momentum if momentum is None else float(momentum)
-    )
+def unique_names(losses: Sequence[DistillationLoss]) -> list[str]:
+    """Each loss's ``name``, with ``_1``, ``_2``, ... appended to repeats (the logged key prefixes)."""
+    names: list[str] = []
+    for loss in losses:
+        name, k = loss.name, 1
+        while name in names:
+            name, k = f"{loss.name}_{k}", k + 1
+        names.append(name)
+    return names
 
 
-def schedule_for(lr_schedule: str, milestones: Sequence[int], max_epochs: int | None) -> tuple[str, str | None]:
-    """The schedule to build and the message that says why, for a run of ``max_epochs`` (``None``/``-1``: unknown).
+def announce_schedule(scheduler: Any, max_epochs: int | None) -> None:
+    """Give a run-length schedule the run's length and say what it does; warn about unreachable milestones.
 
-    ``"auto"`` is ``"multistep"`` when every milestone falls within the run (or its length is unknown), otherwise
-    ``"cosine"`` over ``max_epochs``. An explicit ``"multistep"`` with milestones at or beyond ``max_epochs`` is
-    kept, with a warning (the second element starts with ``"warn:"``).
+    :class:`~cmkd_lightning.schedules.StepOrCosine` (the default) announces its choice at info level; a
+    ``MultiStepLR`` (or ``StepOrCosine`` told to keep its milestones) whose milestones reach ``max_epochs`` warns
+    with the fix. ``max_epochs`` ``None``/``-1`` means unknown (a ``max_steps`` run).
     """
     known = max_epochs is not None and max_epochs > 0
-    late = tuple(m for m in milestones if known and m >= max_epochs)
-    shown = tuple(milestones)
-    if lr_schedule == "auto":
-        if not late:
-            return "multistep", f"lr_schedule='auto': step decay at lr_milestones {shown}."
-        return "cosine", (
-            f"lr_schedule='auto': lr_milestones {shown} do not all fall within max_epochs={max_epochs}, so the "
-            f"learning rate follows a cosine over the {max_epochs} epochs; pass lr_schedule='multistep' with "
-            "milestones within the run for step decay."
-        )
-    if lr_schedule == "multistep" and late:
-        if len(late) == len(shown):
-            return "multistep", (
-                f"warn:lr_milestones {shown} are all >= max_epochs={max_epochs}: the learning rate never decays; "
-                "pass lr_schedule='cosine' (or 'auto') or milestones within the run."
+    if isinstance(scheduler, RunLengthScheduler) and scheduler.max_epochs is None and known:
+        scheduler.max_epochs = max_epochs
+    if isinstance(scheduler, StepOrCosine):
+        shown = tuple(scheduler.milestones)
+        if scheduler.uses_milestones:
+            rank_zero_info(f"lr_scheduler StepOrCosine: step decay x{scheduler.gamma:g} at epochs {shown}.")
+        else:
+            rank_zero_info(
+                f"lr_scheduler StepOrCosine: milestones {shown} do not all fall within max_epochs="
+                f"{scheduler.max_epochs}, so the learning rate follows a cosine over the {scheduler.max_epochs} "
+                "epochs; pass milestones within the run (or torch.optim.lr_scheduler.MultiStepLR) for step decay."
             )
-        return "multistep", (
-            f"warn:lr_milestones {late} are >= max_epochs={max_epochs} and never take effect; pass milestones "
-            "within the run or lr_schedule='cosine'."
+        return
+    if not (isinstance(scheduler, MultiStepLR) and known):
+        return
+    shown = tuple(sorted(scheduler.milestones.elements()))
+    late = tuple(m for m in shown if m >= max_epochs)
+    if late and len(late) == len(shown):
+        rank_zero_warn(
+            f"MultiStepLR milestones {shown} are all >= max_epochs={max_epochs}: the learning rate never decays; "
+            "use cmkd_lightning.schedules.StepOrCosine (the default) or a cosine, or milestones within the run."
         )
-    return lr_schedule, None
+    elif late:
+        rank_zero_warn(
+            f"MultiStepLR milestones {late} are >= max_epochs={max_epochs} and never take effect; pass milestones "
+            "within the run or use cmkd_lightning.schedules.StepOrCosine."
+        )

@@ -9,9 +9,11 @@ pass.
 from __future__ import annotations
 
 import copy
+import functools
 import importlib
 import inspect
-from collections.abc import Mapping
+import warnings
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from lightning.pytorch.utilities import rank_zero_warn
@@ -41,6 +43,129 @@ def build_loss(spec: Any, where: str) -> Any:
     if not (isinstance(cls, type) and issubclass(cls, DistillationLoss)):
         raise TypeError(f"Expected `{where}.class_path` to name a DistillationLoss subclass, but got {class_path!r}.")
     return cls(**dict(spec.get("init_args") or {}))
+
+
+def _import_class(class_path: Any, where: str) -> type:
+    if not isinstance(class_path, str) or "." not in class_path:
+        raise ValueError(f"Expected `{where}.class_path` to be a dotted class path, but got {class_path!r}.")
+    module_name, _, name = class_path.rpartition(".")
+    try:
+        cls = getattr(importlib.import_module(module_name), name)
+    except (ImportError, AttributeError) as err:
+        raise ValueError(f"Expected `{where}.class_path` to name an importable class, but got {class_path!r}.") from err
+    if not isinstance(cls, type):
+        raise TypeError(f"Expected `{where}.class_path` to name a class, but got {class_path!r}.")
+    return cls
+
+
+def build_callable(spec: Any, where: str) -> Callable[..., Any]:
+    """``spec`` if callable, else the ``functools.partial`` a ``{"class_path": ..., "init_args": {...}}`` describes.
+
+    This is how ``optimizer`` / ``lr_scheduler`` are read back from recorded hyperparameters (LightningCLI builds
+    the same partial from YAML): the first positional argument (parameters or optimiser) is supplied later.
+    """
+    if isinstance(spec, Mapping):
+        if "class_path" not in spec:
+            raise ValueError(
+                f"Expected `{where}` to be a callable or a config with a `class_path` such as 'torch.optim.SGD', "
+                f"but got {dict(spec)!r}."
+            )
+        return functools.partial(_import_class(spec["class_path"], where), **dict(spec.get("init_args") or {}))
+    if not callable(spec):
+        raise TypeError(
+            f"Expected `{where}` to be a callable (e.g. a torch.optim class or functools.partial of one), but got "
+            f"{type(spec).__name__}."
+        )
+    return spec
+
+
+def callable_config(spec: Any) -> dict[str, Any] | None:
+    """``spec`` as a ``class_path`` config: a class, a partial of a class (also LightningCLI's), or a config.
+
+    ``None`` when it cannot be written as one (e.g. a lambda).
+    """
+    if isinstance(spec, Mapping):
+        return {"class_path": spec["class_path"], "init_args": dict(spec.get("init_args") or {})}
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = {}
+    while isinstance(spec, functools.partial):
+        args, kwargs = (*spec.args, *args), {**spec.keywords, **kwargs}
+        spec = spec.func
+        if not isinstance(spec, type) and args and isinstance(args[-1], type):  # LightningCLI: (instantiator, cls)
+            spec, args = args[-1], ()
+    if not isinstance(spec, type) or args:
+        return None
+    init_args = {k: list(v) if isinstance(v, tuple) else v for k, v in kwargs.items()}
+    return {"class_path": _public_path(spec), "init_args": init_args}
+
+
+def _public_path(cls: type) -> str:
+    """The shortest importable dotted path of ``cls`` (``torch.optim.SGD``, not ``torch.optim.sgd.SGD``)."""
+    parts = cls.__module__.split(".")
+    for end in range(1, len(parts)):
+        try:
+            if getattr(importlib.import_module(".".join(parts[:end])), cls.__qualname__, None) is cls:
+                return f"{'.'.join(parts[:end])}.{cls.__qualname__}"
+        except ImportError:
+            continue
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def callable_configs(modules_to_pass: dict[str, str], **callables: Any) -> dict[str, Any]:
+    """The hyperparameter value of each callable argument (``optimizer``, ``lr_scheduler``): its config, or ``None``.
+
+    One that cannot be written as a config (a lambda) is recorded by name only, added to ``modules_to_pass`` so
+    that reloading asks for it, and warned about.
+    """
+    out: dict[str, Any] = {}
+    for name, spec in callables.items():
+        config = None if spec is None else callable_config(spec)
+        if spec is not None and config is None:
+            described = f"{getattr(spec, '__module__', '?')}.{getattr(spec, '__qualname__', type(spec).__name__)}"
+            rank_zero_warn(
+                f"`{name}` ({described}) is not recorded in the hyperparameters (only a class, a functools.partial "
+                f"of one or a class_path config can be); pass `{name}` again to reload or resume."
+            )
+            modules_to_pass[name] = described
+            config = f"<not recorded: {described}>"
+        out[name] = config
+    return out
+
+
+def save_hyperparameters(module: Any, frame: Any) -> dict[str, str]:
+    """``module.save_hyperparameters()`` from ``frame`` (its ``__init__``), without the ``nn.Module`` arguments.
+
+    Networks passed as objects (Python use) live in the state_dict, not the hyperparameters; the returned
+    ``{argument: class path}`` is stored in checkpoints so that reloading names them. Under LightningCLI the
+    hyperparameters hold their configs and stay.
+    """
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=r".*is an instance of `nn.Module`")
+        module.save_hyperparameters(frame=frame)
+    passed = modules_passed(module.hparams, type(module))
+    module_valued = [k for k, v in module.hparams.items() if holds_module(v)]
+    if module_valued:
+        module.save_hyperparameters(ignore=module_valued, frame=frame)
+    return passed
+
+
+def effective_configs(
+    modules_to_pass: dict[str, str], losses: list[DistillationLoss], optimizer: Any, lr_scheduler: Any
+) -> dict[str, Any]:
+    """The losses, optimiser and schedule as ``class_path`` configs, for the hyperparameters."""
+    out = callable_configs(modules_to_pass, optimizer=optimizer, lr_scheduler=lr_scheduler)
+    configs = loss_configs(losses) if losses else None
+    if configs is not None:
+        out["losses"] = configs
+        modules_to_pass.pop("losses", None)  # rebuilt from their configs
+    return out
+
+
+def holds_module(value: Any) -> bool:
+    """Whether ``value`` is an ``nn.Module`` or a list/tuple holding one."""
+    if isinstance(value, nn.Module):
+        return True
+    return isinstance(value, (list, tuple)) and any(isinstance(v, nn.Module) for v in value)
 
 
 def loss_configs(losses: list[DistillationLoss]) -> list[dict[str, Any]] | None:

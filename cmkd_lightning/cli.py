@@ -31,15 +31,16 @@ from cmkd_lightning.runtime import CPU_THREADS_ENV, quiet_lightning, set_cpu_thr
 EPILOG = (
     "Building blocks: `cmkd list models` (zoo names for --model.init_args.student / teacher), `cmkd list losses` "
     "(class_paths for --model.init_args.losses), `cmkd list data` (class_paths for --data). "
-    "Optimiser: set it on the module (--model.init_args.optimizer=sgd|adamw, lr, momentum, weight_decay, "
-    "lr_schedule); LightningCLI's --optimizer / --lr_scheduler are switched off so there is one way. "
+    "Optimiser and schedule: module arguments, any torch class (--model.init_args.optimizer=torch.optim.AdamW "
+    "--model.init_args.optimizer.init_args.lr=1e-3, --model.init_args.lr_scheduler=cmkd_lightning.schedules."
+    "WarmupCosine); LightningCLI's --optimizer / --lr_scheduler are switched off so there is one way. "
     f"CPU runs use 1 torch thread unless --cpu_threads or ${CPU_THREADS_ENV} says otherwise (0: torch's default)."
 )
 _OPTIMIZER_ERROR = (
     "`{key}` is not a cmkd option: the optimiser and schedule are DistillationModule arguments, set them with "
-    "--model.init_args.optimizer=sgd|adamw, --model.init_args.lr=..., --model.init_args.momentum=..., "
-    "--model.init_args.weight_decay=..., --model.init_args.lr_schedule=cosine|multistep|none "
-    "(or under `model: init_args:` in the config). Got {value!r}."
+    "--model.init_args.optimizer=torch.optim.Adam --model.init_args.optimizer.init_args.lr=..., "
+    "--model.init_args.lr_scheduler=cmkd_lightning.schedules.WarmupCosine (any torch.optim class and scheduler; "
+    "in a config: `model: init_args: optimizer: {{class_path: ..., init_args: {{...}}}}`). Got {value!r}."
 )
 
 

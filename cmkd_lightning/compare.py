@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 import math
 import statistics
@@ -36,6 +37,7 @@ from cmkd_lightning.losses.base import DistillationLoss
 from cmkd_lightning.models import create_model
 from cmkd_lightning.module import DistillationModule
 from cmkd_lightning.quickstart import _evaluate
+from cmkd_lightning.schedules import WarmupCosine
 from datamodules import ComposedDigitsDataModule
 
 METRICS = ("top1", "top5", "agreement", "spearman")
@@ -177,7 +179,7 @@ def train_teacher(
         teacher.load_state_dict(torch.load(path, weights_only=True))
         return teacher.eval()
     L.seed_everything(seed, verbose=False)
-    module = DistillationModule(teacher, num_classes=data.num_classes, lr=0.05, lr_schedule="cosine")
+    module = DistillationModule(teacher, num_classes=data.num_classes, lr_scheduler=WarmupCosine)
     _trainer(epochs, out).fit(module, data)
     out.mkdir(parents=True, exist_ok=True)
     torch.save(teacher.state_dict(), path)
@@ -205,8 +207,8 @@ def fit_student(
         loss_weights=method.loss_weights if losses else None,
         ce_weight=method.ce_weight,
         num_classes=data.num_classes,
-        lr=lr,
-        lr_schedule="cosine",
+        optimizer=functools.partial(torch.optim.SGD, lr=lr, momentum=0.9, weight_decay=5e-4),
+        lr_scheduler=WarmupCosine,
     )
     _trainer(epochs, out).fit(module, data)
     return module

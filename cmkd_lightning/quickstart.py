@@ -28,6 +28,7 @@ from cmkd_lightning.functional import spearman_corr
 from cmkd_lightning.losses import CMKDLoss, KDLoss
 from cmkd_lightning.module import DistillationModule
 from cmkd_lightning.runtime import cpu_threads, quiet_lightning
+from cmkd_lightning.schedules import WarmupCosine
 from datamodules import ComposedDigitsDataModule
 
 Console = require("rich.console", extra="quickstart", purpose="cmkd-quickstart").Console
@@ -175,7 +176,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.perf_counter()
     console.rule("[bold]1/2 teacher (digits_teacher, cross-entropy)")
     L.seed_everything(1234, verbose=False)
-    teacher_module = DistillationModule("digits_teacher", num_classes=data.num_classes, lr=0.05, lr_schedule="cosine")
+    teacher_module = DistillationModule("digits_teacher", num_classes=data.num_classes, lr_scheduler=WarmupCosine)
     _trainer(args, args.teacher_epochs, out).fit(teacher_module, data)
     teacher = teacher_module.student
     teacher_eval = _evaluate(teacher_module, teacher, data.test_dataloader())
@@ -197,8 +198,7 @@ def _run(args: argparse.Namespace) -> dict[str, Any]:
                 loss_weights=weights,
                 ce_weight=ce_weight,
                 num_classes=data.num_classes,
-                lr=0.05,
-                lr_schedule="cosine",
+                lr_scheduler=WarmupCosine,  # SGD lr 0.05 (the default), cosine over the epochs
             )
             callbacks = (
                 _figure_callbacks(args, out / "figures" / method) if method != "ce" and seed == args.seeds[0] else []

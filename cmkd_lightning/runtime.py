@@ -22,9 +22,11 @@ _NOISE_LOGS = (re.compile(r"^💡 Tip: For seamless cloud logging"),)
 _NOISE_WARNINGS = (
     # Lightning's own pytree helper under torch >= 2.10; nothing a user can change.
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
-    # DistillationModule all-reduces its epoch metrics itself (`_log_epoch`) and logs the reduced values, so
+    # DistillationModule all-reduces its epoch metrics itself (torchmetrics) and logs the reduced values, so
     # Lightning's advice to add `sync_dist=True` does not apply to its `train/`, `val/`, `test/` keys.
     r"It is recommended to use `self\.log\('(train|val|test)/.*', \.\.\., sync_dist=True\)`.*",
+    # DistillationModule keeps its frozen teacher in eval mode on purpose.
+    r"Found \d+ module\(s\) in eval mode at the start of training.*",
 )
 
 

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Literal
-
+from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
 from cmkd_lightning import _records
 from cmkd_lightning.module import DistillationModule
+from cmkd_lightning.schedules import StepOrCosine
 
 
 class TeacherModule(DistillationModule):
@@ -28,14 +27,10 @@ class TeacherModule(DistillationModule):
             classifier when omitted.
         model_checkpoint: optional initial weights for the model (formats of
             :func:`cmkd_lightning.checkpoint.load_weights`).
-        optimizer: ``"sgd"`` or ``"adamw"``.
-        lr: base learning rate.
-        momentum: SGD momentum; ``None``: 0.9.
-        weight_decay: weight decay; ``None``: 5e-4 for SGD, 1e-2 for AdamW.
-        nesterov: SGD Nesterov momentum.
-        lr_schedule: ``"auto"``, ``"multistep"``, ``"cosine"`` or ``"none"`` (see :class:`DistillationModule`).
-        lr_milestones: epochs at which the multistep schedule multiplies the lr by ``lr_decay``.
-        lr_decay: multiplicative decay of the multistep schedule.
+        optimizer: a callable taking the parameters; ``None``: SGD lr 0.05, momentum 0.9, weight decay 5e-4 (see
+            :class:`DistillationModule`).
+        lr_scheduler: a callable taking the optimiser, stepped per epoch; default
+            :class:`~cmkd_lightning.schedules.StepOrCosine`; ``None``: constant learning rate.
         check_finite: see :class:`DistillationModule`.
         channels_last: convert the model to channels-last memory format.
         compile: ``torch.compile`` the model in place.
@@ -43,7 +38,8 @@ class TeacherModule(DistillationModule):
     Example:
         >>> import torch
         >>> from cmkd_lightning import TeacherModule
-        >>> module = TeacherModule("resnet8", num_classes=10, lr_schedule="cosine")
+        >>> from cmkd_lightning.schedules import WarmupCosine
+        >>> module = TeacherModule("resnet8", num_classes=10, lr_scheduler=WarmupCosine)
         >>> module(torch.randn(2, 3, 32, 32)).shape
         torch.Size([2, 10])
     """
@@ -53,14 +49,8 @@ class TeacherModule(DistillationModule):
         model: str | nn.Module,
         num_classes: int | None = None,
         model_checkpoint: str | None = None,
-        optimizer: Literal["sgd", "adamw"] = "sgd",
-        lr: float = 0.05,
-        momentum: float | None = None,
-        weight_decay: float | None = None,
-        nesterov: bool = False,
-        lr_schedule: Literal["auto", "multistep", "cosine", "none"] = "auto",
-        lr_milestones: Sequence[int] = (150, 180, 210),
-        lr_decay: float = 0.1,
+        optimizer: OptimizerCallable | None = None,
+        lr_scheduler: LRSchedulerCallable | None = StepOrCosine,
         check_finite: bool | int = True,
         channels_last: bool = False,
         compile: bool = False,
@@ -70,13 +60,7 @@ class TeacherModule(DistillationModule):
             num_classes=num_classes,
             student_checkpoint=model_checkpoint,
             optimizer=optimizer,
-            lr=lr,
-            momentum=momentum,
-            weight_decay=weight_decay,
-            nesterov=nesterov,
-            lr_schedule=lr_schedule,
-            lr_milestones=lr_milestones,
-            lr_decay=lr_decay,
+            lr_scheduler=lr_scheduler,
             check_finite=check_finite,
             channels_last=channels_last,
             compile=compile,

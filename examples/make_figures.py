@@ -44,6 +44,7 @@ from cmkd_lightning.callbacks.logit_heatmap import draw_correlation_gap, mean_of
 from cmkd_lightning.losses import CMKDLoss, KDLoss
 from cmkd_lightning.models.digits_cnn import digits_student, digits_teacher
 from cmkd_lightning.runtime import quiet_lightning, set_cpu_threads
+from cmkd_lightning.schedules import WarmupCosine
 from datamodules import ComposedDigitsDataModule
 
 COLOURS = {"KD": "tab:blue", "CMKD": "tab:red"}
@@ -98,7 +99,7 @@ def trainer(workdir: Path, name: str, epochs: int, callbacks: list, validate: bo
 
 def train_teacher(args: argparse.Namespace, workdir: Path) -> torch.nn.Module:
     seed_everything(args.seed, verbose=False)
-    module = DistillationModule(student=digits_teacher(100), lr=0.05, lr_schedule="cosine")
+    module = DistillationModule(student=digits_teacher(100), lr_scheduler=WarmupCosine)  # SGD lr 0.05, cosine
     run = trainer(workdir, "teacher", args.teacher_epochs, [])
     run.fit(module, datamodule=datamodule(args))
     print(f"teacher: val top-1 {100 * float(run.callback_metrics['val/acc_top1']):.2f}%")
@@ -117,8 +118,7 @@ def student_module(method: str, teacher: torch.nn.Module, seed: int) -> Distilla
         losses=losses,
         loss_weights=weights,
         ce_weight=ce_weight,
-        lr=0.05,
-        lr_schedule="cosine",
+        lr_scheduler=WarmupCosine,
     )
 
 

@@ -5,12 +5,15 @@ python examples/plain_script.py --fast     # a few seconds (what the tests run)
 """
 
 import argparse
+import functools
 
 import lightning as L
+import torch
 
 from cmkd_lightning import DistillationModule
 from cmkd_lightning.losses import CMKDLoss, DKDLoss
 from cmkd_lightning.runtime import quiet_lightning, set_cpu_threads
+from cmkd_lightning.schedules import WarmupCosine
 from datamodules import ComposedDigitsDataModule
 
 
@@ -34,7 +37,7 @@ def main(fast: bool = False, threads: int | None = None) -> dict[str, float]:
     )
 
     # 1. A teacher is just a DistillationModule without a teacher: cross-entropy only.
-    teacher = DistillationModule("digits_teacher", num_classes=data.num_classes, lr_schedule="cosine")
+    teacher = DistillationModule("digits_teacher", num_classes=data.num_classes, lr_scheduler=WarmupCosine)
     L.Trainer(**trainer_kwargs).fit(teacher, data)
 
     # 2. Distil it with "DKD + CMKD": losses are objects, weights are numbers: no code to write.
@@ -44,7 +47,8 @@ def main(fast: bool = False, threads: int | None = None) -> dict[str, float]:
         losses=[DKDLoss(beta=2.0, warmup_epochs=1), CMKDLoss(temperature=4.0, beta=4.0, gamma=1.0)],
         loss_weights=[1.0, 1.0],
         num_classes=data.num_classes,
-        lr_schedule="cosine",
+        optimizer=functools.partial(torch.optim.SGD, lr=0.05, momentum=0.9, weight_decay=5e-4),  # any torch optimiser
+        lr_scheduler=WarmupCosine,  # a cosine over the trainer's max_epochs
     )
     trainer = L.Trainer(**trainer_kwargs)
     trainer.fit(student, data)

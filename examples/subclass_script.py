@@ -1,50 +1,52 @@
-"""Subclass DistillationModule to add a loss term on features (a FitNet-style hint next to CMKD).
+"""Subclass DistillationModule through its extension hook: a FitNet-style feature hint next to CMKD.
 
-    python examples/subclass_script.py          # 36 s on a shared 2-core CPU, 1 torch thread
+    python examples/subclass_script.py          # 5 epochs on 10k images, 1 torch thread
     python examples/subclass_script.py --fast   # a few seconds (what the tests run)
 
-Everything else (frozen teacher, logging, checkpoints, CLI) is inherited. The projection head added here is
-trained because ``configure_optimizers`` optimises every trainable parameter except the teacher's.
+The subclass only adds a loss term: ``extra_losses`` returns it, and the module adds it to the total loss, logs it
+(``train/hint``, ``val/hint``, ``test/hint``), averages it over each epoch and DDP ranks and checks it with
+``check_finite``, exactly like its own terms; everything else (frozen teacher, accuracies, checkpoints, CLI) is
+inherited. ``capture_features = True`` gives the hook the penultimate features of both networks (one forward
+pass each). The projection head is trained because the optimiser gets every trainable parameter but the teacher's.
 """
 
 import argparse
 from typing import Any
 
 import lightning as L
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from cmkd_lightning import DistillationModule
 from cmkd_lightning.losses import CMKDLoss
-from cmkd_lightning.models import extract_features, get_classifier
+from cmkd_lightning.models import get_classifier
+from cmkd_lightning.module import Features
 from cmkd_lightning.runtime import quiet_lightning, set_cpu_threads
+from cmkd_lightning.schedules import WarmupCosine
 from datamodules import ComposedDigitsDataModule
 
 
 class HintDistillationModule(DistillationModule):
-    """CMKD on logits plus ``feature_weight * MSE(proj(student features), teacher features)``.
+    r"""CMKD on logits plus a FitNet hint on features: :math:`w\,\lVert r(f_s) - f_t \rVert_2^2 / D_t`.
 
-    Logged metrics (in addition to the parent's): ``train/hint``.
+    ``r`` is a linear projection from the student's penultimate features ``f_s`` (dimension ``D_s``) to the
+    teacher's ``f_t`` (``D_t``), trained with the student. Logged metrics: the parent's, plus
+    ``<stage>/hint`` (weighted).
     """
 
-    def __init__(self, *args: Any, feature_weight: float = 1.0, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.feature_weight = feature_weight
-        s_dim = get_classifier(self.student).in_features
-        t_dim = get_classifier(self.teacher).in_features
-        self.proj = nn.Linear(s_dim, t_dim)
+    capture_features = True
 
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        x, y = batch
-        fs, zs = extract_features(self.student, x)
-        with torch.no_grad():
-            ft, zt = extract_features(self.teacher, x)
-        terms = self.compute_losses(zs, zt, y)
-        hint = F.mse_loss(self.proj(fs), ft)
-        self.log("train/hint", hint)
-        self.log("train/loss", terms["loss"], prog_bar=True)
-        return terms["loss"] + self.feature_weight * hint
+    def __init__(self, *args: Any, hint_weight: float = 1.0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.hint_weight = hint_weight
+        self.proj = nn.Linear(get_classifier(self.student).in_features, get_classifier(self.teacher).in_features)
+
+    def extra_losses(
+        self, batch: Any, student_logits: Tensor, teacher_logits: Tensor | None, features: Features | None
+    ) -> dict[str, Tensor]:
+        if features is None or features.teacher is None:  # e.g. logits from a teacher cache: no features
+            return {}
+        return {"hint": self.hint_weight * F.mse_loss(self.proj(features.student), features.teacher)}
 
 
 def main(fast: bool = False, threads: int | None = None) -> dict[str, float]:
@@ -64,15 +66,15 @@ def main(fast: bool = False, threads: int | None = None) -> dict[str, float]:
         max_epochs=1 if fast else 5,
         enable_progress_bar=not fast,
     )
-    teacher = DistillationModule("digits_teacher", num_classes=data.num_classes, lr_schedule="cosine")
+    teacher = DistillationModule("digits_teacher", num_classes=data.num_classes, lr_scheduler=WarmupCosine)
     L.Trainer(**kw).fit(teacher, data)
     module = HintDistillationModule(
         "digits_student",
         teacher=teacher.student,
         losses=[CMKDLoss()],
         num_classes=data.num_classes,
-        lr_schedule="cosine",
-        feature_weight=0.5,
+        lr_scheduler=WarmupCosine,
+        hint_weight=0.5,
     )
     trainer = L.Trainer(**kw)
     trainer.fit(module, data)

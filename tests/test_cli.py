@@ -95,13 +95,13 @@ def test_csv_logger_run_writes_config_into_its_version_dir_and_the_checkpoint(te
 
 
 def test_print_config_prints_the_resolved_yaml(tmp_path):
-    result = _cmkd(
-        ["fit", "-c", str(DIGITS / "dkd_cmkd.yaml"), "--model.init_args.lr=0.02", "--print_config"], tmp_path
-    )
+    lr = "--model.init_args.optimizer.init_args.lr=0.02"
+    result = _cmkd(["fit", "-c", str(DIGITS / "dkd_cmkd.yaml"), lr, "--print_config"], tmp_path)
     config = yaml.safe_load(result.stdout)
     model = config["model"]["init_args"]
     assert config["model"]["class_path"] == "cmkd_lightning.DistillationModule"
-    assert (model["student"], model["teacher"], model["lr"]) == ("digits_student", "digits_teacher", 0.02)
+    assert (model["student"], model["teacher"]) == ("digits_student", "digits_teacher")
+    assert model["optimizer"]["init_args"]["lr"] == 0.02
     assert [loss["class_path"] for loss in model["losses"]] == [
         "cmkd_lightning.losses.DKDLoss",
         "cmkd_lightning.losses.CMKDLoss",

@@ -65,14 +65,14 @@ def test_cmkd_list_everything_and_a_bad_kind(capsys):
 
 @pytest.mark.parametrize("arg", ["--optimizer=Adam", "--optimizer.init_args.lr=0.1", "--lr_scheduler=StepLR"])
 def test_cli_optimizer_arguments_are_refused_with_the_module_arguments_named(arg):
-    with pytest.raises(SystemExit, match=r"is not a cmkd option.*--model\.init_args\.optimizer=sgd\|adamw"):
+    with pytest.raises(SystemExit, match=r"is not a cmkd option.*--model\.init_args\.optimizer=torch\.optim\.Adam"):
         main(["fit", "-c", str(DIGITS / "cmkd.yaml"), arg])
 
 
 def test_config_file_optimizer_is_refused(tmp_path, no_wandb_key):
     extra = tmp_path / "opt.yaml"
     extra.write_text("optimizer:\n  class_path: torch.optim.Adam\n  init_args: {lr: 0.1}\n")
-    with pytest.raises(SystemExit, match=r"`--optimizer` is not a cmkd option.*--model\.init_args\.lr"):
+    with pytest.raises(SystemExit, match=r"`--optimizer` is not a cmkd option.*--model\.init_args\.optimizer\.init_args\.lr"):
         main(["fit", "-c", str(DIGITS / "cmkd.yaml"), "-c", str(extra)])
 
 

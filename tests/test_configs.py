@@ -222,9 +222,17 @@ def test_config_instantiates_through_the_cli(rel, cli_env, fake_data):
     # unset weights are each loss's recommended weight (the effective values are recorded in the hparams)
     assert model.ce_weight == spec.get("ce_weight", 1.0) == model.hparams.get("ce_weight", 1.0)
     assert model.loss_weights == spec.get("loss_weights", [loss.recommended_weight for loss in model.losses])
-    for key in ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule", "lr_milestones"):
+    for key in ("optimizer", "lr_scheduler"):  # class_path and every init_arg the files give, as instantiated
         if key in spec:
-            assert model.hparams[key] == spec[key], key
+            recorded = model.hparams[key]
+            assert recorded["class_path"] == spec[key]["class_path"], key
+            assert spec[key]["init_args"].items() <= recorded["init_args"].items(), key
+    if "optimizer" in spec:  # what configure_optimizers builds from them
+        built = model.configure_optimizers()
+        optimizer, scheduler = built["optimizer"], built["lr_scheduler"]["scheduler"]
+        assert type(optimizer).__name__ == spec["optimizer"]["class_path"].rsplit(".", 1)[1]
+        assert spec["optimizer"]["init_args"].items() <= optimizer.defaults.items()
+        assert type(scheduler).__name__ == spec["lr_scheduler"]["class_path"].rsplit(".", 1)[1]
     assert cli.trainer.max_epochs == _resolved(rel)["trainer"]["max_epochs"]
 
 
@@ -243,9 +251,16 @@ def test_cifar100_configs_follow_the_recipe(rel):
     spec = _model_args(rel)
     trainer = _resolved(rel)["trainer"]
     data = _resolved(rel)["data"]["init_args"]
-    assert (trainer["max_epochs"], data["batch_size"], spec["weight_decay"]) == (240, 64, 5.0e-4)
-    assert spec["lr_milestones"] == [150, 180, 210]
-    assert spec["lr"] == (0.01 if spec["student"] in LOW_LR_STUDENTS else 0.05)
+    assert (trainer["max_epochs"], data["batch_size"]) == (240, 64)
+    lr = 0.01 if spec["student"] in LOW_LR_STUDENTS else 0.05
+    assert spec["optimizer"] == {
+        "class_path": "torch.optim.SGD",
+        "init_args": {"lr": lr, "momentum": 0.9, "weight_decay": 5.0e-4},
+    }
+    assert spec["lr_scheduler"] == {
+        "class_path": "torch.optim.lr_scheduler.MultiStepLR",
+        "init_args": {"milestones": [150, 180, 210], "gamma": 0.1},
+    }
     assert spec["teacher_checkpoint"] == f"checkpoints/{spec['teacher']}_vanilla/ckpt_epoch_240.pth"
     for entry in spec["losses"]:
         name, args = entry["class_path"].rsplit(".", 1)[1], entry["init_args"]
@@ -279,7 +294,14 @@ def test_imagenet_configs_follow_the_recipe(rel):
     trainer, spec = config["trainer"], config["model"]["init_args"]
     devices, batch = trainer["devices"], config["data"]["init_args"]["batch_size"]
     assert (trainer["strategy"], devices * batch, trainer["max_epochs"]) == ("ddp", 512, 100)
-    assert (spec["lr"], spec["weight_decay"], spec["lr_milestones"]) == (0.2, 1.0e-4, [30, 60, 90])
+    assert spec["optimizer"] == {
+        "class_path": "torch.optim.SGD",
+        "init_args": {"lr": 0.2, "momentum": 0.9, "weight_decay": 1.0e-4},
+    }
+    assert spec["lr_scheduler"] == {
+        "class_path": "torch.optim.lr_scheduler.MultiStepLR",
+        "init_args": {"milestones": [30, 60, 90], "gamma": 0.1},
+    }
     assert spec["teacher"] == {"res34_res18": "resnet34", "res50_mv1": "resnet50"}[key]
     assert re.fullmatch(rf"checkpoints/torchvision/{spec['teacher']}-[0-9a-f]{{8}}\.pth", spec["teacher_checkpoint"])
     for entry in spec["losses"]:
@@ -299,11 +321,7 @@ def test_digits_configs_share_one_recipe_and_read_the_teachers_checkpoint():
     def recipe(config: dict[str, Any]) -> tuple:
         trainer = {k: v for k, v in config["trainer"].items() if k not in ("logger", "callbacks")}
         logger = {k: v for k, v in config["trainer"]["logger"]["init_args"].items() if k != "name"}
-        optim = {
-            k: v
-            for k, v in config["model"]["init_args"].items()
-            if k in ("optimizer", "lr", "momentum", "weight_decay", "lr_schedule")
-        }
+        optim = {k: v for k, v in config["model"]["init_args"].items() if k in ("optimizer", "lr_scheduler")}
         return config["seed_everything"], trainer, logger, optim, config["data"]
 
     digits = [rel for rel in EXPERIMENTS if rel.startswith("digits/")]

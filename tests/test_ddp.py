@@ -15,6 +15,7 @@ forward passes do not depend on the batch split.
 
 from __future__ import annotations
 
+import functools
 import multiprocessing
 import os
 from pathlib import Path
@@ -96,7 +97,7 @@ def _module(loss: str) -> DistillationModule:
         losses, weights, ce_weight = [CMKDLoss(temperature=TEMPERATURE, sync_entropy_threshold=sync)], [1.0], 1.0
     return DistillationModule(
         student, teacher, losses=losses, loss_weights=weights, ce_weight=ce_weight, num_classes=NUM_CLASSES,
-        lr=0.2, momentum=0.9, weight_decay=5e-4, lr_schedule="none",
+        optimizer=functools.partial(torch.optim.SGD, lr=0.2, momentum=0.9, weight_decay=5e-4), lr_scheduler=None,
     )
 
 

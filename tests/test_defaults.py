@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import inspect
 import logging
 import warnings
@@ -17,6 +18,7 @@ from cmkd_lightning import DistillationModule, TeacherModule
 from cmkd_lightning import functional as F
 from cmkd_lightning.losses import CMKDLoss, DISTLoss, DKDLoss, KDLoss, LSKDLoss, NKDLoss
 from cmkd_lightning.losses.base import DistillationLoss
+from cmkd_lightning.schedules import StepOrCosine, WarmupCosine
 
 C = 10
 
@@ -68,66 +70,101 @@ def _lr_per_epoch(tmp_path, module, max_epochs):
 
 
 # ------------------------------------------------------------------ 1. a schedule that fits the run
-def test_explicit_multistep_with_milestones_beyond_the_run_warns_with_the_fix(tmp_path):
-    module = DistillationModule(TinyNet(), num_classes=C, lr_schedule="multistep")
+def _multistep(milestones):
+    return functools.partial(torch.optim.lr_scheduler.MultiStepLR, milestones=milestones, gamma=0.1)
+
+
+def test_multistep_with_milestones_beyond_the_run_warns_with_the_fix(tmp_path):
+    module = DistillationModule(TinyNet(), num_classes=C, lr_scheduler=_multistep([150, 180, 210]))
     with pytest.warns(
         UserWarning,
-        match=r"lr_milestones \(150, 180, 210\) are all >= max_epochs=3: the learning "
-        r"rate never decays; pass lr_schedule='cosine'",
+        match=r"MultiStepLR milestones \(150, 180, 210\) are all >= max_epochs=3: the learning "
+        r"rate never decays; use cmkd_lightning.schedules.StepOrCosine",
     ):
         lrs = _lr_per_epoch(tmp_path, module, 3)
     assert lrs == [0.05, 0.05, 0.05]
 
 
-def test_explicit_multistep_warns_about_the_milestones_it_cannot_reach(tmp_path):
-    module = DistillationModule(TinyNet(), num_classes=C, lr_schedule="multistep", lr_milestones=[1, 5])
-    with pytest.warns(UserWarning, match=r"lr_milestones \(5,\) are >= max_epochs=3 and never take effect"):
+def test_multistep_warns_about_the_milestones_it_cannot_reach(tmp_path):
+    module = DistillationModule(TinyNet(), num_classes=C, lr_scheduler=_multistep([1, 5]))
+    with pytest.warns(UserWarning, match=r"MultiStepLR milestones \(5,\) are >= max_epochs=3 and never take effect"):
         lrs = _lr_per_epoch(tmp_path, module, 3)
     assert lrs == pytest.approx([0.05, 0.005, 0.005])
 
 
-def test_auto_schedule_is_cosine_over_a_short_run_and_says_so(tmp_path, caplog):
+def test_default_schedule_is_cosine_over_a_short_run_and_says_so(tmp_path, caplog):
     module = DistillationModule(TinyNet(), num_classes=C)
-    assert module.hparams.lr_schedule == "auto"
+    assert module.hparams.lr_scheduler == {"class_path": "cmkd_lightning.schedules.StepOrCosine", "init_args": {}}
     with (
         caplog.at_level(logging.INFO, logger="lightning.pytorch.utilities.rank_zero"),
         warnings.catch_warnings(record=True) as caught,
     ):
         warnings.simplefilter("always")
         lrs = _lr_per_epoch(tmp_path, module, 4)
-    assert not [w for w in caught if "lr_milestones" in str(w.message)]  # the default does not warn
+    assert not [w for w in caught if "milestones" in str(w.message)]  # the default does not warn
     expected = [0.05 * (1 + torch.cos(torch.tensor(torch.pi * e / 4)).item()) / 2 for e in range(4)]
     assert lrs == pytest.approx(expected)
     assert "do not all fall within max_epochs=4" in caplog.text and "cosine over the 4 epochs" in caplog.text
 
 
-def test_auto_schedule_is_the_step_decay_when_the_milestones_fit(tmp_path):
-    module = DistillationModule(TinyNet(), num_classes=C, lr_milestones=[1, 2])
+def test_default_schedule_is_the_step_decay_when_the_milestones_fit(tmp_path):
+    schedule = functools.partial(StepOrCosine, milestones=[1, 2])
+    module = DistillationModule(TinyNet(), num_classes=C, lr_scheduler=schedule)
     assert _lr_per_epoch(tmp_path, module, 3) == pytest.approx([0.05, 0.005, 0.0005])
+    assert module.hparams.lr_scheduler["init_args"] == {"milestones": [1, 2]}
+
+
+def test_no_scheduler_keeps_the_learning_rate(tmp_path):
+    module = DistillationModule(TinyNet(), num_classes=C, lr_scheduler=None)
+    assert _lr_per_epoch(tmp_path, module, 3) == [0.05, 0.05, 0.05] and module.hparams.lr_scheduler is None
+
+
+def test_warmup_cosine_ramps_then_decays_over_the_trainers_epochs(tmp_path):
+    schedule = functools.partial(WarmupCosine, warmup_epochs=2, start_factor=0.1)
+    module = DistillationModule(TinyNet(), num_classes=C, lr_scheduler=schedule)
+    lrs = _lr_per_epoch(tmp_path, module, 6)  # max_epochs comes from the trainer: cosine over epochs 2..6
+    expected = [0.005, 0.0275] + [0.05 * (1 + torch.cos(torch.tensor(torch.pi * k / 4)).item()) / 2 for k in range(4)]
+    assert lrs == pytest.approx(expected)
+
+
+def test_default_optimiser_is_the_cifar_recipe_and_is_recorded(tmp_path):
+    module = DistillationModule(TinyNet(), num_classes=C)
+    assert module.hparams.optimizer == {
+        "class_path": "torch.optim.SGD",
+        "init_args": {"lr": 0.05, "momentum": 0.9, "weight_decay": 5e-4},
+    }
+    module.trainer = _trainer(tmp_path)
+    opt = module.configure_optimizers()["optimizer"]
+    group = opt.param_groups[0]
+    assert type(opt) is torch.optim.SGD and (group["lr"], group["momentum"], group["weight_decay"]) == (0.05, 0.9, 5e-4)
 
 
 @pytest.mark.parametrize(
-    ("optimizer", "weight_decay", "expected"),
+    ("optimizer", "expected"),
     [
-        ("sgd", None, (5e-4, 0.9)),
-        ("adamw", None, (1e-2, None)),
-        ("adamw", 0.05, (0.05, None)),
-        ("sgd", 0.0, (0.0, 0.9)),
+        (torch.optim.AdamW, (torch.optim.AdamW, 1e-3, 1e-2)),  # AdamW keeps its own weight decay
+        (functools.partial(torch.optim.AdamW, lr=3e-4, weight_decay=0.05), (torch.optim.AdamW, 3e-4, 0.05)),
+        ({"class_path": "torch.optim.Adam", "init_args": {"lr": 0.01}}, (torch.optim.Adam, 0.01, 0.0)),
+        (functools.partial(torch.optim.SGD, lr=0.1), (torch.optim.SGD, 0.1, 0.0)),
     ],
 )
-def test_optimiser_defaults_follow_the_optimiser(tmp_path, optimizer, weight_decay, expected):
-    module = DistillationModule(TinyNet(), num_classes=C, optimizer=optimizer, weight_decay=weight_decay)
-    assert (module.hparams.weight_decay, module.hparams.momentum) == expected
+def test_any_injected_optimiser_is_built_as_given_and_recorded(tmp_path, optimizer, expected):
+    module = DistillationModule(TinyNet(), num_classes=C, optimizer=optimizer)
     module.trainer = _trainer(tmp_path)
     opt = module.configure_optimizers()["optimizer"]
-    assert type(opt) is {"sgd": torch.optim.SGD, "adamw": torch.optim.AdamW}[optimizer]
-    assert opt.param_groups[0]["weight_decay"] == expected[0]
+    assert (type(opt), opt.param_groups[0]["lr"], opt.param_groups[0]["weight_decay"]) == expected
+    recorded = module.hparams.optimizer
+    assert recorded["class_path"].rsplit(".", 1)[1] == expected[0].__name__
+    rebuilt = DistillationModule(TinyNet(), num_classes=C, optimizer=recorded)
+    rebuilt.trainer = module.trainer
+    again = rebuilt.configure_optimizers()["optimizer"]
+    assert type(again) is type(opt) and again.defaults == opt.defaults
 
 
-def test_adamw_warns_about_sgd_arguments():
-    with pytest.warns(UserWarning, match=r"optimizer='adamw' ignores momentum=0.9, nesterov=True"):
-        module = DistillationModule(TinyNet(), num_classes=C, optimizer="adamw", momentum=0.9, nesterov=True)
-    assert module.hparams.momentum is None
+def test_an_optimiser_that_cannot_be_recorded_is_named():
+    with pytest.warns(UserWarning, match=r"`optimizer` .* is not recorded in the hyperparameters"):
+        module = DistillationModule(TinyNet(), num_classes=C, optimizer=lambda params: torch.optim.SGD(params, lr=1))
+    assert "optimizer" in module._modules_to_pass
 
 
 # ------------------------------------------------------------------ 2. recommended weights are the defaults
@@ -222,7 +259,7 @@ def test_bad_loss_configs_are_named():
 
 
 def test_python_built_module_records_losses_and_effective_weights(tmp_path):
-    module = _distil([DISTLoss(temperature=1.0), CMKDLoss(beta=3.0)], optimizer="adamw")
+    module = _distil([DISTLoss(temperature=1.0), CMKDLoss(beta=3.0)], optimizer=torch.optim.AdamW)
     logger = L.pytorch.loggers.CSVLogger(tmp_path, name="run")
     trainer = _trainer(tmp_path, logger=logger, limit_train_batches=1, limit_val_batches=1)
     trainer.fit(module, _loader(), _loader())
@@ -234,7 +271,8 @@ def test_python_built_module_records_losses_and_effective_weights(tmp_path):
         yaml.safe_load((tmp_path / "run" / "version_0" / "hparams.yaml").read_text()),
     ):
         assert hparams["losses"] == expected_losses
-        assert (hparams["loss_weights"], hparams["ce_weight"], hparams["weight_decay"]) == ([1.0, 1.0], 1.0, 1e-2)
+        assert (hparams["loss_weights"], hparams["ce_weight"]) == ([1.0, 1.0], 1.0)
+        assert hparams["optimizer"] == {"class_path": "torch.optim.AdamW", "init_args": {}}
         assert "student" not in hparams and "teacher" not in hparams
 
 
@@ -261,14 +299,19 @@ def test_python_built_checkpoint_says_which_modules_to_pass_and_reloads_its_loss
 
 # ------------------------------------------------------------------ 4. training a teacher
 def test_teacher_module_trains_a_teacher_that_distillation_reads(tmp_path):
-    teacher = TeacherModule(TinyNet(hidden=8, seed=3), num_classes=C, lr_schedule="cosine")
+    cosine = functools.partial(torch.optim.lr_scheduler.CosineAnnealingLR, T_max=4)
+    teacher = TeacherModule(TinyNet(hidden=8, seed=3), num_classes=C, lr_scheduler=cosine)
     assert teacher.model is teacher.student and teacher.teacher is None and len(teacher.losses) == 0
     trainer = _trainer(tmp_path, limit_train_batches=2)
     trainer.fit(teacher, _loader())
     path = tmp_path / "teacher.ckpt"
     trainer.save_checkpoint(path)
     hparams = torch.load(path, weights_only=True)["hyper_parameters"]
-    assert "student" not in hparams and hparams["weight_decay"] == 5e-4 and hparams["lr_schedule"] == "cosine"
+    assert "student" not in hparams and hparams["optimizer"]["init_args"]["weight_decay"] == 5e-4
+    assert hparams["lr_scheduler"] == {
+        "class_path": "torch.optim.lr_scheduler.CosineAnnealingLR",
+        "init_args": {"T_max": 4},
+    }
     student = DistillationModule(
         TinyNet(seed=1), teacher=TinyNet(hidden=8, seed=4), losses=[KDLoss()], teacher_checkpoint=str(path)
     )
@@ -281,14 +324,16 @@ def test_teacher_module_trains_a_teacher_that_distillation_reads(tmp_path):
 
 
 def test_teacher_module_zoo_name_reloads_without_arguments(tmp_path):
-    teacher = TeacherModule("resnet8", num_classes=C, optimizer="adamw")
-    assert dict(teacher.hparams)["model"] == "resnet8" and teacher.hparams.weight_decay == 1e-2
+    teacher = TeacherModule("resnet8", num_classes=C, optimizer=torch.optim.AdamW)
+    assert dict(teacher.hparams)["model"] == "resnet8"
     path = tmp_path / "t.ckpt"
     trainer = _trainer(tmp_path, max_steps=0)
     trainer.strategy.connect(teacher)
     trainer.save_checkpoint(path)
     restored = TeacherModule.load_from_checkpoint(path)
-    assert type(restored.model) is type(teacher.model) and restored.hparams.optimizer == "adamw"
+    assert type(restored.model) is type(teacher.model) and restored.hparams.optimizer == teacher.hparams.optimizer
+    restored.trainer = trainer
+    assert type(restored.configure_optimizers()["optimizer"]) is torch.optim.AdamW
 
 
 def test_teacher_module_shares_the_defaults_of_distillation_module():
@@ -307,14 +352,14 @@ def test_teacher_config_through_the_cli(tmp_path):
 
     printed = yaml.safe_load(_cmkd(["fit", "-c", str(DIGITS / "teacher.yaml"), "--print_config"], tmp_path).stdout)
     assert printed["model"]["class_path"] == "cmkd_lightning.TeacherModule"
-    assert {"model", "optimizer", "lr", "momentum", "weight_decay", "lr_schedule"} <= set(printed["model"]["init_args"])
+    assert {"model", "optimizer", "lr_scheduler"} <= set(printed["model"]["init_args"])
     assert printed["model"]["init_args"]["model"] == "digits_teacher"
     _cmkd(
         ["fit", "-c", str(DIGITS / "teacher.yaml"), *SMALL_DATA, *SHORT_FIT, *QUIET, "--trainer.logger=false"], tmp_path
     )
     path = tmp_path / "runs" / "digits-teacher" / "teacher.ckpt"
     hparams = torch.load(path, weights_only=True)["hyper_parameters"]
-    assert (hparams["model"], hparams["_class_path"], hparams["weight_decay"]) == (
+    assert (hparams["model"], hparams["_class_path"], hparams["optimizer"]["init_args"]["weight_decay"]) == (
         "digits_teacher",
         "cmkd_lightning.TeacherModule",
         5e-4,

@@ -35,6 +35,71 @@ def test_subclass_trains_its_projection_head(tmp_path, monkeypatch):
     assert not optimised & {id(p) for p in module.teacher.parameters()}
 
 
+def _logged_keys_and_total(module, data) -> tuple[set[str], dict[str, float]]:
+    import lightning as L
+
+    trainer = L.Trainer(
+        accelerator="cpu", max_epochs=1, logger=False, enable_checkpointing=False, enable_model_summary=False,
+        enable_progress_bar=False, num_sanity_val_steps=0, limit_train_batches=2, limit_val_batches=1,
+        limit_test_batches=1,
+    )  # fmt: skip
+    trainer.fit(module, data)
+    keys = set(trainer.logged_metrics)
+    tested = trainer.test(module, data, verbose=False)[0]
+    return keys | set(tested), {**{k: float(v) for k, v in trainer.logged_metrics.items()}, **tested}
+
+
+def test_a_subclass_on_the_hook_keeps_every_key_the_parent_logs(tmp_path, monkeypatch):
+    import torch
+
+    from cmkd_lightning import DistillationModule
+    from cmkd_lightning.losses import CMKDLoss
+    from datamodules import ComposedDigitsDataModule
+
+    monkeypatch.chdir(tmp_path)
+    cls = runpy.run_path(str(ROOT / "examples" / "subclass_script.py"))["HintDistillationModule"]
+    data = ComposedDigitsDataModule(train_size=256, val_size=128, test_size=128, batch_size=64)
+    teacher = DistillationModule("digits_teacher", num_classes=data.num_classes).student
+    torch.manual_seed(0)
+    parent_keys, _ = _logged_keys_and_total(
+        DistillationModule("digits_student", teacher=teacher, losses=[CMKDLoss()], num_classes=data.num_classes), data
+    )
+    torch.manual_seed(0)
+    child = cls("digits_student", teacher=teacher, losses=[CMKDLoss()], num_classes=data.num_classes, hint_weight=2.0)
+    child_keys, child_logged = _logged_keys_and_total(child, data)
+    assert {"train/loss", "train/acc_top1", "val/acc_top1", "train/cmkd/loss", "test/loss"} <= parent_keys
+    assert parent_keys <= child_keys  # nothing the parent logs is lost
+    assert {"train/hint", "val/hint", "test/hint"} <= child_keys - parent_keys
+    # the hint is part of the loss it optimises: test/loss = test/ce + test/cmkd/loss + test/hint (epoch means)
+    parts = child_logged["test/ce"] + child_logged["test/cmkd/loss"] + child_logged["test/hint"]
+    assert child_logged["test/loss"] == pytest.approx(parts, rel=1e-5)
+    assert child_logged["test/hint"] > 0
+
+
+def test_extra_losses_are_guarded_and_checked():
+    import torch
+
+    from cmkd_lightning import DistillationModule
+
+    class Broken(DistillationModule):
+        def __init__(self, value, key="extra", **kwargs):
+            super().__init__(**kwargs)
+            self.value, self.key = value, key
+
+        def extra_losses(self, batch, student_logits, teacher_logits, features):
+            return {self.key: self.value}
+
+    x, y = torch.randn(4, 3), torch.tensor([0, 1, 0, 1])
+    with pytest.raises(FloatingPointError, match=r"train/extra is NaN/Inf"):
+        Broken(torch.tensor(float("nan")), student=torch.nn.Linear(3, 2), num_classes=2)._shared_step((x, y), "train")
+    with pytest.raises(ValueError, match=r"keys of `Broken.extra_losses` to differ .* but got 'ce'"):
+        Broken(torch.tensor(1.0), key="ce", student=torch.nn.Linear(3, 2), num_classes=2)._shared_step((x, y), "train")
+    with pytest.raises(ValueError, match=r"to be a scalar tensor, but got \(4,\)"):
+        Broken(torch.ones(4), student=torch.nn.Linear(3, 2), num_classes=2)._shared_step((x, y), "train")
+    terms = Broken(torch.tensor(0.5), student=torch.nn.Linear(3, 2), num_classes=2)._shared_step((x, y), "train")
+    assert terms["loss"].item() == pytest.approx(terms["ce"].item() + 0.5)
+
+
 @pytest.mark.slow
 def test_quickstart_command_writes_table_files_and_chart(tmp_path):
     out = tmp_path / "qs"

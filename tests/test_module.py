@@ -163,7 +163,8 @@ def test_losses_run_in_float32_under_bf16_autocast():
             r"Expected `loss_weights` to have one weight per loss \(1\), but got 2",
         ),
         ({"ce_weight": -1.0}, ValueError, r"Expected `ce_weight` to be a finite number >= 0, but got -1.0"),
-        ({"optimizer": "lamb"}, ValueError, r"Expected `optimizer` to be one of \('sgd', 'adamw'\), but got 'lamb'"),
+        ({"optimizer": "lamb"}, TypeError, r"Expected `optimizer` to be a callable .*, but got str"),
+        ({"lr_scheduler": {"init_args": {}}}, ValueError, r"Expected `lr_scheduler` to be a callable or a config"),
         (
             {"num_classes": 7},
             ValueError,
@@ -333,8 +334,8 @@ def test_zoo_names_are_hyperparameters_and_reload_without_arguments(tmp_path):
 
 def _fit_resumable(tmp_path, max_epochs, ckpt_path=None):
     L.seed_everything(123)
-    # constant lr: "auto" would give each run a cosine over its own max_epochs (2 for the part run, 4 for the full)
-    module = _module(losses=[KDLoss(), CMKDLoss()], lr_schedule="none")
+    # constant lr: the default would give each run a cosine over its own max_epochs (2 for the part, 4 for the full)
+    module = _module(losses=[KDLoss(), CMKDLoss()], lr_scheduler=None)
     ckpt = ModelCheckpoint(dirpath=tmp_path, save_top_k=-1, every_n_epochs=1, filename="{epoch}")
     trainer = _trainer(tmp_path, max_epochs=max_epochs, enable_checkpointing=True, callbacks=[ckpt])
     g = torch.Generator().manual_seed(0)

@@ -83,7 +83,7 @@ class _Probe(DistillationModule):
 def test_bf16_mixed_trains_on_composed_digits() -> None:
     module = _Probe(
         digits_student(), digits_teacher(), losses=[KDLoss(), DKDLoss(warmup_epochs=0), CMKDLoss()],
-        loss_weights=[0.5, 0.5, 1.0], lr_schedule="none",
+        loss_weights=[0.5, 0.5, 1.0], lr_scheduler=None,
     )
     before = _params(module.student)
     teacher_before = _params(module.teacher)
@@ -169,11 +169,11 @@ def test_channels_last_converts_both_networks_and_matches_contiguous() -> None:
     torch.manual_seed(0)
     student, teacher = digits_student(), digits_teacher()
     plain = DistillationModule(
-        digits_student(), digits_teacher(), losses=[CMKDLoss()], lr_schedule="none", channels_last=False
+        digits_student(), digits_teacher(), losses=[CMKDLoss()], lr_scheduler=None, channels_last=False
     )
     plain.student.load_state_dict(student.state_dict())
     plain.teacher.load_state_dict(teacher.state_dict())
-    module = DistillationModule(student, teacher, losses=[CMKDLoss()], lr_schedule="none", channels_last=True)
+    module = DistillationModule(student, teacher, losses=[CMKDLoss()], lr_scheduler=None, channels_last=True)
 
     conv_weights = [p for net in (module.student, module.teacher) for p in net.parameters() if p.ndim == 4]
     assert conv_weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights)
@@ -210,10 +210,10 @@ def test_compile_trains_and_keeps_state_dict_keys() -> None:
     """``compile=True`` on CPU (inductor, needs a C compiler): ~35 s cold, ~5 s with a warm inductor cache."""
     torch.manual_seed(0)
     student, teacher = digits_student(), digits_teacher()
-    eager = DistillationModule(digits_student(), digits_teacher(), losses=[KDLoss()], lr_schedule="none")
+    eager = DistillationModule(digits_student(), digits_teacher(), losses=[KDLoss()], lr_scheduler=None)
     eager.student.load_state_dict(student.state_dict())
     eager.teacher.load_state_dict(teacher.state_dict())
-    module = DistillationModule(student, teacher, losses=[KDLoss()], lr_schedule="none", compile=True)
+    module = DistillationModule(student, teacher, losses=[KDLoss()], lr_scheduler=None, compile=True)
     assert module.state_dict().keys() == eager.state_dict().keys()  # compiled in place: no `_orig_mod.` prefix
 
     dm = _digits(batch_size=32)

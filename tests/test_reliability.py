@@ -146,7 +146,7 @@ def test_a_save_that_does_not_produce_its_file_is_an_error(tmp_path, monkeypatch
 def test_a_diverged_run_never_saves_non_finite_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
-        main(["fit", "-c", str(DIGITS / "ce.yaml"), *SMALL, *CSV, "--trainer.max_epochs=2", "--model.init_args.lr=1e4"])
+        main(["fit", "-c", str(DIGITS / "ce.yaml"), *SMALL, *CSV, "--trainer.max_epochs=2", "--model.init_args.optimizer.init_args.lr=1e4"])
     assert info.value.code not in (0, None)
     err = capsys.readouterr().err
     assert "non-finite" in err or "NaN" in err or "inf" in err, err[-2000:]

@@ -184,8 +184,8 @@ def _fit(data_dir, cache, loss, use_cache: bool, round_live: bool = False, steps
     calls = []
     teacher.register_forward_hook(lambda m, i, out: calls.append(1) or (out.half().float() if round_live else out))
     module = DistillationModule(
-        student=tiny_net(1).train(), teacher=teacher, losses=[loss], num_classes=100, lr=0.05,
-        lr_schedule="none", teacher_cache=cache if use_cache else None,
+        student=tiny_net(1).train(), teacher=teacher, losses=[loss], num_classes=100,
+        lr_scheduler=None, teacher_cache=cache if use_cache else None,
     )  # fmt: skip
     trainer = L.Trainer(
         max_steps=steps, accelerator="cpu", logger=False, enable_checkpointing=False, enable_progress_bar=False,

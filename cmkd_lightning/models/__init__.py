@@ -4,7 +4,7 @@ Build models with :func:`create_model` (names from :func:`list_models`), reach p
 :func:`extract_features`, load community checkpoints with :func:`cmkd_lightning.checkpoint.load_weights`.
 """
 
-from cmkd_lightning.models._factory import MODELS, create_model, list_models, resolve_model_name
+from cmkd_lightning.models._factory import MODELS, create_model, freeze, list_models, resolve_model_name
 from cmkd_lightning.models._features import extract_features, get_classifier
 from cmkd_lightning.models.mobilenetv1 import MobileNetV1
 from cmkd_lightning.models.mobilenetv2 import MobileNetV2Cifar
@@ -27,6 +27,7 @@ __all__ = [
     "WideResNet",
     "create_model",
     "extract_features",
+    "freeze",
     "get_classifier",
     "list_models",
     "resolve_model_name",

@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import inspect
+import os
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from torch import nn
 
@@ -29,7 +30,7 @@ from cmkd_lightning.models.shufflenetv2 import shufflenetv2
 from cmkd_lightning.models.vgg import vgg8, vgg11, vgg13, vgg16, vgg19
 from cmkd_lightning.models.wrn import wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2
 
-__all__ = ["MODELS", "create_model", "list_models", "resolve_model_name"]
+__all__ = ["MODELS", "create_model", "freeze", "list_models", "resolve_model_name"]
 
 # The registry. CIFAR names are RepDistiller's (its checkpoint folders are `<name>_vanilla/`); ImageNet ResNets
 # use torchvision's names. Every constructor takes `num_classes` as a keyword.
@@ -131,8 +132,14 @@ def resolve_model_name(name: str) -> str:
     raise ValueError(f"Expected `name` to be one of {list_models()} (case-insensitive), but got {name!r}.")
 
 
-def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
-    """Build a model of the zoo by name.
+def create_model(
+    name: str,
+    num_classes: int = 100,
+    checkpoint_path: str | os.PathLike[str] | None = None,
+    part: Literal["student", "teacher"] | None = None,
+    **kwargs: Any,
+) -> nn.Module:
+    """Build a model of the zoo by name, optionally with the weights of a checkpoint file.
 
     CIFAR models expect 32×32 inputs and keep the state_dict layout of RepDistiller / mdistiller, so the
     community's ``<name>_vanilla/ckpt_epoch_240.pth`` teachers load with
@@ -143,11 +150,14 @@ def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
     Args:
         name: a name from :func:`list_models` (see :func:`resolve_model_name` for accepted spellings).
         num_classes: number of output classes, an int >= 2.
+        checkpoint_path: weights to load strictly (the formats of :func:`cmkd_lightning.checkpoint.load_weights`:
+            RepDistiller ``{'model': ...}``, Lightning checkpoints, plain state_dicts).
+        part: ``"student"`` or ``"teacher"``, for a distillation checkpoint that holds both.
         **kwargs: extra constructor arguments; the torchvision ResNets accept ``pretrained: bool`` (torchvision's
             ``IMAGENET1K_V1`` weights) and ``weights: str`` (e.g. ``"IMAGENET1K_V2"``). No weights by default.
 
     Returns:
-        The freshly initialised (or torchvision-pretrained) model.
+        The freshly initialised (or torchvision-pretrained, or checkpoint-loaded) model.
 
     Raises:
         TypeError: if ``num_classes`` is not an int or a keyword argument is not accepted by the model.
@@ -171,4 +181,24 @@ def create_model(name: str, num_classes: int = 100, **kwargs: Any) -> nn.Module:
         raise TypeError(
             f"Expected keyword arguments of model {registered!r} to be among {accepted}, but got {unknown}."
         )
-    return constructor(num_classes=num_classes, **kwargs)
+    model = constructor(num_classes=num_classes, **kwargs)
+    if checkpoint_path is not None:
+        from cmkd_lightning.checkpoint import load_weights
+
+        load_weights(model, checkpoint_path, part=part)
+    elif part is not None:
+        raise ValueError(f"Expected a `checkpoint_path` to read part={part!r} from, but got None.")
+    return model
+
+
+def freeze(model: nn.Module) -> nn.Module:
+    """Freeze ``model`` in place for use as a teacher: no parameter requires grad, eval mode; returns it.
+
+    Example:
+        >>> teacher = freeze(create_model("resnet8", num_classes=10))
+        >>> teacher.training, any(p.requires_grad for p in teacher.parameters())
+        (False, False)
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
+    return model.requires_grad_(False).eval()

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import csv
+import functools
 import io
 import re
 
 import lightning as L
 import pytest
+import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger
 
@@ -49,7 +51,12 @@ def test_fit_summary_matches_the_logged_epochs(tmp_path):
     stream = io.StringIO()
     summary = RunSummary(stream=stream)
     module = DistillationModule(
-        "digits_student", teacher="digits_teacher", losses=[CMKDLoss()], num_classes=100, lr=0.1, lr_schedule="none"
+        "digits_student",
+        teacher="digits_teacher",
+        losses=[CMKDLoss()],
+        num_classes=100,
+        optimizer=functools.partial(torch.optim.SGD, lr=0.1, momentum=0.9, weight_decay=5e-4),
+        lr_scheduler=None,
     )
     trainer = _trainer(tmp_path, summary)
     trainer.fit(module, _data())
@@ -89,7 +96,7 @@ def test_validate_and_test_summaries(tmp_path):
     L.seed_everything(0)
     stream = io.StringIO()
     summary = RunSummary(stream=stream, epoch_lines=False)
-    module = DistillationModule("digits_student", num_classes=100, lr_schedule="none")
+    module = DistillationModule("digits_student", num_classes=100, lr_scheduler=None)
     trainer = _trainer(tmp_path, summary, epochs=1)
     data = _data()
     trainer.fit(module, data)
