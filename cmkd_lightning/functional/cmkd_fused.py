@@ -238,7 +238,7 @@ class _CMKDStudent(torch.autograd.Function):
             h = zs
         # Pearson of the probabilities (Eq. 12)
         p = torch.softmax(h / temperature, dim=1)
-        pc = p - 1.0 / c  # the mean of a probability row
+        pc = p - p.mean(1, keepdim=True)  # not 1 / C: a constant row's rounding must match the general path's
         num_p = torch.linalg.vecdot(pc, teacher.probs_centred)
         norm_p = torch.linalg.vector_norm(pc, dim=1)
         den_p = norm_p * teacher.probs_norm + _PEARSON_EPS
@@ -249,7 +249,7 @@ class _CMKDStudent(torch.autograd.Function):
             # soft-rank Pearson against the teacher's exact ranks (Eq. 13)
             blocks = _Blocks(h * (1.0 / rank_strength), solver)
             rs = blocks.ranks
-            rc = rs - (c + 1) / 2  # soft ranks sum to C (C + 1) / 2, as exact ranks do
+            rc = rs - rs.mean(1, keepdim=True)  # not (C + 1) / 2: a tied row must give exactly 0, as in general
             num_s = torch.linalg.vecdot(rc, teacher.ranks_centred)
             norm_s = torch.linalg.vector_norm(rc, dim=1)
             den_s = norm_s * teacher.ranks_norm + _PEARSON_EPS
