@@ -435,7 +435,7 @@ def compare(
     rows: list[dict[str, Any]] = []
     cache_path = out / "runs.jsonl"
     setting = {"num_digits": num_digits, "train_size": train_size, "eval_size": eval_size, "epochs": epochs}
-    setting["teacher"] = str(teacher_checkpoint) if teacher_checkpoint is not None else f"{teacher_epochs}ep"
+    setting["teacher"] = str(Path(teacher_checkpoint).resolve()) if teacher_checkpoint else f"{teacher_epochs}ep"
     for seed in seeds:
         for method in resolved:
             key = _run_key(method, seed, setting)
@@ -489,6 +489,68 @@ def compare(
     return result
 
 
+def summarize_recorded(
+    out: str | Path,
+    methods: Sequence[str],
+    seeds: Sequence[int] | None = None,
+    reference: str | None = None,
+    verbose: bool = True,
+) -> dict[str, Any]:
+    """Tables, ``final.{json,csv,md,png}`` from the runs recorded in ``<out>/runs.jsonl``, without training.
+
+    For comparisons filled by several processes (or over several sessions): every recorded run of the named
+    ``methods`` (and ``seeds``, default all) is used; the latest record of a (method, seed) wins. All of them
+    must share the data, epochs and teacher, or this raises ``ValueError``.
+    """
+    out = Path(out)
+    path = out / "runs.jsonl"
+    if not path.is_file():
+        raise FileNotFoundError(f"Expected recorded runs in {path}, but it does not exist.")
+    chosen: dict[tuple[str, int], tuple[dict[str, Any], dict[str, Any]]] = {}
+    for line in path.read_text().splitlines():
+        if not line.strip():
+            continue
+        entry = json.loads(line)
+        key, row = json.loads(entry["key"]), entry["row"]
+        if row["method"] in methods and (seeds is None or row["seed"] in seeds):
+            chosen[(row["method"], row["seed"])] = (key, row)
+    if not chosen:
+        raise ValueError(f"Expected recorded runs of {list(methods)} in {path}, but found none.")
+    settings = set()
+    for key, _ in chosen.values():
+        shared = {k: v for k, v in key.items() if k not in ("method", "seed", "fp")}
+        shared["teacher"] = Path(shared.get("teacher", "")).name  # same file, relative or absolute path
+        settings.add(json.dumps(shared, sort_keys=True))
+    if len(settings) != 1:
+        raise ValueError(f"Expected the recorded runs to share data, epochs and teacher, but found {sorted(settings)}.")
+    setting = json.loads(settings.pop())
+    names = [m for m in methods if any(k[0] == m for k in chosen)]
+    reference = names[-1] if reference is None else reference
+    rows = [chosen[k][1] for k in sorted(chosen, key=lambda k: (k[1], names.index(k[0])))]
+    summary = summarize(rows, names, reference)
+    n_seeds = len({r["seed"] for r in rows})
+    title = (
+        f"Composed digits x{setting['num_digits']} ({10 ** setting['num_digits']} classes), {setting['train_size']} "
+        f"train images, {setting['epochs']} epochs, {n_seeds} paired seeds"
+    )
+    teacher = None
+    if (out / "results.json").is_file():
+        teacher = json.loads((out / "results.json").read_text()).get("teacher")
+    tables = format_tables(summary, teacher, title)
+    result = {"config": setting, "teacher": teacher, "runs": rows, "summary": summary}
+    (out / "final.json").write_text(json.dumps(result, indent=2))
+    with (out / "final.csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    (out / "final.md").write_text(tables)
+    plot(rows, summary, out / "final.png", title, teacher["top1"] if teacher else None)
+    if verbose:
+        print(tables)
+        print(f"Wrote {out}/final.{{json,csv,md,png}}.")
+    return result
+
+
 def _parse(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="cmkd-compare", description=__doc__.splitlines()[0])
     p.add_argument("--methods", nargs="+", default=["ce", "kd", "kd_ce1", "dist", "cmkd"], help="names or configs")
@@ -503,6 +565,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", default="runs/compare")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-reuse", action="store_true", help="retrain runs already recorded in <out>/runs.jsonl")
+    p.add_argument(
+        "--summarize-only",
+        action="store_true",
+        help="train nothing: tables and final.{json,csv,md,png} from the runs recorded in <out>/runs.jsonl",
+    )
     args = p.parse_args(argv)
     for name in ("epochs", "teacher_epochs", "train_size", "eval_size", "threads"):
         if getattr(args, name) < 1:
@@ -513,6 +580,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (returns None, so the process exits 0 after success)."""
     a = _parse(argv)
+    if a.summarize_only:
+        summarize_recorded(a.out, a.methods, a.seeds, a.reference)
+        return
     compare(
         a.methods,
         a.seeds,

@@ -113,3 +113,28 @@ def test_command_trains_paired_runs_and_writes_tables(tmp_path, capsys):
     )
     assert again["teacher"] == result["teacher"]
     assert again["runs"][0]["top1"] == result["runs"][0]["top1"]
+
+
+def _record(path, method, seed, top1, **setting):
+    key = {"method": method, "seed": seed, "fp": "x", "num_digits": 1, "train_size": 8, "eval_size": 4, "epochs": 1}
+    key.update({"teacher": "runs/t.pt", **setting})
+    row = {"method": method, "seed": seed, "top1": top1, "top5": 100.0, "agreement": top1, "spearman": 0.5}
+    with path.open("a") as f:
+        f.write(json.dumps({"key": json.dumps(key), "row": row}) + "\n")
+
+
+def test_summarize_only_uses_every_recorded_run_and_refuses_mixed_settings(tmp_path, capsys):
+    runs = tmp_path / "runs.jsonl"
+    for seed, (a, b) in enumerate([(50.0, 52.0), (60.0, 61.0), (55.0, 55.5)]):
+        _record(runs, "kd", seed, a)
+        _record(runs, "cmkd", seed, b, teacher=str(tmp_path / "runs" / "t.pt"))  # same teacher file, absolute path
+    _record(runs, "kd", 0, 51.0)  # a later record of the same run wins
+    main(["--summarize-only", "--out", str(tmp_path), "--methods", "kd", "cmkd", "--seeds", "0", "1", "2"])
+    result = json.loads((tmp_path / "final.json").read_text())
+    d = result["summary"]["paired"]["kd"]["top1"]
+    assert d["diffs"] == pytest.approx([51.0 - 52.0, 60.0 - 61.0, 55.0 - 55.5])
+    assert "Paired differences (method − cmkd)" in capsys.readouterr().out
+    assert (tmp_path / "final.png").stat().st_size > 0
+    _record(runs, "kd", 3, 50.0, epochs=2)
+    with pytest.raises(ValueError, match="share data, epochs and teacher"):
+        main(["--summarize-only", "--out", str(tmp_path), "--methods", "kd", "cmkd"])
