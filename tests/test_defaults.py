@@ -370,3 +370,34 @@ def test_teacher_config_through_the_cli(tmp_path):
     )
     for key, value in restored.model.state_dict().items():
         assert torch.equal(student.teacher.state_dict()[key], value), key
+
+
+@pytest.mark.slow  # a whole `cmkd fit` (2 short epochs)
+def test_any_torch_optimiser_and_warmup_cosine_train_from_yaml(tmp_path, monkeypatch):
+    """``optimizer: torch.optim.Adam`` and a warm-up + cosine schedule, as YAML entries, through ``cmkd fit``."""
+    from cmkd_lightning.cli import main
+    from tests.test_cli import DIGITS, QUIET, SMALL_DATA
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "disabled")
+    extra = tmp_path / "adam.yaml"
+    extra.write_text(
+        "model:\n  init_args:\n"
+        "    optimizer:\n      class_path: torch.optim.Adam\n      init_args: {lr: 0.002}\n"
+        "    lr_scheduler:\n      class_path: cmkd_lightning.schedules.WarmupCosine\n"
+        "      init_args: {warmup_epochs: 1, start_factor: 0.1}\n"
+    )
+    main(  # the CLI checkpoints every run with save_last
+        ["fit", "-c", str(DIGITS / "ce.yaml"), "-c", str(extra), *SMALL_DATA, *QUIET, "--trainer.max_epochs=2",
+         "--trainer.limit_train_batches=2", "--trainer.limit_val_batches=1", "--trainer.logger=false",
+         f"--trainer.default_root_dir={tmp_path}"]
+    )  # fmt: skip
+    (last,) = tmp_path.rglob("last.ckpt")
+    state = torch.load(last, weights_only=False)
+    group = state["optimizer_states"][0]["param_groups"][0]
+    assert "betas" in group and "momentum" not in group  # Adam's state, not SGD's
+    assert state["hyper_parameters"]["optimizer"]["class_path"] == "torch.optim.Adam"
+    (scheduler,) = state["lr_schedulers"]
+    # the run's length came from the trainer; epoch 0 warmed up at 0.1 x, epoch 1 started the cosine at 1 x
+    assert (scheduler["max_epochs"], scheduler["last_epoch"], scheduler["base_lrs"]) == (2, 2, [0.002])
+    assert scheduler["_last_lr"] == [pytest.approx(0.0)]
