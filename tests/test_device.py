@@ -29,7 +29,7 @@ LOSSES = {
     "kd": lambda: KDLoss(),
     "dkd_warmup": lambda: DKDLoss(warmup_epochs=4),  # epoch 0: factor 0.25 < 1, logged as train/dkd/warmup
     "dist": lambda: DISTLoss(),
-    "ls_kd": lambda: LSKDLoss(),
+    "lskd": lambda: LSKDLoss(),
     "nkd": lambda: NKDLoss(),
     "kd_ls": lambda: KDLoss(temperature=2.0, logit_standardization=True),
     "dkd_ls": lambda: DKDLoss(alpha=9.0, beta=72.0, temperature=2.0, logit_standardization=True),
@@ -88,7 +88,7 @@ def test_every_loss_together_reads_nothing(device, monkeypatch):
     with _no_sync(device):
         out = module.compute_losses(zs, zt, y)
         out["loss"].backward()
-    assert {"cmkd/pearson", "cmkd/spearman", "cmkd/hard_fraction", "dkd/warmup"} <= set(out)
+    assert {"cmkd/pearson_loss", "cmkd/spearman_loss", "cmkd/hard_fraction", "dkd/warmup"} <= set(out)
     assert all(v.device.type == device for v in out.values())
 
 

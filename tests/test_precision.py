@@ -31,7 +31,7 @@ LOSSES: dict[str, Callable[[], DistillationLoss]] = {
     "kd": lambda: KDLoss(temperature=4.0),
     "dkd": lambda: DKDLoss(warmup_epochs=0),
     "dist": lambda: DISTLoss(),
-    "ls_kd": lambda: LSKDLoss(),
+    "lskd": lambda: LSKDLoss(),
     "nkd": lambda: NKDLoss(),
     "cmkd_torch": lambda: CMKDLoss(rank_backend="torch"),
     "cmkd_torchsort": lambda: CMKDLoss(rank_backend="torchsort"),

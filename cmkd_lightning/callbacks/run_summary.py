@@ -36,8 +36,9 @@ class RunSummary(Callback):
     r"""At the end of ``fit``, ``validate`` and ``test``, print a short table and the paths of the run's files.
 
     After ``fit``: best and last validation Top-1 / Top-5 (the best epoch is the one with the highest
-    ``val/acc_top1``), the teacher's validation Top-1, the last epoch's loss components (every ``train/*`` and
-    ``val/*`` metric that is not an accuracy), the wall time, the checkpoint paths of every
+    ``val/acc_top1``), the teacher's validation Top-1, the last epoch's losses (every ``train/*`` and ``val/*``
+    key ending in ``loss``, and ``ce``) and diagnostics (the other non-accuracy keys, e.g. ``cmkd/hard_fraction``;
+    ``docs/METRICS.md`` lists them), the wall time, the checkpoint paths of every
     :class:`~lightning.pytorch.callbacks.ModelCheckpoint`, the saved config (from a save-config callback with a
     ``saved_path`` attribute, as ``cmkd``'s) and each logger's run directory, with the ``wandb sync`` command for
     an offline W&B run. After ``validate`` / ``test``: that stage's accuracies and losses, wall time and paths.
@@ -146,15 +147,22 @@ class RunSummary(Callback):
             ):
                 if key in metrics:
                     rows.append((f"{metric_stage} {label}", f"{100 * metrics[key]:.2f}"))
-        losses = sorted(
+        keys = sorted(
             {k for k in (*train, *metrics) if k not in _SKIP_KEYS and not k.startswith(_ACCURACY_KEYS)},
             key=lambda k: (k != "loss", k),
         )
-        if losses:
-            summary["losses"] = {k: {"train": train.get(k), metric_stage: metrics.get(k)} for k in losses}
-            header = ("losses, last epoch", "train", metric_stage) if stage == "fit" else ("losses", metric_stage)
+        # Loss values (docs/METRICS.md: keys ending in `loss`, and the cross-entropy) apart from diagnostics.
+        groups = {
+            "losses": [k for k in keys if k.endswith("loss") or k == "ce"],
+            "diagnostics": [k for k in keys if not (k.endswith("loss") or k == "ce")],
+        }
+        for group, members in groups.items():
+            if not members:
+                continue
+            summary[group] = {k: {"train": train.get(k), metric_stage: metrics.get(k)} for k in members}
+            header = (f"{group}, last epoch", "train", metric_stage) if stage == "fit" else (group, metric_stage)
             rows.append(header)
-            for key in losses:
+            for key in members:
                 values = ([train.get(key)] if stage == "fit" else []) + [metrics.get(key)]
                 rows.append((f"  {key}", *("-" if v is None else f"{v:.4f}" for v in values)))
         if rows:

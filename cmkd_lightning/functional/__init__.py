@@ -8,11 +8,13 @@ from cmkd_lightning.functional.cmkd import (
     default_regularization_strength,
     teacher_stats,
 )
+from cmkd_lightning.functional.cmkd_fused import cmkd_fused_terms, fast_teacher_stats
 from cmkd_lightning.functional.correlation import pearson_corr, spearman_corr
 from cmkd_lightning.functional.dist import dist_loss, dist_terms
 from cmkd_lightning.functional.dkd import dkd_loss, dkd_terms
 from cmkd_lightning.functional.kd import kd_loss
-from cmkd_lightning.functional.ls_kd import ls_kd_loss
+from cmkd_lightning.functional.lskd import ls_kd_loss as ls_kd_loss  # deprecated alias of lskd_loss
+from cmkd_lightning.functional.lskd import lskd_loss
 from cmkd_lightning.functional.nkd import nkd_loss, nkd_terms
 from cmkd_lightning.functional.rank import rank
 from cmkd_lightning.functional.soft_rank import soft_rank
@@ -21,6 +23,7 @@ from cmkd_lightning.functional.zscore import zscore
 __all__ = [
     "CMKDTerms",
     "TeacherStats",
+    "cmkd_fused_terms",
     "cmkd_loss",
     "cmkd_terms",
     "default_regularization_strength",
@@ -28,8 +31,9 @@ __all__ = [
     "dist_terms",
     "dkd_loss",
     "dkd_terms",
+    "fast_teacher_stats",
     "kd_loss",
-    "ls_kd_loss",
+    "lskd_loss",
     "nkd_loss",
     "nkd_terms",
     "pearson_corr",

@@ -81,7 +81,17 @@ def dist_terms(
     eps: float = 1e-8,
     validate_args: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """The unweighted ``(L_inter, L_intra)`` of :func:`dist_loss`, without the ``tau^2`` factor."""
+    """``(L_inter, L_intra)`` of :func:`dist_loss`: two scalars, before ``beta``/``gamma`` and before ``tau^2``.
+
+    ``dist_loss = tau^2 * (beta * L_inter + gamma * L_intra)``. Arguments as in :func:`dist_loss`. Unweighted and
+    without the temperature factor like every ``*_terms`` function, but scalars rather than per-sample values:
+    ``L_intra`` is a statistic of the batch's columns, so neither term has a per-sample form (``docs/DESIGN.md``).
+
+    Example:
+        >>> z = torch.tensor([[1.0, 2.0, 3.0], [3.0, 1.0, 2.0]])
+        >>> [round(float(t), 4) for t in dist_terms(z, z)]
+        [0.0, 0.0]
+    """
     check_pair(student_logits, teacher_logits, validate_args)
     if validate_args:
         check_positive(temperature, "temperature")

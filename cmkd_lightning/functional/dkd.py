@@ -91,7 +91,7 @@ def dkd_loss(
         eps=eps,
         validate_args=validate_args,
     )
-    loss = reduce(alpha * tckd + beta * nckd, reduction)
+    loss = reduce(temperature**2 * (alpha * tckd + beta * nckd), reduction)
     return check_result(loss, "dkd_loss", student_logits, teacher_logits) if validate_args else loss
 
 
@@ -105,7 +105,16 @@ def dkd_terms(
     eps: float = 1e-7,
     validate_args: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Per-sample ``(T^2 * TCKD, T^2 * NCKD)`` of :func:`dkd_loss`, each of shape ``(N,)``, unweighted."""
+    """Per-sample ``(TCKD, NCKD)`` of :func:`dkd_loss`, each ``(N,)``: before ``alpha``/``beta`` and before ``T^2``.
+
+    ``dkd_loss = reduce(T^2 * (alpha * TCKD + beta * NCKD))``. Arguments as in :func:`dkd_loss`. Like every
+    ``*_terms`` function: unweighted, without the temperature factor, one value per sample (``docs/DESIGN.md``).
+
+    Example:
+        >>> z = torch.tensor([[1.0, 2.0, 3.0]])
+        >>> [t.shape for t in dkd_terms(z, z.flip(-1), torch.tensor([2]))]
+        [torch.Size([1]), torch.Size([1])]
+    """
     check_pair(student_logits, teacher_logits, validate_args)
     targets = check_targets(targets, student_logits, validate_args=validate_args)
     if validate_args:
@@ -123,7 +132,7 @@ def dkd_terms(
     nckd = _kl_rows(
         log_softmax_safe(zs.masked_fill(gt, float("-inf"))), log_softmax_safe(zt.masked_fill(gt, float("-inf")))
     )
-    return tckd * temperature**2, nckd * temperature**2
+    return tckd, nckd
 
 
 def _binary_log_probs(log_p: Tensor, gt: Tensor) -> Tensor:

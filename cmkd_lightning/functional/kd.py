@@ -39,7 +39,7 @@ def kd_loss(
 
     With ``logit_standardization=True`` both logits are first z-scored per sample,
     :math:`z \mapsto \operatorname{zscore}(z)` (unbiased standard deviation plus ``eps``, see :func:`zscore`):
-    the "KD + LS" of Sun et al. (CVPR 2024), identical to :func:`ls_kd_loss` at the same ``T`` (their recipe:
+    the "KD + LS" of Sun et al. (CVPR 2024), identical to :func:`lskd_loss` at the same ``T`` (their recipe:
     ``T = 2``, weights CE 0.1 / KD 9).
 
     Paper: Hinton, Vinyals and Dean, "Distilling the Knowledge in a Neural Network", 2015.

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
+from typing import Any
+
 from torch import Tensor
 
 from cmkd_lightning._validation import (
@@ -17,7 +20,7 @@ from cmkd_lightning.functional.kd import _kd_per_sample
 from cmkd_lightning.functional.zscore import _zscore
 
 
-def ls_kd_loss(
+def lskd_loss(
     student_logits: Tensor,
     teacher_logits: Tensor,
     *,
@@ -51,7 +54,7 @@ def ls_kd_loss(
 
     Example:
         >>> z = torch.tensor([[1.0, 2.0, 3.0]])
-        >>> abs(round(float(ls_kd_loss(z, 10 * z)), 6))  # same relations, different scale: no loss
+        >>> abs(round(float(lskd_loss(z, 10 * z)), 6))  # same relations, different scale: no loss
         0.0
     """
     check_pair(student_logits, teacher_logits, validate_args)
@@ -62,7 +65,13 @@ def ls_kd_loss(
     zs = _zscore(upcast(student_logits), eps)  # scale-safe: finite for any finite logits
     zt = _zscore(upcast(teacher_logits), eps)
     loss = reduce(_kd_per_sample(zs, zt, temperature), reduction)
-    return check_result(loss, "ls_kd_loss", student_logits, teacher_logits) if validate_args else loss
+    return check_result(loss, "lskd_loss", student_logits, teacher_logits) if validate_args else loss
 
 
-__all__ = ["ls_kd_loss"]
+def ls_kd_loss(*args: Any, **kwargs: Any) -> Tensor:
+    """Deprecated alias of :func:`lskd_loss` (the library spells the method ``lskd`` everywhere)."""
+    warnings.warn("`ls_kd_loss` is deprecated; use `lskd_loss`.", DeprecationWarning, stacklevel=2)
+    return lskd_loss(*args, **kwargs)
+
+
+__all__ = ["lskd_loss"]

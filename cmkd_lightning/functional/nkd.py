@@ -74,7 +74,7 @@ def nkd_loss(
     target_term, non_target = nkd_terms(
         student_logits, teacher_logits, targets, temperature=temperature, validate_args=validate_args
     )
-    loss = reduce(target_term + gamma * non_target, reduction)
+    loss = reduce(target_term + gamma * temperature**2 * non_target, reduction)
     return check_result(loss, "nkd_loss", student_logits, teacher_logits) if validate_args else loss
 
 
@@ -86,7 +86,16 @@ def nkd_terms(
     temperature: float = 1.0,
     validate_args: bool = True,
 ) -> tuple[Tensor, Tensor]:
-    """Per-sample ``(target term, T^2 * non-target cross-entropy)`` of :func:`nkd_loss`, each ``(N,)``."""
+    """Per-sample ``(target term, non-target cross-entropy)`` of :func:`nkd_loss`, each ``(N,)``, before ``T^2``.
+
+    ``nkd_loss = reduce(target + gamma * T^2 * non_target)``. Arguments as in :func:`nkd_loss`. Like every
+    ``*_terms`` function: unweighted, without the temperature factor, one value per sample (``docs/DESIGN.md``).
+
+    Example:
+        >>> z = torch.tensor([[0.0, 0.0, 9.0]])
+        >>> [round(float(t), 4) for t in nkd_terms(z, z, torch.tensor([2]))]
+        [0.0002, 0.6931]
+    """
     check_pair(student_logits, teacher_logits, validate_args)
     targets = _class_indices(targets, student_logits, validate_args)
     if validate_args:
@@ -105,7 +114,7 @@ def nkd_terms(
     zs_rest = zs.gather(1, rest) / temperature
     zt_rest = zt.gather(1, rest) / temperature
     non_target = -(F.softmax(zt_rest, dim=-1) * log_softmax_safe(zs_rest)).sum(dim=-1)
-    return target_term, non_target * temperature**2
+    return target_term, non_target
 
 
 def _class_indices(targets: Tensor | None, logits: Tensor, validate_args: bool) -> Tensor:

@@ -5,7 +5,7 @@ from cmkd_lightning.losses.cmkd import CMKDLoss
 from cmkd_lightning.losses.dist import DISTLoss
 from cmkd_lightning.losses.dkd import DKDLoss
 from cmkd_lightning.losses.kd import KDLoss
-from cmkd_lightning.losses.ls_kd import LSKDLoss
+from cmkd_lightning.losses.lskd import LSKDLoss
 from cmkd_lightning.losses.nkd import NKDLoss
 
 __all__ = ["CMKDLoss", "DISTLoss", "DKDLoss", "DistillationLoss", "KDLoss", "LSKDLoss", "NKDLoss"]

@@ -15,7 +15,9 @@ class DistillationLoss(nn.Module, ABC):
     """Base class of the distillation losses.
 
     A loss maps ``(student_logits, teacher_logits, targets)`` to a dict holding a differentiable ``"loss"`` (the
-    loss's own internal weights applied) and detached components for logging. Global weights, the
+    loss's own internal weights applied) and detached components for logging: a term that is part of the loss is
+    named ``<term>_loss`` (lower is better), a diagnostic keeps a plain name (``hard_fraction``); the logged keys
+    are listed in ``docs/METRICS.md``. Global weights, the
     cross-entropy on labels and the warm-up schedule are applied by the module that sums the losses
     (:class:`~cmkd_lightning.DistillationModule`), which calls :meth:`warmup_factor` with the trainer's epoch.
 

@@ -24,7 +24,8 @@ class CMKDLoss(DistillationLoss):
     See :func:`~cmkd_lightning.functional.cmkd_loss` for the formula (Eq. 9–16), the Eq. 16 / Sec. V-C
     discrepancy (Eq. 16 is followed) and the choice of the soft-rank strength (default ``1 / C``).
 
-    Components (detached, batch means): ``pearson`` (``1 - r`` of Eq. 12), ``spearman`` (``1 - rho`` of Eq. 13),
+    Components (detached, batch means): ``pearson_loss`` (``1 - r`` of Eq. 12), ``spearman_loss`` (``1 - rho`` of
+    Eq. 13),
     ``hard_fraction`` (fraction of samples whose teacher entropy is at or above the threshold) and
     ``teacher_entropy``.
 
@@ -130,8 +131,8 @@ class CMKDLoss(DistillationLoss):
         )
         return {
             "loss": terms.loss.mean(),
-            "pearson": terms.pearson.detach().mean(),
-            "spearman": terms.spearman.detach().mean(),
+            "pearson_loss": terms.pearson.detach().mean(),
+            "spearman_loss": terms.spearman.detach().mean(),
             "hard_fraction": terms.hard.float().mean(),
             "teacher_entropy": terms.entropy.mean(),
         }

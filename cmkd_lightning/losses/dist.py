@@ -13,8 +13,8 @@ from cmkd_lightning.losses.base import DistillationLoss
 class DISTLoss(DistillationLoss):
     """DIST (Huang et al., NeurIPS 2022): ``tau^2 * (beta * L_inter + gamma * L_intra)``.
 
-    Components: ``inter`` and ``intra`` (``1 - mean Pearson``, before weights). With batch size 1 the intra-class
-    term is 0 (see :func:`~cmkd_lightning.functional.dist_loss`). Recipe: ``temperature=4`` (CIFAR-100) or 1
+    Components: ``inter_loss`` and ``intra_loss`` (``1 - mean Pearson``, before weights). With batch size 1 the
+    intra-class term is 0 (see :func:`~cmkd_lightning.functional.dist_loss`). Recipe: ``temperature=4`` (CIFAR-100) or 1
     (ImageNet), ``beta = gamma = 2`` (the defaults), loss weight 1 and CE weight 1 (the recommended weights).
 
     Args:
@@ -43,4 +43,4 @@ class DISTLoss(DistillationLoss):
             student_logits, teacher_logits.detach(), temperature=self.temperature, validate_args=False
         )
         loss = self.temperature**2 * (self.beta * inter + self.gamma * intra)
-        return {"loss": loss, "inter": inter.detach(), "intra": intra.detach()}
+        return {"loss": loss, "inter_loss": inter.detach(), "intra_loss": intra.detach()}

@@ -13,7 +13,7 @@ from cmkd_lightning.losses.base import DistillationLoss
 class DKDLoss(DistillationLoss):
     """Decoupled KD (Zhao et al., CVPR 2022): ``alpha * TCKD + beta * NCKD`` with a linear warm-up.
 
-    Components: ``tckd`` and ``nckd`` (each with its ``T^2``, before ``alpha``/``beta``). The warm-up
+    Components: ``tckd_loss`` and ``nckd_loss`` (before ``alpha``/``beta`` and ``T^2``). The warm-up
     ``min(epoch / warmup, 1)`` of the reference is applied by the training module through
     :meth:`warmup_factor` (20 epochs on CIFAR-100, 1 on ImageNet). Recommended weights: loss 1, CE 1.
 
@@ -71,4 +71,5 @@ class DKDLoss(DistillationLoss):
             validate_args=False,
         )
         tckd, nckd = tckd.mean(), nckd.mean()
-        return {"loss": self.alpha * tckd + self.beta * nckd, "tckd": tckd.detach(), "nckd": nckd.detach()}
+        loss = self.temperature**2 * (self.alpha * tckd + self.beta * nckd)
+        return {"loss": loss, "tckd_loss": tckd.detach(), "nckd_loss": nckd.detach()}

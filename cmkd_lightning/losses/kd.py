@@ -13,7 +13,7 @@ from cmkd_lightning.losses.base import DistillationLoss
 class KDLoss(DistillationLoss):
     """Hinton et al. 2015 KD: ``T^2 * KL(softmax(z_t/T) || softmax(z_s/T))``, batch mean.
 
-    Components: ``kd`` (same as ``loss``). Recipes: CIFAR-100 ``temperature=4`` with weights CE 0.1 / KD 0.9 (the
+    Components: ``kd_loss`` (same as ``loss``). Recipes: CIFAR-100 ``temperature=4`` with weights CE 0.1 / KD 0.9 (the
     recommended weights, used by :class:`~cmkd_lightning.DistillationModule` unless ``loss_weights`` / ``ce_weight``
     are given); ImageNet ``temperature=1``, 0.5 / 0.5.
 
@@ -60,4 +60,4 @@ class KDLoss(DistillationLoss):
             eps=self.eps,
             validate_args=False,
         )
-        return {"loss": loss, "kd": loss.detach()}
+        return {"loss": loss, "kd_loss": loss.detach()}

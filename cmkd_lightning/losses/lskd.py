@@ -1,4 +1,4 @@
-"""Module wrapper of :func:`~cmkd_lightning.functional.ls_kd_loss`."""
+"""Module wrapper of :func:`~cmkd_lightning.functional.lskd_loss`."""
 
 from __future__ import annotations
 
@@ -6,15 +6,17 @@ from torch import Tensor
 from typing_extensions import override
 
 from cmkd_lightning._validation import check_positive
-from cmkd_lightning.functional.ls_kd import ls_kd_loss
+from cmkd_lightning.functional.lskd import lskd_loss
 from cmkd_lightning.losses.base import DistillationLoss
 
 
 class LSKDLoss(DistillationLoss):
     """Logit-standardised KD (Sun et al., CVPR 2024): KD on z-scored logits.
 
-    Components: ``ls_kd``. Recipe: ``temperature=2`` with weights CE 0.1 / KD 9 (the recommended weights, used by
-    :class:`~cmkd_lightning.DistillationModule` unless ``loss_weights`` / ``ce_weight`` are given).
+    Components: ``lskd_loss`` (same as ``loss``). Recipe: ``temperature=2`` with weights CE 0.1 / KD 9 (the
+    recommended weights, used by :class:`~cmkd_lightning.DistillationModule` unless ``loss_weights`` /
+    ``ce_weight`` are given). The method is spelled ``lskd`` everywhere (loss key, module, config folders);
+    ``ls_kd_loss`` and ``cmkd_lightning.losses.ls_kd`` remain as deprecated aliases.
 
     Args:
         temperature: base temperature.
@@ -22,7 +24,7 @@ class LSKDLoss(DistillationLoss):
         warmup_epochs: see :class:`DistillationLoss`.
     """
 
-    name = "ls_kd"
+    name = "lskd"
     recommended_weight = 9.0
     recommended_ce_weight = 0.1
 
@@ -37,7 +39,7 @@ class LSKDLoss(DistillationLoss):
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor | None = None
     ) -> dict[str, Tensor]:
-        loss = ls_kd_loss(
+        loss = lskd_loss(
             student_logits, teacher_logits.detach(), temperature=self.temperature, eps=self.eps, validate_args=False
         )
-        return {"loss": loss, "ls_kd": loss.detach()}
+        return {"loss": loss, "lskd_loss": loss.detach()}

@@ -13,8 +13,8 @@ from cmkd_lightning.losses.base import DistillationLoss
 class NKDLoss(DistillationLoss):
     """Normalized KD (Yang et al., ICCV 2023): target term plus ``gamma * T^2 *`` non-target cross-entropy.
 
-    Components: ``target`` and ``non_target`` (the latter with its ``T^2``, before ``gamma``). Recipe (ImageNet):
-    ``temperature=1, gamma=1.5``. Recommended weights: loss 1, CE 1. ``targets`` may be class indices of any
+    Components: ``target_loss`` and ``non_target_loss`` (the latter before ``gamma`` and ``T^2``). Recipe
+    (ImageNet): ``temperature=1, gamma=1.5``. Recommended weights: loss 1, CE 1. ``targets`` may be class indices of any
     integer dtype or ``(N, C)`` soft targets (mixup/cutmix), read as their arg-max class as the authors' code does.
 
     Args:
@@ -42,4 +42,8 @@ class NKDLoss(DistillationLoss):
             student_logits, teacher_logits.detach(), targets, temperature=self.temperature, validate_args=False
         )
         target, non_target = target.mean(), non_target.mean()
-        return {"loss": target + self.gamma * non_target, "target": target.detach(), "non_target": non_target.detach()}
+        return {
+            "loss": target + self.gamma * self.temperature**2 * non_target,
+            "target_loss": target.detach(),
+            "non_target_loss": non_target.detach(),
+        }

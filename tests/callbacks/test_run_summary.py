@@ -73,8 +73,12 @@ def test_fit_summary_matches_the_logged_epochs(tmp_path):
     assert f"best (epoch {best + 1})" in text and "last (epoch 3)" in text
     assert f"{100 * epochs[best]['val/acc_top1']:.2f}" in text
     assert f"{100 * epochs[-1]['val/teacher_acc_top1']:.2f}" in text
-    for component in ("loss", "ce", "cmkd/loss"):
+    for component in ("loss", "ce", "cmkd/loss", "cmkd/pearson_loss", "cmkd/spearman_loss", "cmkd/hard_fraction"):
         assert f"  {component} " in text
+    # loss terms and diagnostics (docs/METRICS.md) are printed and kept apart
+    assert {"loss", "ce", "cmkd/loss", "cmkd/pearson_loss", "cmkd/spearman_loss"} == set(result["losses"])
+    assert {"cmkd/hard_fraction", "cmkd/teacher_entropy"} == set(result["diagnostics"])
+    assert text.index("losses, last epoch") < text.index("diagnostics, last epoch")
     assert result["losses"]["ce"]["val"] == pytest.approx(epochs[-1]["val/ce"], abs=1e-6)
     # One line per epoch, as there is no progress bar.
     assert [line.split("  ")[0] for line in text.splitlines() if line.startswith("epoch ")] == [

@@ -21,7 +21,7 @@ def kd(zs, zt, T):
     return np.array([T**2 * kl(softmax(t / T), softmax(s / T)) for s, t in zip(zs, zt)])
 
 
-def ls_kd(zs, zt, T):
+def lskd(zs, zt, T):
     return kd(np.stack([zscore_row(r) for r in zs]), np.stack([zscore_row(r) for r in zt]), T)
 
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cmkd_lightning.functional import dkd_loss, kd_loss, ls_kd_loss, nkd_loss, nkd_terms
+from cmkd_lightning.functional import dkd_loss, kd_loss, lskd_loss, nkd_loss, nkd_terms
 from tests.functional import _reference as ref
 
 N, C = 7, 10
@@ -69,14 +69,14 @@ def _authors_nkd(zs, zt, gt_label, T, gamma):
 
 
 @pytest.mark.parametrize("T", [1.0, 2.0, 4.0])
-def test_kd_with_logit_standardization_is_ls_kd_and_the_authors_code(logits, T):
+def test_kd_with_logit_standardization_is_lskd_and_the_authors_code(logits, T):
     zs, zt, _ = logits
     got = kd_loss(zs, zt, temperature=T, logit_standardization=True)
-    torch.testing.assert_close(got, ls_kd_loss(zs, zt, temperature=T), rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(got, lskd_loss(zs, zt, temperature=T), rtol=1e-12, atol=1e-12)
     torch.testing.assert_close(got, _authors_kd(zs, zt, T, True), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(
         kd_loss(zs, zt, temperature=T, logit_standardization=True, reduction="none").numpy(),
-        ref.ls_kd(zs.numpy(), zt.numpy(), T),
+        ref.lskd(zs.numpy(), zt.numpy(), T),
         rtol=1e-9,
     )
 

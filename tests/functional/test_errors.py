@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from cmkd_lightning.functional import cmkd_loss, dist_loss, dkd_loss, kd_loss, ls_kd_loss, nkd_loss
+from cmkd_lightning.functional import cmkd_loss, dist_loss, dkd_loss, kd_loss, lskd_loss, nkd_loss
 
 Y = torch.tensor([0, 1])
 
@@ -14,7 +14,7 @@ def _t(fn):
 
 LOSSES = {
     "kd": kd_loss,
-    "ls_kd": ls_kd_loss,
+    "lskd": lskd_loss,
     "dist": dist_loss,
     "cmkd": cmkd_loss,
     "dkd": _t(dkd_loss),
@@ -55,7 +55,7 @@ def test_bad_temperature(name):
         LOSSES[name](GOOD, GOOD, temperature=-1.0)
 
 
-@pytest.mark.parametrize("name", ["kd", "ls_kd", "cmkd", "dkd", "nkd"])
+@pytest.mark.parametrize("name", ["kd", "lskd", "cmkd", "dkd", "nkd"])
 def test_bad_reduction(name):
     with pytest.raises(ValueError, match=r"Expected `reduction` to be one of \('mean', 'sum', 'none'\), but got 'avg'\."):
         LOSSES[name](GOOD, GOOD, reduction="avg")

@@ -10,7 +10,7 @@ from cmkd_lightning.functional import (
     dist_loss,
     dkd_loss,
     kd_loss,
-    ls_kd_loss,
+    lskd_loss,
     nkd_loss,
     soft_rank,
     zscore,
@@ -22,12 +22,12 @@ LOSSES = {
     "dkd": lambda s, t, **kw: dkd_loss(s, t, Y[: s.shape[0]], **kw),
     "nkd": lambda s, t, **kw: nkd_loss(s, t, Y[: s.shape[0]], **kw),
     "dist": lambda s, t, **kw: dist_loss(s, t, **kw),
-    "ls_kd": lambda s, t, **kw: ls_kd_loss(s, t, **kw),
+    "lskd": lambda s, t, **kw: lskd_loss(s, t, **kw),
     "cmkd": lambda s, t, **kw: cmkd_loss(s, t, **kw),
 }
 BIG = torch.tensor([[3e38, -3e38, 0.0, 1.0], [0.0, 3e38, -3e38, 2.0], [-3e38, 1.0, 3e38, 0.0]])
 # scale-invariant losses: finite values and gradients for any finite logits
-SCALE_SAFE = ("ls_kd", "cmkd", "dist")
+SCALE_SAFE = ("lskd", "cmkd", "dist")
 
 
 def _value_and_grad(name, student, teacher, **kw):
@@ -55,7 +55,7 @@ def test_non_contiguous_logits_equal_contiguous(name):
 def test_identical_extreme_logits_give_finite_values_and_gradients(name):
     value, grad = _value_and_grad(name, BIG, BIG)
     assert torch.isfinite(value).all() and torch.isfinite(grad).all(), (value, grad)
-    if name in ("kd", "dkd", "ls_kd"):
+    if name in ("kd", "dkd", "lskd"):
         assert float(value) == pytest.approx(0.0, abs=1e-5)  # same logits, no divergence (not 0 * inf = NaN)
 
 
@@ -67,7 +67,7 @@ def test_scale_invariant_losses_stay_finite_on_extreme_logits(name, teacher):
     assert torch.isfinite(value).all() and torch.isfinite(grad).all(), (value, grad)
 
 
-@pytest.mark.parametrize("name", ["ls_kd", "cmkd"])
+@pytest.mark.parametrize("name", ["lskd", "cmkd"])
 def test_zscored_losses_match_their_value_on_rescaled_logits(name):
     """z-scoring is scale-free: +-3e38 logits give the loss of the same logits divided by 1e37."""
     t = torch.randn(3, 4, dtype=torch.float64)
@@ -89,9 +89,9 @@ def test_kl_losses_on_extreme_logits_are_exact_in_float64(name):
     assert torch.isfinite(value).all() and torch.isfinite(grad).all()
 
 
-def test_ls_kd_does_not_report_nan_for_finite_input():
+def test_lskd_does_not_report_nan_for_finite_input():
     # it used to z-score in a way that overflowed, then blamed the (finite) input for NaN/Inf entries
-    value, grad = _value_and_grad("ls_kd", BIG, torch.randn(3, 4))
+    value, grad = _value_and_grad("lskd", BIG, torch.randn(3, 4))
     assert torch.isfinite(value) and torch.isfinite(grad).all()
 
 

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from cmkd_lightning.functional import dist_loss, dkd_loss, kd_loss, ls_kd_loss, nkd_loss, nkd_terms
+from cmkd_lightning.functional import dist_loss, dkd_loss, kd_loss, lskd_loss, nkd_loss, nkd_terms
 from tests.functional import _reference as ref
 
 N, C = 7, 10
@@ -28,11 +28,11 @@ def test_kd_matches_reference(logits, T):
     torch.testing.assert_close(kd_loss(zs, zt, temperature=T, reduction="sum"), got.sum())
 
 
-def test_ls_kd_matches_reference_and_is_scale_invariant(logits):
+def test_lskd_matches_reference_and_is_scale_invariant(logits):
     zs, zt, _ = logits
-    got = ls_kd_loss(zs, zt, temperature=2.0, reduction="none")
-    np.testing.assert_allclose(got.numpy(), ref.ls_kd(zs.numpy(), zt.numpy(), 2.0), rtol=1e-9)
-    torch.testing.assert_close(ls_kd_loss(zs * 5 + 3, zt, reduction="none"), got, rtol=1e-6, atol=1e-9)
+    got = lskd_loss(zs, zt, temperature=2.0, reduction="none")
+    np.testing.assert_allclose(got.numpy(), ref.lskd(zs.numpy(), zt.numpy(), 2.0), rtol=1e-9)
+    torch.testing.assert_close(lskd_loss(zs * 5 + 3, zt, reduction="none"), got, rtol=1e-6, atol=1e-9)
 
 
 @pytest.mark.parametrize(("alpha", "beta", "T"), [(1.0, 8.0, 4.0), (0.5, 2.0, 1.0)])
@@ -69,7 +69,7 @@ def test_dist_rejects_per_sample_reduction(logits):
         dist_loss(zs, zt, reduction="none")
 
 
-@pytest.mark.parametrize(("fn", "tol"), [(kd_loss, 1e-12), (ls_kd_loss, 1e-12), (dist_loss, 1e-4)])
+@pytest.mark.parametrize(("fn", "tol"), [(kd_loss, 1e-12), (lskd_loss, 1e-12), (dist_loss, 1e-4)])
 def test_zero_loss_for_identical_logits(fn, tol, logits):
     zs, _, _ = logits
     # DIST: only the 1e-8 in Pearson's denominator (times tau^2 = 16) keeps it from exactly 0
@@ -94,7 +94,7 @@ def _with_targets(fn):
 
 
 @pytest.mark.parametrize(
-    "fn", [kd_loss, ls_kd_loss, dist_loss, _with_targets(dkd_loss), _with_targets(nkd_loss)]
+    "fn", [kd_loss, lskd_loss, dist_loss, _with_targets(dkd_loss), _with_targets(nkd_loss)]
 )
 def test_gradcheck(fn):
     zs = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
@@ -103,7 +103,7 @@ def test_gradcheck(fn):
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-@pytest.mark.parametrize("fn", [kd_loss, ls_kd_loss, dist_loss])
+@pytest.mark.parametrize("fn", [kd_loss, lskd_loss, dist_loss])
 def test_half_inputs_are_computed_in_float32(fn, dtype, logits):
     zs, zt, _ = logits
     got = fn(zs.to(dtype), zt.to(dtype))
@@ -112,7 +112,7 @@ def test_half_inputs_are_computed_in_float32(fn, dtype, logits):
     torch.testing.assert_close(got, want)
 
 
-@pytest.mark.parametrize("fn", [kd_loss, ls_kd_loss, dist_loss])
+@pytest.mark.parametrize("fn", [kd_loss, lskd_loss, dist_loss])
 def test_constant_rows_give_finite_loss_and_gradients(fn):
     zs = torch.tensor([[1.0, 1.0, 1.0], [0.0, 1.0, 2.0]], requires_grad=True)
     zt = torch.tensor([[2.0, 2.0, 2.0], [1.0, 0.0, 1.0]])

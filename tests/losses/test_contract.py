@@ -1,5 +1,7 @@
 """One contract suite parametrised over every loss class (STYLE: kornia's per-loss template)."""
 
+from pathlib import Path
+
 import pytest
 import torch
 
@@ -8,27 +10,27 @@ from cmkd_lightning.losses import CMKDLoss, DistillationLoss, DISTLoss, DKDLoss,
 
 # (module, the equivalent functional call, logged components)
 CASES = {
-    "kd": (KDLoss(temperature=3.0), lambda s, t, y: F.kd_loss(s, t, temperature=3.0), {"kd"}),
-    "ls_kd": (LSKDLoss(temperature=2.0), lambda s, t, y: F.ls_kd_loss(s, t, temperature=2.0), {"ls_kd"}),
+    "kd": (KDLoss(temperature=3.0), lambda s, t, y: F.kd_loss(s, t, temperature=3.0), {"kd_loss"}),
+    "lskd": (LSKDLoss(temperature=2.0), lambda s, t, y: F.lskd_loss(s, t, temperature=2.0), {"lskd_loss"}),
     "dkd": (
         DKDLoss(alpha=1.0, beta=6.0, temperature=4.0),
         lambda s, t, y: F.dkd_loss(s, t, y, alpha=1.0, beta=6.0, temperature=4.0),
-        {"tckd", "nckd"},
+        {"tckd_loss", "nckd_loss"},
     ),
     "dist": (
         DISTLoss(temperature=4.0, beta=2.0),
         lambda s, t, y: F.dist_loss(s, t, temperature=4.0, beta=2.0, gamma=2.0),
-        {"inter", "intra"},
+        {"inter_loss", "intra_loss"},
     ),
     "nkd": (
         NKDLoss(temperature=1.0, gamma=1.5),
         lambda s, t, y: F.nkd_loss(s, t, y, temperature=1.0, gamma=1.5),
-        {"target", "non_target"},
+        {"target_loss", "non_target_loss"},
     ),
     "cmkd": (
         CMKDLoss(temperature=4.0, beta=4.0, gamma=1.0),
         lambda s, t, y: F.cmkd_loss(s, t, temperature=4.0, beta=4.0, gamma=1.0),
-        {"pearson", "spearman", "hard_fraction", "teacher_entropy"},
+        {"pearson_loss", "spearman_loss", "hard_fraction", "teacher_entropy"},
     ),
 }
 
@@ -130,6 +132,36 @@ def test_cmkd_components_are_batch_means(batch):
     zs, zt, _ = batch
     out = CMKDLoss()(zs, zt)
     terms = F.cmkd_terms(zs, zt)
-    torch.testing.assert_close(out["pearson"], terms.pearson.mean())
-    torch.testing.assert_close(out["spearman"], terms.spearman.mean())
+    torch.testing.assert_close(out["pearson_loss"], terms.pearson.mean())
+    torch.testing.assert_close(out["spearman_loss"], terms.spearman.mean())
     torch.testing.assert_close(out["hard_fraction"], terms.hard.double().mean().float())
+
+
+DIAGNOSTICS = {"hard_fraction", "teacher_entropy"}  # logged values that are not loss terms (docs/METRICS.md)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_component_names_say_what_they_are(name, batch):
+    # A loss term is named `<term>_loss` (lower is better); only the listed diagnostics keep plain names, and every
+    # logged `<loss>/<component>` key is listed in docs/METRICS.md.
+    module, _, components = CASES[name]
+    metrics_doc = (Path(__file__).resolve().parents[2] / "docs" / "METRICS.md").read_text()
+    for key in components:
+        assert key.endswith("_loss") or key in DIAGNOSTICS, (name, key)
+        assert f"<stage>/{module.name}/{key}`" in metrics_doc, (name, key)
+
+
+def test_old_lskd_spellings_are_deprecated_aliases(monkeypatch):
+    import importlib
+    import sys
+
+    zs, zt = torch.randn(4, 5), torch.randn(4, 5)
+    with pytest.warns(DeprecationWarning, match="lskd_loss"):
+        old = F.ls_kd_loss(zs, zt)
+    torch.testing.assert_close(old, F.lskd_loss(zs, zt))
+    for module in ("cmkd_lightning.functional.ls_kd", "cmkd_lightning.losses.ls_kd"):
+        monkeypatch.delitem(sys.modules, module, raising=False)  # import afresh, so the warning is given
+        with pytest.warns(DeprecationWarning, match="deprecated"):
+            importlib.import_module(module)
+    assert sys.modules["cmkd_lightning.losses.ls_kd"].LSKDLoss is LSKDLoss
+    assert LSKDLoss.name == "lskd"
