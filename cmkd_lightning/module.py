@@ -126,6 +126,9 @@ class DistillationModule(EpochLogging, CheckpointHooks, LightningModule):
             from cmkd_lightning.teacher_cache.store import open_for_module
 
             self._teacher_cache = open_for_module(teacher_cache, self.teacher, self.num_classes)
+            # An instance-level hook: only a module with a cache overrides it, so Lightning's "overridden in the
+            # LightningModule but a LightningDataModule was passed" notice does not fire for every other run.
+            self.on_before_batch_transfer = self._attach_cached_teacher
         _networks.prepare([self.student, self.teacher], channels_last=channels_last, compile=compile)
         for split in ("train", "val", "test", "teacher"):
             setattr(self, f"{split}_top1", accuracy(self.num_classes, 1))
@@ -241,10 +244,9 @@ class DistillationModule(EpochLogging, CheckpointHooks, LightningModule):
         if self._teacher_cache is not None and stage == "fit":
             self._teacher_cache.check_datamodule(getattr(self.trainer, "datamodule", None))
 
-    @override
-    def on_before_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+    def _attach_cached_teacher(self, batch: Any, dataloader_idx: int) -> Any:
         # The cached teacher logits are read on the host and travel with the batch: no device->host read.
-        return batch if self._teacher_cache is None else self._teacher_cache.attach(batch)
+        return self._teacher_cache.attach(batch)
 
     @override
     def training_step(self, batch: Any, batch_idx: int) -> Tensor:

@@ -27,6 +27,8 @@ _NOISE_WARNINGS = (
     r"It is recommended to use `self\.log\('(train|val|test)/.*', \.\.\., sync_dist=True\)`.*",
     # DistillationModule keeps its frozen teacher in eval mode on purpose.
     r"Found \d+ module\(s\) in eval mode at the start of training.*",
+    # A module with a teacher cache attaches the cached logits in its own batch hook, on purpose.
+    r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a `LightningDataModule`.*",
 )
 
 
