@@ -16,6 +16,7 @@ from _timing import interleaved
 from torch import Tensor
 
 from cmkd_lightning.functional import pearson_corr, rank, soft_rank, teacher_stats, zscore
+from cmkd_lightning.functional.cmkd_fused import fast_teacher_stats
 from cmkd_lightning.losses import CMKDLoss, DistillationLoss, DISTLoss, DKDLoss, KDLoss, LSKDLoss, NKDLoss
 
 SHAPES = ((64, 100), (128, 1000), (512, 1000))
@@ -54,12 +55,39 @@ def loss_candidates(has_torchsort: bool) -> dict[str, DistillationLoss]:
         "DIST": DISTLoss(temperature=TEMPERATURE),
         "LS-KD": LSKDLoss(),
         "NKD": NKDLoss(),
-        "CMKD": CMKDLoss(temperature=TEMPERATURE),
-        "CMKD[torch]": CMKDLoss(temperature=TEMPERATURE, rank_backend="torch"),
+        "CMKD": CMKDLoss(temperature=TEMPERATURE),  # fused="auto": the fused path on CPU and CUDA
+        "CMKD general": CMKDLoss(temperature=TEMPERATURE, fused=False),
     }
-    if has_torchsort:
-        losses["CMKD[torchsort]"] = CMKDLoss(temperature=TEMPERATURE, rank_backend="torchsort")
+    for backend in ("torch", "torchsort") if has_torchsort else ("torch",):
+        losses[f"CMKD fused[{backend}]"] = CMKDLoss(temperature=TEMPERATURE, rank_backend=backend, fused=True)
+        losses[f"CMKD general[{backend}]"] = CMKDLoss(temperature=TEMPERATURE, rank_backend=backend, fused=False)
     return losses
+
+
+def count_aten_ops(fn: Callable[[], Any]) -> dict[str, int]:
+    """aten operations of one call of ``fn``: as the profiler lists them (nested calls included) and as dispatched.
+
+    ``profiler`` counts every ``aten::`` event of :mod:`torch.profiler` (an op and the ops it calls, e.g. the
+    ``aten::to`` a Python-scalar operand costs); ``dispatched`` counts the top-level ops a
+    ``TorchDispatchMode`` sees. Forward and backward on the calling thread (CPU).
+    """
+    from torch.profiler import ProfilerActivity, profile
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class _Count(TorchDispatchMode):
+        calls = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):  # noqa: ANN001, ANN204
+            _Count.calls += 1
+            return func(*args, **(kwargs or {}))
+
+    fn()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    profiled = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
+    with _Count():
+        fn()
+    return {"profiler": profiled, "dispatched": _Count.calls}
 
 
 def _fwd_bwd(loss: DistillationLoss, zs: Tensor, zt: Tensor, y: Tensor) -> Callable[[], None]:
@@ -112,12 +140,14 @@ def _breakdown_candidates(
         ),
         "teacher stats (z-score, softmax, entropy, exact rank)": lambda: teacher_stats(zt, temperature=TEMPERATURE),
         "exact rank of teacher logits": lambda: rank(zt),
+        "fused path's teacher stats (NumPy sort on CPU)": lambda: fast_teacher_stats(zt, temperature=TEMPERATURE),
         "Pearson path: z-score, softmax, Pearson (fwd+bwd)": pearson_path,
     }
     for backend in backends:
         fns[f"Spearman path [{backend}]: z-score, soft rank, Pearson (fwd+bwd)"] = spearman_path(backend)
     fns["CMKD spearman=False (fwd+bwd)"] = _fwd_bwd(CMKDLoss(temperature=TEMPERATURE, spearman=False), zs, zt, y)
-    fns["CMKD (fwd+bwd)"] = _fwd_bwd(CMKDLoss(temperature=TEMPERATURE), zs, zt, y)
+    fns["CMKD general path (fwd+bwd)"] = _fwd_bwd(CMKDLoss(temperature=TEMPERATURE, fused=False), zs, zt, y)
+    fns["CMKD fused path (fwd+bwd)"] = _fwd_bwd(CMKDLoss(temperature=TEMPERATURE), zs, zt, y)
     return fns
 
 
@@ -160,6 +190,7 @@ def run(device: torch.device, quick: bool, threads: int, profile: bool) -> dict[
         "torchsort": has_torchsort,
         "torchsort_note": why_not,
         "losses": {},
+        "aten_ops": {},
         "soft_rank": {},
         "cmkd_breakdown": {},
         "profiles": {},
@@ -169,6 +200,10 @@ def run(device: torch.device, quick: bool, threads: int, profile: bool) -> dict[
         shape = f"{n}x{c}"
         fns = {name: _fwd_bwd(loss.to(device), zs, zt, y) for name, loss in loss_candidates(has_torchsort).items()}
         result["losses"][shape] = interleaved(fns, "KD", rounds, min_run_time, threads)
+        if device.type == "cpu":
+            result["aten_ops"][shape] = {
+                name: count_aten_ops(fns[name]) for name in fns if name == "KD" or name.startswith("CMKD")
+            }
         target = CMKD_TARGETS.get((n, c))
         if target is not None:
             result["losses"][shape]["CMKD"]["target"] = target
@@ -183,6 +218,6 @@ def run(device: torch.device, quick: bool, threads: int, profile: bool) -> dict[
         if profile and (missed or not quick):
             torch.set_num_threads(threads)
             result["profiles"][f"CMKD {shape}"] = profile_table(
-                _fwd_bwd(CMKDLoss(temperature=TEMPERATURE), zs, zt, y), device
+                _fwd_bwd(CMKDLoss(temperature=TEMPERATURE), zs, zt, y), device, rows=14
             )
     return result

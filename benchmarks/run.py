@@ -96,6 +96,10 @@ def _print_losses(res: dict[str, Any]) -> None:
             for name, e in table.items()
         ]
         _table(f"[a] loss forward+backward, {shape}", rows, ["loss", "median ms", "min ms", "x KD [range]", ""])
+    for shape, table in res.get("aten_ops", {}).items():
+        rows = [[name, str(c["profiler"]), str(c["dispatched"])] for name, c in table.items()]
+        _table(f"[a] aten ops per forward+backward, {shape} (target for CMKD <= 150)", rows,
+               ["loss", "profiler events", "dispatched"])
     for shape, table in res["soft_rank"].items():
         base = list(table)[-1]
         rows = [[name, _ms(e["median_s"]), _ratio_cell(e)] for name, e in table.items()]

@@ -2,8 +2,8 @@
 
 The teacher side (z-score, probabilities, exact ranks, entropy) is computed once without autograd
 (:func:`fast_teacher_stats`, NumPy sort on CPU). The student side (z-score, softmax, Pearson, soft rank, Pearson,
-Eq. 16 weights) is one :class:`torch.autograd.Function` with a hand-written backward. Design and measurements:
-``docs/CMKD_FUSED.md`` and ``BENCHMARKS.md``.
+Eq. 16 weights) is one :class:`torch.autograd.Function` with a hand-written backward. Measurements:
+``BENCHMARKS.md`` (section A); host reads: ``docs/DEVICE.md``.
 """
 
 from __future__ import annotations
