@@ -256,11 +256,14 @@ class DistillationCLI(LightningCLI):
 def list_components(kind: str) -> str:
     """The names `cmkd list models|losses|data` prints, one per line, with how to use them in a config."""
     if kind == "models":
-        from cmkd_lightning.models import list_models
+        from cmkd_lightning.models import list_models, model_aliases
 
-        names = list_models()
-        return "Zoo names for --model.init_args.student / --model.init_args.teacher:\n" + "\n".join(
-            f"  {n}" for n in names
+        aliases = model_aliases()
+        return (
+            "Zoo names for --model.init_args.student / --model.init_args.teacher (each alias works too):\n"
+            + "\n".join(
+                f"  {n}" + (f"  (also: {', '.join(aliases[n])})" if n in aliases else "") for n in list_models()
+            )
         )
     if kind == "losses":
         import cmkd_lightning.losses as losses

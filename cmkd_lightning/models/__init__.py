@@ -1,10 +1,19 @@
 """Model zoo: CIFAR-100 and ImageNet classifiers with the state_dict layout of the published KD checkpoints.
 
-Build models with :func:`create_model` (names from :func:`list_models`), reach penultimate features with
+Build models with :func:`create_model` (canonical names from :func:`list_models`, the community's spellings
+such as ``MobileNetV2`` or ``ShuffleV1`` from :func:`model_aliases`), reach penultimate features with
 :func:`extract_features`, load community checkpoints with :func:`cmkd_lightning.checkpoint.load_weights`.
 """
 
-from cmkd_lightning.models._factory import MODELS, create_model, freeze, list_models, resolve_model_name
+from cmkd_lightning.models._factory import (
+    MODEL_ALIASES,
+    MODELS,
+    create_model,
+    freeze,
+    list_models,
+    model_aliases,
+    resolve_model_name,
+)
 from cmkd_lightning.models._features import extract_features, get_classifier
 from cmkd_lightning.models.mobilenetv1 import MobileNetV1
 from cmkd_lightning.models.mobilenetv2 import MobileNetV2Cifar
@@ -17,6 +26,7 @@ from cmkd_lightning.models.wrn import WideResNet
 
 __all__ = [
     "MODELS",
+    "MODEL_ALIASES",
     "VGG",
     "CifarResNet",
     "CifarResNetBottleneck",
@@ -30,5 +40,6 @@ __all__ = [
     "freeze",
     "get_classifier",
     "list_models",
+    "model_aliases",
     "resolve_model_name",
 ]

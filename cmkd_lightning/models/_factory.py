@@ -30,10 +30,11 @@ from cmkd_lightning.models.shufflenetv2 import shufflenetv2
 from cmkd_lightning.models.vgg import vgg8, vgg11, vgg13, vgg16, vgg19
 from cmkd_lightning.models.wrn import wrn_16_1, wrn_16_2, wrn_40_1, wrn_40_2
 
-__all__ = ["MODELS", "create_model", "freeze", "list_models", "resolve_model_name"]
+__all__ = ["MODELS", "MODEL_ALIASES", "create_model", "freeze", "list_models", "model_aliases", "resolve_model_name"]
 
-# The registry. CIFAR names are RepDistiller's (its checkpoint folders are `<name>_vanilla/`); ImageNet ResNets
-# use torchvision's names. Every constructor takes `num_classes` as a keyword.
+# The registry: canonical names, all lower case with `_` between parts (the style of torchvision and timm). The
+# community's spellings (RepDistiller's `MobileNetV2`, `ShuffleV1`, `ResNet50`, ...) are aliases (`MODEL_ALIASES`).
+# Every constructor takes `num_classes` as a keyword.
 MODELS: dict[str, Callable[..., nn.Module]] = {
     # CIFAR-100 (32×32 inputs)
     "resnet8": resnet8,
@@ -54,23 +55,30 @@ MODELS: dict[str, Callable[..., nn.Module]] = {
     "vgg13": vgg13,
     "vgg16": vgg16,
     "vgg19": vgg19,
-    "MobileNetV2": mobilenetv2_half,
-    "ShuffleV1": shufflenetv1,
-    "ShuffleV2": shufflenetv2,
-    "ResNet50": resnet50_cifar,
+    "mobilenetv2": mobilenetv2_half,
+    "shufflenetv1": shufflenetv1,
+    "shufflenetv2": shufflenetv2,
+    "resnet50_cifar": resnet50_cifar,
     # ImageNet (224×224 inputs)
     "resnet18": imagenet.resnet18,
     "resnet34": imagenet.resnet34,
     "resnet50": imagenet.resnet50,
-    "MobileNetV1": mobilenetv1,
+    "mobilenetv1": mobilenetv1,
     # Composed UCI digits (1 x 8 x 8k inputs), the offline quickstart data
     "digits_teacher": digits_teacher,
     "digits_student": digits_student,
 }
 
-# Other spellings found in the reference repositories (their constructor names).
-_ALIASES = {
-    "mobile_half": "MobileNetV2",
+# Spellings of the reference repositories (RepDistiller's and mdistiller's model keys and constructor names),
+# alias -> canonical name. An exact alias is resolved as is, so "ResNet50" is the CIFAR ResNet-50 even though
+# "resnet50" (torchvision's) differs from it only by case.
+MODEL_ALIASES: dict[str, str] = {
+    "MobileNetV2": "mobilenetv2",
+    "mobile_half": "mobilenetv2",
+    "ShuffleV1": "shufflenetv1",
+    "ShuffleV2": "shufflenetv2",
+    "ResNet50": "resnet50_cifar",
+    "MobileNetV1": "mobilenetv1",
     "vgg8_bn": "vgg8",
     "vgg11_bn": "vgg11",
     "vgg13_bn": "vgg13",
@@ -80,13 +88,26 @@ _ALIASES = {
 
 
 def list_models() -> list[str]:
-    """Return the registered model names (CIFAR models first, then ImageNet ones).
+    """Return the canonical model names (CIFAR models first, then ImageNet ones); aliases: :func:`model_aliases`.
 
     Example:
-        >>> "resnet32x4" in list_models() and "MobileNetV1" in list_models()
+        >>> "resnet32x4" in list_models() and "mobilenetv1" in list_models() and "MobileNetV2" not in list_models()
         True
     """
     return list(MODELS)
+
+
+def model_aliases() -> dict[str, list[str]]:
+    """Return ``{canonical name: [aliases]}`` for the names that have aliases (the community's spellings).
+
+    Example:
+        >>> model_aliases()["mobilenetv2"]
+        ['MobileNetV2', 'mobile_half']
+    """
+    out: dict[str, list[str]] = {}
+    for alias, target in MODEL_ALIASES.items():
+        out.setdefault(target, []).append(alias)
+    return out
 
 
 def _normalise(name: str) -> str:
@@ -94,15 +115,15 @@ def _normalise(name: str) -> str:
 
 
 def resolve_model_name(name: str) -> str:
-    """Map a user-supplied model name to its registered spelling.
+    """Map a user-supplied model name to its canonical name.
 
-    An exact registered name wins. Otherwise the match ignores case and treats ``-`` as ``_``, and the reference
-    repositories' constructor names (``mobile_half``, ``vgg13_bn``, ...) are accepted. ``"ResNet50"`` (the CIFAR
-    ResNet-50 of RepDistiller) and ``"resnet50"`` (torchvision's ImageNet ResNet-50) are both registered, so a
-    spelling that differs from both only by case is ambiguous and rejected.
+    An exact canonical name or alias (:data:`MODEL_ALIASES`: ``MobileNetV2``, ``ShuffleV1``, ``ResNet50``,
+    ``mobile_half``, ``vgg13_bn``, ...) wins. Otherwise the match ignores case and treats ``-`` as ``_``.
+    ``"ResNet50"`` (the CIFAR ResNet-50 of RepDistiller, canonical ``resnet50_cifar``) and ``"resnet50"``
+    (torchvision's ImageNet ResNet-50) differ only by case, so another spelling of them is ambiguous and rejected.
 
     Args:
-        name: model name, e.g. ``"resnet32x4"``, ``"shufflev1"``, ``"WRN-40-2"``.
+        name: model name, e.g. ``"resnet32x4"``, ``"ShuffleV1"``, ``"WRN-40-2"``.
 
     Returns:
         The key of :data:`MODELS`.
@@ -112,24 +133,30 @@ def resolve_model_name(name: str) -> str:
         ValueError: if the name is unknown (the message lists the valid names) or ambiguous.
 
     Example:
-        >>> resolve_model_name("shufflev1"), resolve_model_name("WRN-40-2"), resolve_model_name("mobile_half")
-        ('ShuffleV1', 'wrn_40_2', 'MobileNetV2')
+        >>> resolve_model_name("ShuffleV1"), resolve_model_name("WRN-40-2"), resolve_model_name("MobileNetV2")
+        ('shufflenetv1', 'wrn_40_2', 'mobilenetv2')
     """
     if not isinstance(name, str):
         raise TypeError(f"Expected `name` to be a str, but got {type(name).__name__}.")
     if name in MODELS:
         return name
+    if name in MODEL_ALIASES:
+        return MODEL_ALIASES[name]
     key = _normalise(name)
     matches = {registered for registered in MODELS if _normalise(registered) == key}
-    matches |= {target for alias, target in _ALIASES.items() if _normalise(alias) == key}
+    matches |= {target for alias, target in MODEL_ALIASES.items() if _normalise(alias) == key}
     if len(matches) == 1:
         return matches.pop()
     if len(matches) > 1:
         raise ValueError(
             f"Expected `name` to match exactly one model, but {name!r} matches {sorted(matches)} when case is "
-            "ignored; pass the exact name ('ResNet50' is the CIFAR ResNet-50, 'resnet50' torchvision's)."
+            "ignored; pass the exact name ('resnet50_cifar' or 'ResNet50' is the CIFAR ResNet-50, 'resnet50' "
+            "torchvision's)."
         )
-    raise ValueError(f"Expected `name` to be one of {list_models()} (case-insensitive), but got {name!r}.")
+    raise ValueError(
+        f"Expected `name` to be one of {list_models()} or an alias {sorted(MODEL_ALIASES)} (case-insensitive), "
+        f"but got {name!r}."
+    )
 
 
 def create_model(

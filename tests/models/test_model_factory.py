@@ -4,7 +4,7 @@ import pytest
 import torch
 import torchvision
 
-from cmkd_lightning.models import MODELS, create_model, list_models, resolve_model_name
+from cmkd_lightning.models import MODEL_ALIASES, MODELS, create_model, list_models, model_aliases, resolve_model_name
 from cmkd_lightning.models.mobilenetv2 import MobileNetV2Cifar
 from cmkd_lightning.models.resnet50_cifar import CifarResNetBottleneck
 from cmkd_lightning.models.resnet_cifar import CifarResNet
@@ -13,8 +13,8 @@ from cmkd_lightning.models.wrn import WideResNet
 
 REQUIRED = [
     "resnet8", "resnet14", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110", "resnet8x4", "resnet32x4",
-    "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "MobileNetV2",
-    "ShuffleV1", "ShuffleV2", "ResNet50", "resnet18", "resnet34", "resnet50", "MobileNetV1",
+    "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19", "mobilenetv2",
+    "shufflenetv1", "shufflenetv2", "resnet50_cifar", "resnet18", "resnet34", "resnet50", "mobilenetv1",
 ]  # fmt: skip
 
 
@@ -29,17 +29,22 @@ def test_list_models_is_the_registry():
     [
         ("resnet32x4", "resnet32x4"),
         ("ResNet32x4", "resnet32x4"),
-        ("shufflev1", "ShuffleV1"),
-        ("SHUFFLEV2", "ShuffleV2"),
-        ("mobilenetv2", "MobileNetV2"),
-        ("mobile_half", "MobileNetV2"),
+        ("shufflev1", "shufflenetv1"),
+        ("ShuffleV1", "shufflenetv1"),
+        ("SHUFFLEV2", "shufflenetv2"),
+        ("ShuffleNetV2", "shufflenetv2"),
+        ("mobilenetv2", "mobilenetv2"),
+        ("MobileNetV2", "mobilenetv2"),
+        ("mobile_half", "mobilenetv2"),
         ("WRN_40_2", "wrn_40_2"),
         ("wrn-40-2", "wrn_40_2"),
         ("vgg13_bn", "vgg13"),
-        ("mobilenetv1", "MobileNetV1"),
+        ("mobilenetv1", "mobilenetv1"),
+        ("MobileNetV1", "mobilenetv1"),
         ("ResNet18", "resnet18"),
         ("ResNet34", "resnet34"),
-        ("ResNet50", "ResNet50"),
+        ("ResNet50", "resnet50_cifar"),
+        ("resnet50_cifar", "resnet50_cifar"),
         ("resnet50", "resnet50"),
     ],
 )
@@ -53,8 +58,11 @@ def test_aliases(alias, expected):
         ("resnet32x4", CifarResNet),
         ("wrn_40_2", WideResNet),
         ("MobileNetV2", MobileNetV2Cifar),
+        ("mobilenetv2", MobileNetV2Cifar),
         ("ShuffleV1", ShuffleNetV1),
+        ("shufflenetv1", ShuffleNetV1),
         ("ResNet50", CifarResNetBottleneck),
+        ("resnet50_cifar", CifarResNetBottleneck),
         ("resnet50", torchvision.models.ResNet),
     ],
 )
@@ -70,12 +78,14 @@ def test_cifar_and_imagenet_resnet50_differ():
 
 
 def test_case_only_spelling_of_resnet50_is_ambiguous():
-    with pytest.raises(ValueError, match=re.escape("matches ['ResNet50', 'resnet50']")):
+    with pytest.raises(ValueError, match=re.escape("matches ['resnet50', 'resnet50_cifar']")):
         resolve_model_name("RESNET50")
 
 
 def test_unknown_name_lists_valid_names():
-    with pytest.raises(ValueError, match=r"Expected `name` to be one of \[.*'resnet32x4'.*'MobileNetV1'.*\].*'resnet9'"):
+    with pytest.raises(
+        ValueError, match=r"Expected `name` to be one of \[.*'resnet32x4'.*'MobileNetV1'.*\].*'resnet9'"
+    ):
         create_model("resnet9")
 
 
@@ -143,3 +153,27 @@ def test_pretrained_weights_are_validated_before_any_download():
 def test_constructor_arguments_are_validated(factory, message):
     with pytest.raises(ValueError, match=re.escape(message)):
         factory()
+
+
+def test_canonical_names_share_one_case_style_and_aliases_point_at_them():
+    # canonical keys: lower case, digits and `_` only; every alias names a canonical key and is not one itself
+    for name in list_models():
+        assert re.fullmatch(r"[a-z][a-z0-9_]*", name), name
+    for alias, target in MODEL_ALIASES.items():
+        assert target in MODELS and alias not in MODELS, alias
+        assert resolve_model_name(alias) == target
+    assert model_aliases()["shufflenetv1"] == ["ShuffleV1"]
+    assert sorted(a for names in model_aliases().values() for a in names) == sorted(MODEL_ALIASES)
+    # the community's spellings the configs and published checkpoints use are all accepted
+    for community in ("resnet8x4", "resnet32x4", "wrn_40_2", "MobileNetV2", "ShuffleV1", "ShuffleV2", "ResNet50"):
+        assert resolve_model_name(community) in MODELS
+
+
+def test_cmkd_list_models_shows_canonical_names_and_aliases(capsys):
+    from cmkd_lightning.cli import main
+
+    main(["list", "models"])
+    lines = capsys.readouterr().out.splitlines()
+    assert "  mobilenetv2  (also: MobileNetV2, mobile_half)" in lines
+    assert "  resnet50_cifar  (also: ResNet50)" in lines
+    assert "  resnet8x4" in lines

@@ -13,8 +13,8 @@ from cmkd_lightning.models._layers import channel_shuffle
         (lambda: torchvision.models.resnet18(num_classes=10), "fc"),
         (lambda: torchvision.models.mobilenet_v2(num_classes=10), "classifier.1"),
         (lambda: torchvision.models.squeezenet1_0(num_classes=10), None),
-        (lambda: create_model("MobileNetV2", num_classes=10), "classifier.0"),
-        (lambda: create_model("ShuffleV2", num_classes=10), "linear"),
+        (lambda: create_model("mobilenetv2", num_classes=10), "classifier.0"),
+        (lambda: create_model("shufflenetv2", num_classes=10), "linear"),
         (lambda: create_model("vgg8", num_classes=10), "classifier"),
     ],
 )

@@ -9,7 +9,7 @@ from torch import nn
 
 from cmkd_lightning.models import create_model, extract_features, get_classifier, list_models
 
-IMAGENET = {"resnet18", "resnet34", "resnet50", "MobileNetV1"}
+IMAGENET = {"resnet18", "resnet34", "resnet50", "mobilenetv1"}
 DIGITS = {"digits_teacher", "digits_student"}  # 1 x 8 x 16 composed-digit images
 ALL = list_models()
 
@@ -39,14 +39,14 @@ PARAM_COUNTS = {
     "vgg13": 9_462_180,
     "vgg16": 14_774_436,
     "vgg19": 20_086_692,
-    "MobileNetV2": 812_836,
-    "ShuffleV1": 949_258,
-    "ShuffleV2": 1_355_528,
-    "ResNet50": 23_705_252,
+    "mobilenetv2": 812_836,
+    "shufflenetv1": 949_258,
+    "shufflenetv2": 1_355_528,
+    "resnet50_cifar": 23_705_252,
     "resnet18": 11_689_512,
     "resnet34": 21_797_672,
     "resnet50": 25_557_032,
-    "MobileNetV1": 4_231_976,
+    "mobilenetv1": 4_231_976,
 }
 
 # Fingerprint of the state_dict layout: sha256 (first 16 hex digits) of the sorted "key:shape" lines at 100
@@ -73,11 +73,11 @@ LAYOUT_DIGESTS = {
     "vgg13": "7bec65f1ca17a0bf",
     "vgg16": "b420ddff7e4306ec",
     "vgg19": "2d318270df30c723",
-    "MobileNetV2": "10e9036e17013c38",
-    "ShuffleV1": "eb3bcbc847930cce",
-    "ShuffleV2": "b7e2c3e764687767",
-    "ResNet50": "d4a9e0738c8f8385",
-    "MobileNetV1": "2c25d7608115018d",
+    "mobilenetv2": "10e9036e17013c38",
+    "shufflenetv1": "eb3bcbc847930cce",
+    "shufflenetv2": "b7e2c3e764687767",
+    "resnet50_cifar": "d4a9e0738c8f8385",
+    "mobilenetv1": "2c25d7608115018d",
 }
 
 # Readable spot checks of the published key names and shapes, one or more per family.
@@ -101,31 +101,31 @@ SPOT_KEYS = {
         "block4.3.weight": (512, 512, 3, 3),
         "classifier.weight": (100, 512),
     },
-    "MobileNetV2": {
+    "mobilenetv2": {
         "conv1.0.weight": (16, 3, 3, 3),
         "blocks.0.0.conv.0.weight": (16, 16, 1, 1),
         "blocks.6.0.conv.6.weight": (160, 480, 1, 1),
         "conv2.0.weight": (1280, 160, 1, 1),
         "classifier.0.weight": (100, 1280),
     },
-    "ShuffleV1": {
+    "shufflenetv1": {
         "layer1.0.conv1.weight": (54, 24, 1, 1),
         "layer1.0.conv3.weight": (216, 18, 1, 1),
         "layer3.3.conv3.weight": (960, 80, 1, 1),
         "linear.weight": (100, 960),
     },
-    "ShuffleV2": {
+    "shufflenetv2": {
         "layer1.0.conv1.weight": (24, 1, 3, 3),
         "layer1.1.conv1.weight": (58, 58, 1, 1),
         "conv2.weight": (1024, 464, 1, 1),
         "linear.weight": (100, 1024),
     },
-    "ResNet50": {
+    "resnet50_cifar": {
         "layer1.0.shortcut.0.weight": (256, 64, 1, 1),
         "layer4.2.conv3.weight": (2048, 512, 1, 1),
         "linear.weight": (100, 2048),
     },
-    "MobileNetV1": {
+    "mobilenetv1": {
         "model.0.0.weight": (32, 3, 3, 3),
         "model.13.3.weight": (1024, 1024, 1, 1),
         "fc.weight": (1000, 1024),
@@ -276,8 +276,8 @@ def test_param_table_matches_closed_form(name, expected):
 @pytest.mark.parametrize(
     ("name", "millions"),
     [("resnet8x4", 1.23), ("resnet32x4", 7.43), ("wrn_40_2", 2.26), ("wrn_16_2", 0.70), ("resnet56", 0.86),
-     ("resnet110", 1.74), ("vgg13", 9.46), ("MobileNetV2", 0.81), ("ShuffleV1", 0.95),
-     ("ShuffleV2", 1.36), ("ResNet50", 23.71), ("MobileNetV1", 4.23)],
+     ("resnet110", 1.74), ("vgg13", 9.46), ("mobilenetv2", 0.81), ("shufflenetv1", 0.95),
+     ("shufflenetv2", 1.36), ("resnet50_cifar", 23.71), ("mobilenetv1", 4.23)],
 )  # fmt: skip
 def test_param_table_matches_published_figures(name, millions):
     assert round(PARAM_COUNTS[name] / 1e6, 2) == millions
