@@ -31,7 +31,7 @@ CONFIG_DIR = REPO / "examples" / "configs"
 EXPERIMENTS = sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("*.yaml") if p.name[0] != "_")
 BASES = sorted(p.relative_to(CONFIG_DIR).as_posix() for p in CONFIG_DIR.rglob("_*.yaml"))
 
-# DKD's beta per CIFAR-100 pair (DESIGN §3; mdistiller configs/cifar100/dkd/*.yaml), T = 4, warm-up 20.
+# DKD's beta per CIFAR-100 pair (docs/DESIGN.md, "Baselines"; mdistiller configs/cifar100/dkd/*.yaml), T = 4, warm-up 20.
 CIFAR_DKD_BETA = {
     "res32x4_res8x4": 8.0,
     "res56_res20": 2.0,

@@ -97,24 +97,19 @@ class CMKDTerms(NamedTuple):
 def default_regularization_strength(num_classes: int) -> float:
     r"""Default soft-rank strength for CMKD on z-scored logits: :math:`\varepsilon = 1 / C`.
 
-    On z-scored logits the gap between neighbouring sorted values is of order ``1 / C``; the l2 soft rank pools
-    two neighbours when their scaled gap ``gap / eps`` falls below about 1. Measured with
-    ``python benchmarks/soft_rank_epsilon.py`` (512 rows, teacher = 3 randn, student = teacher + 3 randn, float64):
+    On z-scored logits neighbouring sorted values are about ``1 / C`` apart, so ``1 / C`` keeps the soft rank a rank
+    (a fixed ``eps`` such as 0.1 or 1.0 pools whole rows into an affine map for every ``C >= 100``); the
+    measurements are in ``docs/DESIGN.md``, "Soft-rank strength".
 
-    ======  ===========  ==============  ======================  ========================
-    C       eps          soft Spearman   exact Spearman          rows in the affine regime
-    ======  ===========  ==============  ======================  ========================
-    10      1/C          0.6468          0.6428                  0 %
-    100     1/C          0.6830          0.6830                  0 %
-    1000    1/C          0.6891          0.6891                  0 %
-    100     0.1 or 1.0   0.6861          0.6830 (Pearson 0.6861) 100 %
-    ======  ===========  ==============  ======================  ========================
+    Args:
+        num_classes: the number of classes ``C``.
 
-    Rows collapse into one block (soft rank affine, "Spearman" = Pearson of the z-scored logits) from about
-    ``eps = 8 / C``; a fixed ``eps`` such as 0.1 or torchsort's 1.0 is degenerate for every ``C >= 100``. At
-    ``1 / C`` about 44 % of the entries receive gradient (those pooled with a neighbour; ``3 / C``: 87 %, at a
-    bias of +0.002 to +0.016 towards Pearson). ``1 / C`` keeps the term a rank correlation for ``C`` from 10 to
-    1000, which is what Eq. 13 asks for.
+    Returns:
+        ``1 / C``.
+
+    Example:
+        >>> default_regularization_strength(100)
+        0.01
     """
     return 1.0 / num_classes
 
@@ -152,6 +147,10 @@ def cmkd_terms(
     validate_args: bool = True,
 ) -> CMKDTerms:
     """Per-sample CMKD terms; :func:`cmkd_loss` documents every argument.
+
+    Like every ``*_terms`` function (``docs/DESIGN.md``, "The ``*_terms`` functions"), ``pearson`` and
+    ``spearman`` are ``(N,)`` and unweighted (before ``beta``/``gamma``, the Pearson scale and ``T^2``);
+    ``loss`` is the finished per-sample loss with all of them applied.
 
     Extra arguments:
         entropy_threshold: overrides the batch-mean entropy threshold (e.g. a mean all-reduced over devices).
@@ -249,34 +248,15 @@ def cmkd_loss(
     2020 (:func:`soft_rank`) and the teacher's rank is exact. The cross-entropy term ``alpha * L_CE`` of Eq. 16
     belongs to the training module. ``"mean"`` averages ``ell_i`` over the batch.
 
-    **Pearson scale s (not in the paper; default** :math:`s = \sqrt{C}` **).** The paper's Eq. 16 has ``s = 1``
-    (``pearson_scale="paper"``). The gradient of ``L_P`` on z-scored rows has norm
-    :math:`\approx \sqrt{1 - r^2} / \sqrt{C - 1}` (over the student's logit std), so with ``s = 1`` the Pearson
-    term fades against the cross-entropy as ``C`` grows; ``s = sqrt(C)`` keeps its pull independent of ``C``
-    (:func:`resolve_scale`). The Spearman term is left unscaled: scaling it too trained less well here.
-    ``alpha``, ``beta`` and ``gamma`` keep the paper's meaning. Measurements: ``docs/DESIGN.md``, "CMKD across
-    class counts".
-
-    **Which term gets beta.** The prose of Sec. V-C says a flat teacher (high entropy) should weight Spearman more,
-    but Eq. 16 and the motivation of Sec. IV-B ("for more difficult samples ... a higher weight to ... Pearson")
-    give hard samples (``H_i >= mean H``) the weight ``beta`` on Pearson. Eq. 16 and Sec. IV-B agree with each
-    other, so this implementation follows them.
-
-    **Soft-rank strength.** At ``regularization_strength = 1`` on z-scored logits the soft ranks of a whole row
-    collapse into one block, where the soft rank is an affine map of its input: the "Spearman" term then equals
-    the Pearson term exactly (same values, same gradients) and the rank information is lost. The default is
-    ``1 / C`` (:func:`default_regularization_strength`), which tracks the exact Spearman correlation closely
-    (measured on C = 100: 0.6830 soft vs 0.6827 exact) while still pooling neighbouring classes, so gradients
-    flow. :func:`soft_rank` warns when a batch falls into the affine regime.
-
-    **Batch size 1.** The sample's entropy equals the batch mean, so it takes the "hard" branch
-    (``beta * L_P + gamma * L_S``).
+    Rationale (``docs/DESIGN.md``, "CMKD, the loss"): ``s = sqrt(C)`` by default (``"paper"``: ``s = 1``) keeps the
+    Pearson term's pull independent of ``C``; hard samples (``H_i >= mean H``) get ``beta`` on Pearson as Eq. 16
+    and Sec. IV-B say (the prose of Sec. V-C says the opposite); ``eps = 1 / C`` keeps the soft rank a rank; a
+    batch of one sample takes the hard branch.
 
     Switches reproduce the ablation rows of Table VI: ``zscore`` (Eq. 9–11), ``spearman`` (with
     ``spearman=False`` every sample's loss is ``beta * L_P``), ``dynamic_weighting`` (off: the fixed
     ``beta * L_P + gamma * L_S``). The paper states no ``T^2`` factor; ``temperature_squared=True`` adds one
-    (as DIST and LS-KD do) on top of ``s``; it is off by default (with ``s = 1`` it rescued 1000 classes but
-    wrecked 100, see ``docs/DESIGN.md``).
+    (as DIST and LS-KD do) on top of ``s``, off by default.
 
     Paper: "Efficient and Robust Knowledge Distillation from A Stronger Teacher Based on Correlation Matching",
     Sec. V, Eq. 9–16. Recipe: ``T = 4`` (CIFAR-100) or ``T = 1`` (ImageNet), ``alpha = 1, beta = 4, gamma = 1``.

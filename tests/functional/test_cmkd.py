@@ -1,4 +1,4 @@
-"""CMKD (DESIGN §2) against a naive per-sample loop, plus the branch assignment of Eq. 16."""
+"""CMKD (docs/DESIGN.md, "CMKD, the loss") against a naive per-sample loop, plus the branch assignment of Eq. 16."""
 
 import numpy as np
 import pytest
@@ -118,7 +118,7 @@ def test_identical_logits_give_near_zero_loss(logits):
 
 
 def test_large_strength_makes_spearman_a_pearson_of_zscored_logits(logits):
-    """The degenerate regime of DESIGN §2: one block per row, the soft rank is affine, rank info is lost."""
+    """The degenerate regime (docs/DESIGN.md, "Soft-rank strength"): one block per row, the soft rank is affine."""
     zs, zt = logits
     terms = cmkd_terms(zs, zt, regularization_strength=1e3)
     affine_equivalent = 1 - pearson_corr(zscore(zs), rank(zt))

@@ -1,4 +1,4 @@
-"""The baseline losses against naive per-sample references written from DESIGN §3."""
+"""The baseline losses against naive per-sample references (docs/DESIGN.md, "Baselines")."""
 
 import numpy as np
 import pytest
@@ -93,9 +93,7 @@ def _with_targets(fn):
     return lambda s, t: fn(s, t, torch.tensor([0, 2, 1]))
 
 
-@pytest.mark.parametrize(
-    "fn", [kd_loss, lskd_loss, dist_loss, _with_targets(dkd_loss), _with_targets(nkd_loss)]
-)
+@pytest.mark.parametrize("fn", [kd_loss, lskd_loss, dist_loss, _with_targets(dkd_loss), _with_targets(nkd_loss)])
 def test_gradcheck(fn):
     zs = torch.randn(3, 5, dtype=torch.float64, requires_grad=True)
     zt = torch.randn(3, 5, dtype=torch.float64)
