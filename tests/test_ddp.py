@@ -109,35 +109,41 @@ def _student_state(module: LightningModule) -> dict[str, Tensor]:
 # recording
 
 
+_TERMS_FUNCTIONS = ("cmkd_terms", "cmkd_fused_terms")  # the general and the fused path of CMKDLoss
+
+
 class _Recorder(Callback):
     """Writes, per rank, what training saw to ``<out>/<tag>_rank<r>.pt``.
 
-    CMKD's per-sample hard mask is internal to ``CMKDLoss.forward``; the recorder wraps the ``cmkd_terms``
-    function that ``CMKDLoss`` calls (in this process only) to keep the last ``hard`` vector.
+    CMKD's per-sample hard mask is internal to ``CMKDLoss.forward``; the recorder wraps the ``cmkd_terms`` and
+    ``cmkd_fused_terms`` functions that ``CMKDLoss`` calls (in this process only) to keep the last ``hard`` vector.
     """
 
     def __init__(self, out: Path, tag: str) -> None:
         self.out, self.tag = out, tag
         self.rec: dict[str, Any] = {}
         self._last_hard: Tensor | None = None
-        self._original = cmkd_loss_module.cmkd_terms
+        self._original = {name: getattr(cmkd_loss_module, name) for name in _TERMS_FUNCTIONS}
 
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        original = self._original
+        def recording(original: Any) -> Any:
+            def inner(*args: Any, **kwargs: Any) -> Any:
+                terms = original(*args, **kwargs)
+                self._last_hard = terms.hard.detach().clone()
+                return terms
 
-        def recording(*args: Any, **kwargs: Any) -> Any:
-            terms = original(*args, **kwargs)
-            self._last_hard = terms.hard.detach().clone()
-            return terms
+            return inner
 
-        cmkd_loss_module.cmkd_terms = recording
+        for name, original in self._original.items():
+            setattr(cmkd_loss_module, name, recording(original))
         self.rec = {"idx": [], "pre_state": [], "grads": [], "loss": [], "hard": []}
 
     def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        cmkd_loss_module.cmkd_terms = self._original
+        for name, original in self._original.items():
+            setattr(cmkd_loss_module, name, original)
 
     def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        cmkd_loss_module.cmkd_terms = self._original
+        self.teardown(trainer, pl_module, "fit")
 
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
         self.rec["idx"].append(batch[2].clone())
