@@ -297,9 +297,7 @@ class EmbeddingProjection(Callback):
         return None
 
     @torch.no_grad()
-    def _features(
-        self, network: nn.Module, dataset: Dataset, indices: np.ndarray, device: torch.device
-    ) -> np.ndarray:
+    def _features(self, network: nn.Module, dataset: Dataset, indices: np.ndarray, device: torch.device) -> np.ndarray:
         loader = DataLoader(
             Subset(dataset, indices.tolist()),
             batch_size=self.batch_size,
@@ -309,17 +307,13 @@ class EmbeddingProjection(Callback):
         was_training = network.training
         network.eval()
         try:
-            chunks = [
-                extract_features(network, batch[0].to(device))[0].flatten(1).float().cpu() for batch in loader
-            ]
+            chunks = [extract_features(network, batch[0].to(device))[0].flatten(1).float().cpu() for batch in loader]
         finally:
             network.train(was_training)
         return torch.cat(chunks).numpy()
 
     def _project(self, trainer: Trainer, pl_module: LightningModule, filename: str, when: str) -> None:
-        directory = run_directory(
-            trainer, self.dirpath, "figures"
-        )  # a collective under DDP: every process calls it
+        directory = run_directory(trainer, self.dirpath, "figures")  # a collective under DDP: every process calls it
         if not trainer.is_global_zero:
             return
         dataset = self._find_dataset(trainer)

@@ -160,9 +160,7 @@ class TrainingCost(Callback):
         }
         self.history.append(entry)
         for name in ("epoch_time_s", "samples_per_s", "peak_mem_mb", "params_trainable", "params_frozen"):
-            pl_module.log(
-                f"{self.prefix}{name}", float(entry[name]), on_step=False, on_epoch=True, sync_dist=False
-            )
+            pl_module.log(f"{self.prefix}{name}", float(entry[name]), on_step=False, on_epoch=True, sync_dist=False)
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

@@ -35,9 +35,7 @@ def rank(x: Tensor) -> Tensor:
         group = new_group.cumsum(dim=-1) - 1  # group id per sorted position, 0..G-1 within each row
         positions = torch.arange(1, c + 1, device=x.device, dtype=work).expand(n, c)
         sums = torch.zeros(n, c, device=x.device, dtype=work).scatter_add_(1, group, positions)
-        counts = torch.zeros(n, c, device=x.device, dtype=work).scatter_add_(
-            1, group, torch.ones_like(positions)
-        )
+        counts = torch.zeros(n, c, device=x.device, dtype=work).scatter_add_(1, group, torch.ones_like(positions))
         avg = (sums / counts.clamp_min(1)).gather(1, group)
         ranks = torch.empty_like(avg).scatter_(1, order, avg)
     return ranks.to(out_dtype)

@@ -406,8 +406,7 @@ def _check_values(values: Tensor) -> None:
         raise TypeError(f"Expected `values` to be a floating-point tensor, but got dtype {values.dtype}.")
     if values.ndim != 2:
         raise ValueError(
-            f"Expected `values` to be 2-D with shape (N, n), but got {values.ndim}-D shape "
-            f"{tuple(values.shape)}."
+            f"Expected `values` to be 2-D with shape (N, n), but got {values.ndim}-D shape {tuple(values.shape)}."
         )
 
 

@@ -74,9 +74,7 @@ def test_training_steps_use_the_logits_of_the_step(tmp_path):
     dm, module = digits_data(), digits_module()
     seen = {"student": [], "teacher": []}
     for role in seen:
-        getattr(module, role).register_forward_hook(
-            lambda _m, _a, out, role=role: seen[role].append(out.detach())
-        )
+        getattr(module, role).register_forward_hook(lambda _m, _a, out, role=role: seen[role].append(out.detach()))
     monitor = CorrelationMonitor(every_n_train_steps=1)
     trainer = cpu_trainer(tmp_path, [monitor], log_every_n_steps=1, limit_val_batches=0)
     trainer.fit(module, datamodule=dm)

@@ -83,9 +83,7 @@ def test_legend_for_few_classes_colour_bar_for_many(num_classes, legend, axes):
     assert (fig.axes[0].get_legend() is not None) is legend
     assert len(fig.axes) == axes  # the colour bar is a second axes
     if legend:
-        assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [
-            str(c) for c in range(num_classes)
-        ]
+        assert [t.get_text() for t in fig.axes[0].get_legend().get_texts()] == [str(c) for c in range(num_classes)]
 
 
 @pytest.mark.parametrize(

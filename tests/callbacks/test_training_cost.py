@@ -54,12 +54,8 @@ def test_logged_values_summary_and_json(tmp_path):
     assert parameter_counts(module) == (student, teacher)
     assert [e["samples"] for e in cost.history] == [128, 128]
     for entry, epoch, validation in zip(cost.history, probe.epochs, probe.validations):
-        assert (
-            validation >= 1.0 and entry["epoch_time_s"] >= 0.2
-        )  # 2 x 0.5 s of validation, 2 x 0.1 s of training
-        assert epoch - validation - 0.1 < entry["epoch_time_s"] <= epoch - validation, (
-            entry
-        )  # validation excluded
+        assert validation >= 1.0 and entry["epoch_time_s"] >= 0.2  # 2 x 0.5 s of validation, 2 x 0.1 s of training
+        assert epoch - validation - 0.1 < entry["epoch_time_s"] <= epoch - validation, entry  # validation excluded
         assert math.isclose(entry["samples_per_s"], 128 / entry["epoch_time_s"], rel_tol=1e-9)
         assert 0.5 * psutil.Process().memory_info().rss / 2**20 < entry["peak_mem_mb"] < 1e6
     last = cost.history[-1]
