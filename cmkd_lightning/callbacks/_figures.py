@@ -42,7 +42,7 @@ def describe_method(pl_module: LightningModule) -> str:
         >>> from cmkd_lightning.losses import KDLoss
         >>> m = DistillationModule("digits_student", teacher="digits_teacher", losses=[KDLoss()], num_classes=100)
         >>> describe_method(m)
-        'digits_student (DigitsCNN): CE 1 + KD 1 (T=4)'
+        'digits_student (DigitsCNN): CE 0.1 + KD 0.9 (T=4)'
     """
     losses = getattr(pl_module, "losses", None)
     student = getattr(pl_module, "student", None)

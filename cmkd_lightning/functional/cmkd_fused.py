@@ -8,6 +8,8 @@ Eq. 16 weights) is one :class:`torch.autograd.Function` with a hand-written back
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import importlib
 import math
 from types import ModuleType
@@ -32,6 +34,24 @@ from cmkd_lightning.functional.soft_rank import _isotonic_block_starts, _torchso
 FUSED_DEVICES = ("cpu", "cuda")
 _MIN_STD = 1e-15  # as the general z-score, which clamps the variance at 1e-30 before the square root
 _PEARSON_EPS = 1e-8  # as the general Pearson correlation: added to the product of the norms
+
+
+def _autocast_off(device_type: str) -> contextlib.AbstractContextManager:
+    """Autocast switched off on ``device_type`` (it would run ``vecdot`` in half precision); a no-op elsewhere."""
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type=device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
+def _without_autocast(fn: Any) -> Any:
+    """Run ``fn(ctx, grad, ...)`` with autocast off on the gradient's device (a backward called inside autocast)."""
+
+    @functools.wraps(fn)
+    def wrapper(ctx: Any, grad: Tensor, *rest: Any) -> Any:
+        with _autocast_off(grad.device.type):
+            return fn(ctx, grad, *rest)
+
+    return wrapper
 
 
 class FusedTeacher(NamedTuple):
@@ -85,7 +105,7 @@ def fast_teacher_stats(
         >>> stats.ranks
         tensor([[1.0000, 4.0000, 2.5000, 2.5000]])
     """
-    with torch.no_grad():
+    with torch.no_grad(), _autocast_off(teacher_logits.device.type):
         zt = upcast(teacher_logits.detach())
         if zscore:
             zt = _zscore_parts(zt, eps)[3]
@@ -269,6 +289,7 @@ class _CMKDStudent(torch.autograd.Function):
 
     @staticmethod
     @once_differentiable
+    @_without_autocast
     def backward(ctx: Any, grad: Tensor, _p: Tensor | None, _s: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         teacher: FusedTeacher = ctx.teacher
         # d r / d x = (y_c - r |y_c| x_c / |x_c|) / den; the centring projection is dropped: the softmax and
@@ -378,6 +399,44 @@ def cmkd_fused_terms(
         check_non_negative(gamma, "gamma")
         check_positive(eps, "eps")
         check_positive(regularization_strength, "regularization_strength")
+    with _autocast_off(student_logits.device.type):
+        return _fused_terms(
+            student_logits,
+            teacher_logits,
+            temperature,
+            beta,
+            gamma,
+            regularization_strength,
+            zscore,
+            spearman,
+            dynamic_weighting,
+            temperature_squared,
+            pearson_scale,
+            entropy_threshold,
+            teacher,
+            eps,
+            rank_backend,
+        )
+
+
+def _fused_terms(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float,
+    beta: float,
+    gamma: float,
+    regularization_strength: float,
+    zscore: bool,
+    spearman: bool,
+    dynamic_weighting: bool,
+    temperature_squared: bool,
+    pearson_scale: Any,
+    entropy_threshold: Tensor | float | None,
+    teacher: TeacherStats | None,
+    eps: float,
+    rank_backend: str,
+) -> CMKDTerms:
+    num_classes = student_logits.shape[-1]
     factor = resolve_scale(pearson_scale, num_classes)
     if teacher is None:
         teacher = fast_teacher_stats(teacher_logits, temperature=temperature, zscore=zscore, eps=eps)
