@@ -8,6 +8,7 @@ readable lines; W&B with a key but no reachable server falls back to offline qui
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -115,6 +116,42 @@ def test_a_checkpoint_folder_that_cannot_be_created_stops_the_run_before_trainin
     assert code == 1
     assert lines[-1].startswith(f"Expected the checkpoint folder '{dirpath}' (NotADirectoryError: Not a directory)")
     assert "nothing was trained" in lines[-1]
+
+
+@pytest.fixture
+def read_only_folder(tmp_path):
+    """A real read-only folder, also for root: the immutable attribute (``chattr +i``) blocks every write."""
+    folder = tmp_path / "read_only"
+    folder.mkdir()
+    if shutil.which("chattr") is None or subprocess.run(["chattr", "+i", str(folder)]).returncode != 0:
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        yield folder
+    finally:
+        subprocess.run(["chattr", "-i", str(folder)], check=False)
+
+
+def test_a_read_only_checkpoint_folder_stops_the_run_before_training(read_only_folder, tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OSError):
+        (read_only_folder / "probe").write_text("x")  # the folder really refuses writes, root or not
+    code, lines = _cli_error(
+        capsys,
+        [
+            "fit",
+            "-c",
+            str(DIGITS / "ce.yaml"),
+            *SMALL,
+            "--trainer.logger=false",
+            "--trainer.max_epochs=1",
+            "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
+            f"--trainer.callbacks.dirpath={read_only_folder}",
+        ],
+    )
+    assert code == 1
+    assert lines[-1].startswith(f"Expected the checkpoint folder '{read_only_folder}'"), lines[-3:]
+    assert "nothing was trained" in lines[-1]
+    assert list(read_only_folder.iterdir()) == []
 
 
 def test_a_save_that_does_not_produce_its_file_is_an_error(tmp_path, monkeypatch, capsys):

@@ -17,11 +17,19 @@ if TYPE_CHECKING:  # matplotlib is the `figures` extra; the callbacks that draw 
 def run_directory(trainer: Trainer, dirpath: Path | None, subfolder: str = "") -> Path:
     """``dirpath`` if given, else ``<run dir>/<subfolder>``.
 
-    The run dir is ``trainer.log_dir`` (the first logger's folder), else ``trainer.default_root_dir``.
-    ``trainer.log_dir`` broadcasts from rank 0, so call this on every process.
+    The run dir is this run's own folder: under a W&B logger ``<save_dir>/<project>/<run id>`` (where Lightning
+    puts the run's checkpoints; ``trainer.log_dir`` is the ``save_dir`` every W&B run shares), else
+    ``trainer.log_dir`` (the CSV / TensorBoard logger's versioned folder), else ``trainer.default_root_dir``.
+    It is broadcast from rank 0, so call this on every process.
     """
     if dirpath is not None:
         return dirpath
+    logger = trainer.logger
+    if isinstance(logger, WandbLogger):
+        own = None
+        if trainer.is_global_zero:
+            own = str(Path(logger.save_dir or trainer.default_root_dir) / str(logger.name) / str(logger.version))
+        return Path(trainer.strategy.broadcast(own)) / subfolder
     log_dir = trainer.log_dir
     return Path(log_dir if log_dir is not None else trainer.default_root_dir) / subfolder
 

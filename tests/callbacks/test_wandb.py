@@ -42,5 +42,29 @@ def test_images_and_table_in_offline_wandb_run(tmp_path, monkeypatch):
     content = json.loads(table.read_text())
     assert content["columns"] == ["model", "clean", "fog", "fog_drop", "mean", "mean_drop"]
     assert [row[0] for row in content["data"]] == ["student", "teacher"]
-    assert (tmp_path / "figures" / "logit_correlation_epoch000.png").is_file()  # the run dir is save_dir
-    assert (tmp_path / "robustness.csv").is_file()
+    # Files go to the run's own folder (beside its checkpoints), never to the save_dir every W&B run shares.
+    own = tmp_path / str(logger.name) / str(logger.version)
+    assert (own / "figures" / "logit_correlation_epoch000.png").is_file()
+    assert (own / "robustness.csv").is_file()
+    assert not (tmp_path / "figures").exists() and not (tmp_path / "robustness.csv").exists()
+
+
+def test_two_wandb_runs_in_one_save_dir_keep_their_own_figures(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    from lightning.pytorch.loggers import WandbLogger
+
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(16, 3, 32, 32), torch.arange(16) % 4)
+    loader = DataLoader(data, batch_size=8)
+    folders = []
+    for _ in range(2):
+        logger = WandbLogger(offline=True, save_dir=tmp_path)
+        try:
+            trainer = cpu_trainer(tmp_path, [LogitCorrelationHeatmap()], logger=logger, limit_train_batches=1)
+            trainer.fit(cifar_module(), train_dataloaders=loader, val_dataloaders=loader)
+            folders.append(tmp_path / str(logger.name) / str(logger.version) / "figures")
+        finally:
+            wandb.finish()
+    assert folders[0] != folders[1]
+    for folder in folders:
+        assert [p.name for p in folder.glob("*.png")] == ["logit_correlation_epoch000.png"]
