@@ -9,7 +9,7 @@ their distributions, the metric to optimise and, optionally, the sampler and pru
     pruner: median                     # median (default) | none
     params:
       model.init_args.losses.0.init_args.beta: {type: categorical, choices: [1.0, 2.0, 3.0, 4.0, 5.0]}
-      model.init_args.lr: {type: float, low: 0.01, high: 0.1, log: true}
+      model.init_args.optimizer.init_args.lr: {type: float, low: 0.01, high: 0.1, log: true}
     fixed:                             # set in every trial
       model.init_args.losses.0.init_args.gamma: 1.0
 

@@ -110,7 +110,7 @@ def test_grid_study_in_sqlite_runs_each_trial_as_a_logged_run_and_resumes(tmp_pa
 @pytest.mark.slow
 def test_pruning_goes_through_optuna_lightning_integration(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    space = {"params": {"model.init_args.lr": {"type": "float", "low": 0.01, "high": 0.1}}}
+    space = {"params": {"model.init_args.optimizer.init_args.lr": {"type": "float", "low": 0.01, "high": 0.1}}}
     # a pruner that prunes at the first report (accuracy is never above 2): the trial must end PRUNED
     study = run_sweep(
         _tiny_config(), space, trials=1, out=tmp_path / "sw", pruner=optuna.pruners.ThresholdPruner(lower=2.0)
