@@ -16,7 +16,10 @@ Two parts, each regenerating one table of docs/DESIGN.md ("CMKD across class cou
 Usage (1 CPU thread; teachers are trained once and cached under --out)::
 
     python benchmarks/cmkd_class_count.py grad --out runs/cmkd-class-count
-    python benchmarks/cmkd_class_count.py train --num-digits 3 --seeds 0 1 --variants paper t2 scale_t1 ...
+    python benchmarks/cmkd_class_count.py train --num-digits 3 --seeds 0 --variants paper t2 sqrtc psqrtc sqrtc_nosp
+
+(variant names: VARIANTS below and the built-in methods of cmkd-compare; results are appended to
+``<out>/train-<C>.jsonl``)
 """
 
 from __future__ import annotations
