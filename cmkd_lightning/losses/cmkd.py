@@ -22,7 +22,8 @@ class CMKDLoss(DistillationLoss):
     """Correlation Matching KD: entropy-weighted Pearson + soft-Spearman loss on z-scored logits.
 
     See :func:`~cmkd_lightning.functional.cmkd_loss` for the formula (Eq. 9–16), the Eq. 16 / Sec. V-C
-    discrepancy (Eq. 16 is followed) and the choice of the soft-rank strength (default ``1 / C``).
+    discrepancy (Eq. 16 is followed), the choice of the soft-rank strength (default ``1 / C``) and the Pearson
+    scale (default ``sqrt(C)``, not in the paper; ``pearson_scale="paper"`` is Eq. 16 as written).
 
     Components (detached, batch means): ``pearson_loss`` (``1 - r`` of Eq. 12), ``spearman_loss`` (``1 - rho`` of
     Eq. 13),
