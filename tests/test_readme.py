@@ -38,6 +38,15 @@ BASH_RULES = (
         "python examples/make_figures.py",
         "{line} --teacher-epochs 1 --student-epochs 2 --train-size 300 --cost-repeats 1 --tsne-samples 60",
     ),
+    (
+        "cmkd-compare ",
+        "{line} --seeds 0 1 --methods kd cmkd --train-size 300 --eval-size 200 --epochs 1 --teacher-epochs 1",
+    ),
+    (  # its config reads the digits teacher, which the README trains first (the "From the shell" block)
+        "cmkd-sweep ",
+        "cmkd fit -c examples/configs/digits/teacher.yaml --trainer.max_epochs=1 " + _DATA_CUT + "\n"
+        "{line} --trials 2 --trainer.max_epochs=1 " + _DATA_CUT,
+    ),
     ("python examples/plain_script.py", "{line} --fast"),
     ("python examples/subclass_script.py", "{line} --fast"),
 )
