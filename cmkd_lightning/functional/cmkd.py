@@ -41,6 +41,24 @@ class TeacherStats(NamedTuple):
 
 
 CMKDScale = Literal["sqrt_classes", "paper"] | float
+EntropySource = Literal["loss", "teacher"]
+_ENTROPY_SOURCES = ("loss", "teacher")
+
+
+def check_entropy_source(entropy_source: str) -> None:
+    """Raise a ``ValueError`` unless ``entropy_source`` is ``"loss"`` or ``"teacher"``."""
+    if entropy_source not in _ENTROPY_SOURCES:
+        raise ValueError(f"Expected `entropy_source` to be one of {_ENTROPY_SOURCES}, but got {entropy_source!r}.")
+
+
+def teacher_entropy(teacher_logits: Tensor, probs: Tensor, log_probs: Tensor, entropy_source: str) -> Tensor:
+    """Eq. 14's entropy per sample: of the loss's ``probs`` (``"loss"``) or of ``softmax(z_t)`` (``"teacher"``)."""
+    if entropy_source == "teacher":
+        log_probs = F.log_softmax(upcast(teacher_logits.detach()), dim=-1)
+        probs = log_probs.exp()
+    return -(probs * log_probs).sum(dim=-1)
+
+
 _SCALES = ("sqrt_classes", "paper")
 
 
@@ -115,15 +133,23 @@ def default_regularization_strength(num_classes: int) -> float:
 
 
 def teacher_stats(
-    teacher_logits: Tensor, *, temperature: float = 4.0, zscore: bool = True, eps: float = 1e-7
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 4.0,
+    zscore: bool = True,
+    eps: float = 1e-7,
+    entropy_source: EntropySource = "loss",
 ) -> TeacherStats:
-    """Teacher probabilities, exact ranks and entropy for :func:`cmkd_terms`, without gradient."""
+    """Teacher probabilities, exact ranks and entropy for :func:`cmkd_terms`, without gradient.
+
+    ``entropy_source`` picks the distribution of Eq. 14's entropy (:func:`cmkd_loss` documents it).
+    """
     with torch.no_grad():
         zt = upcast(teacher_logits.detach())
         zt = _zscore(zt, eps) if zscore else zt
         log_pt = F.log_softmax(zt / temperature, dim=-1)
         probs = log_pt.exp()
-        entropy = -(probs * log_pt).sum(dim=-1)
+        entropy = teacher_entropy(teacher_logits, probs, log_pt, entropy_source)
         return TeacherStats(probs=probs, ranks=rank(zt), entropy=entropy)
 
 
@@ -140,6 +166,7 @@ def cmkd_terms(
     dynamic_weighting: bool = True,
     temperature_squared: bool = False,
     pearson_scale: CMKDScale = "sqrt_classes",
+    entropy_source: EntropySource = "loss",
     entropy_threshold: Tensor | float | None = None,
     teacher: TeacherStats | None = None,
     eps: float = 1e-7,
@@ -167,6 +194,7 @@ def cmkd_terms(
         check_non_negative(gamma, "gamma")
         check_positive(eps, "eps")
         check_positive(regularization_strength, "regularization_strength")
+        check_entropy_source(entropy_source)
     factor = resolve_scale(pearson_scale, num_classes)
     if validate_args and spearman and not zscore:
         warnings.warn(
@@ -178,7 +206,9 @@ def cmkd_terms(
             stacklevel=3,
         )
     if teacher is None:
-        teacher = teacher_stats(teacher_logits, temperature=temperature, zscore=zscore, eps=eps)
+        teacher = teacher_stats(
+            teacher_logits, temperature=temperature, zscore=zscore, eps=eps, entropy_source=entropy_source
+        )
 
     zs = upcast(student_logits)
     zs = _zscore(zs, eps) if zscore else zs
@@ -198,8 +228,10 @@ def cmkd_terms(
         per_sample = beta * scaled_pearson
     elif dynamic_weighting:
         # Eq. 16: flat teacher (H_i >= mean H) -> beta * Pearson + gamma * Spearman; sharp -> the swap.
-        w_pearson = torch.where(hard, beta, gamma).to(pearson.dtype)
-        w_spearman = torch.where(hard, gamma, beta).to(pearson.dtype)
+        # 0-dim fills in the loss's dtype: torch.where with two Python floats would round them to float32
+        big, small = pearson.new_full((), beta), pearson.new_full((), gamma)
+        w_pearson = torch.where(hard, big, small)
+        w_spearman = torch.where(hard, small, big)
         per_sample = w_pearson * scaled_pearson + w_spearman * spearman_loss
     else:
         per_sample = beta * scaled_pearson + gamma * spearman_loss
@@ -221,6 +253,7 @@ def cmkd_loss(
     dynamic_weighting: bool = True,
     temperature_squared: bool = False,
     pearson_scale: CMKDScale = "sqrt_classes",
+    entropy_source: EntropySource = "loss",
     eps: float = 1e-7,
     rank_backend: Literal["auto", "torch", "torchsort"] = "auto",
     reduction: Reduction = "mean",
@@ -273,6 +306,9 @@ def cmkd_loss(
         dynamic_weighting: entropy-based swap of ``beta``/``gamma`` (Eq. 14–16).
         temperature_squared: multiply the loss by ``T^2``.
         pearson_scale: ``s``: ``"sqrt_classes"`` (``sqrt(C)``, default), ``"paper"`` (1) or a number > 0.
+        entropy_source: the distribution whose entropy splits the batch (Eq. 14), which the paper leaves open:
+            ``"loss"`` (default) the probabilities the Pearson term uses, ``softmax(zscore(z_t) / T)``;
+            ``"teacher"`` the teacher's own prediction, ``softmax(z_t)``.
         eps: added to the standard deviation of the z-score.
         rank_backend: soft-rank backend, ``"auto"``, ``"torch"`` or ``"torchsort"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample ``(N,)``).
@@ -307,6 +343,7 @@ def cmkd_loss(
         dynamic_weighting=dynamic_weighting,
         temperature_squared=temperature_squared,
         pearson_scale=pearson_scale,
+        entropy_source=entropy_source,
         eps=eps,
         rank_backend=rank_backend,
         validate_args=validate_args,
@@ -318,10 +355,13 @@ def cmkd_loss(
 __all__ = [
     "CMKDScale",
     "CMKDTerms",
+    "EntropySource",
     "TeacherStats",
+    "check_entropy_source",
     "cmkd_loss",
     "cmkd_terms",
     "default_regularization_strength",
     "resolve_scale",
+    "teacher_entropy",
     "teacher_stats",
 ]

@@ -24,9 +24,12 @@ from cmkd_lightning._validation import check_non_negative, check_pair, check_pos
 from cmkd_lightning.functional.cmkd import (
     CMKDScale,
     CMKDTerms,
+    EntropySource,
     TeacherStats,
+    check_entropy_source,
     default_regularization_strength,
     resolve_scale,
+    teacher_entropy,
 )
 from cmkd_lightning.functional.rank import rank
 from cmkd_lightning.functional.soft_rank import _isotonic_block_starts, _torchsort_supports
@@ -77,7 +80,12 @@ class FusedTeacher(NamedTuple):
 
 
 def fast_teacher_stats(
-    teacher_logits: Tensor, *, temperature: float = 4.0, zscore: bool = True, eps: float = 1e-7
+    teacher_logits: Tensor,
+    *,
+    temperature: float = 4.0,
+    zscore: bool = True,
+    eps: float = 1e-7,
+    entropy_source: EntropySource = "loss",
 ) -> TeacherStats:
     r"""Teacher probabilities, exact ranks and entropy: :func:`~cmkd_lightning.functional.teacher_stats`, faster.
 
@@ -96,6 +104,8 @@ def fast_teacher_stats(
         temperature: softmax temperature ``T > 0``.
         zscore: z-score the logits first (CMKD Eq. 9–11).
         eps: added to the standard deviation of the z-score.
+        entropy_source: ``"loss"`` (entropy of ``p``) or ``"teacher"`` (of ``softmax(z_t)``), as
+            :func:`~cmkd_lightning.functional.cmkd_loss`.
 
     Returns:
         :class:`~cmkd_lightning.functional.cmkd.TeacherStats` in float32 (half inputs) or the input dtype.
@@ -111,7 +121,10 @@ def fast_teacher_stats(
             zt = _zscore_parts(zt, eps)[3]
         log_p = torch.log_softmax(zt / temperature, dim=1)
         probs = log_p.exp()
-        entropy = torch.linalg.vecdot(probs, log_p).neg_()
+        if entropy_source == "loss":
+            entropy = torch.linalg.vecdot(probs, log_p).neg_()
+        else:
+            entropy = teacher_entropy(teacher_logits, probs, log_p, entropy_source)
         ranks = _rank_numpy(zt) if zt.device.type == "cpu" else rank(zt)
     return TeacherStats(probs=probs, ranks=ranks, entropy=entropy)
 
@@ -349,6 +362,7 @@ def cmkd_fused_terms(
     dynamic_weighting: bool = True,
     temperature_squared: bool = False,
     pearson_scale: CMKDScale = "sqrt_classes",
+    entropy_source: EntropySource = "loss",
     entropy_threshold: Tensor | float | None = None,
     teacher: TeacherStats | None = None,
     eps: float = 1e-7,
@@ -399,6 +413,7 @@ def cmkd_fused_terms(
         check_non_negative(gamma, "gamma")
         check_positive(eps, "eps")
         check_positive(regularization_strength, "regularization_strength")
+        check_entropy_source(entropy_source)
     with _autocast_off(student_logits.device.type):
         return _fused_terms(
             student_logits,
@@ -412,6 +427,7 @@ def cmkd_fused_terms(
             dynamic_weighting,
             temperature_squared,
             pearson_scale,
+            entropy_source,
             entropy_threshold,
             teacher,
             eps,
@@ -431,6 +447,7 @@ def _fused_terms(
     dynamic_weighting: bool,
     temperature_squared: bool,
     pearson_scale: Any,
+    entropy_source: str,
     entropy_threshold: Tensor | float | None,
     teacher: TeacherStats | None,
     eps: float,
@@ -439,7 +456,9 @@ def _fused_terms(
     num_classes = student_logits.shape[-1]
     factor = resolve_scale(pearson_scale, num_classes)
     if teacher is None:
-        teacher = fast_teacher_stats(teacher_logits, temperature=temperature, zscore=zscore, eps=eps)
+        teacher = fast_teacher_stats(
+            teacher_logits, temperature=temperature, zscore=zscore, eps=eps, entropy_source=entropy_source
+        )
     zs = upcast(student_logits)
     ft = fused_teacher(_as_dtype(teacher, zs.dtype), spearman)
     entropy = ft.stats.entropy

@@ -11,7 +11,14 @@ from torch import Tensor
 from typing_extensions import override
 
 from cmkd_lightning._validation import check_non_negative, check_positive, upcast
-from cmkd_lightning.functional.cmkd import CMKDScale, cmkd_terms, resolve_scale, teacher_stats
+from cmkd_lightning.functional.cmkd import (
+    CMKDScale,
+    EntropySource,
+    check_entropy_source,
+    cmkd_terms,
+    resolve_scale,
+    teacher_stats,
+)
 from cmkd_lightning.functional.cmkd_fused import cmkd_fused_terms, fast_teacher_stats, fused_covers
 from cmkd_lightning.losses.base import DistillationLoss
 
@@ -42,6 +49,10 @@ class CMKDLoss(DistillationLoss):
         pearson_scale: multiply the Pearson term by ``sqrt(C)`` (``"sqrt_classes"``, the default: not in the
             paper), by 1 (``"paper"``: Eq. 16 as written) or by a given number. See
             :func:`~cmkd_lightning.functional.cmkd.resolve_scale`.
+        entropy_source: which distribution's entropy splits the batch (Eq. 14; the paper leaves it open):
+            ``"loss"`` (default) the probabilities of the Pearson term, ``softmax(zscore(z_t) / T)``, or
+            ``"teacher"`` the teacher's own prediction ``softmax(z_t)``. At ``T = 4`` on z-scored logits the
+            ``"loss"`` entropies of a batch sit close to ``log C``; the two choices can split it differently.
         sync_entropy_threshold: under ``torch.distributed``, use the entropy mean over the *global* batch
             (an all-reduce on every call, so every rank must call the loss on every step). Default: per device.
         eps: z-score epsilon.
@@ -66,6 +77,7 @@ class CMKDLoss(DistillationLoss):
         dynamic_weighting: bool = True,
         temperature_squared: bool = False,
         pearson_scale: CMKDScale = "sqrt_classes",
+        entropy_source: EntropySource = "loss",
         sync_entropy_threshold: bool = False,
         eps: float = 1e-7,
         rank_backend: Literal["auto", "torch", "torchsort"] = "auto",
@@ -80,6 +92,7 @@ class CMKDLoss(DistillationLoss):
         if regularization_strength is not None:
             check_positive(regularization_strength, "regularization_strength")
         resolve_scale(pearson_scale, 2)  # validates the value; the factor itself depends on C
+        check_entropy_source(entropy_source)
         if rank_backend not in _RANK_BACKENDS:
             raise ValueError(f"Expected `rank_backend` to be one of {_RANK_BACKENDS}, but got {rank_backend!r}.")
         if spearman and not zscore:
@@ -95,6 +108,7 @@ class CMKDLoss(DistillationLoss):
         self.zscore, self.spearman, self.dynamic_weighting = zscore, spearman, dynamic_weighting
         self.temperature_squared = temperature_squared
         self.pearson_scale = pearson_scale
+        self.entropy_source = entropy_source
         self.sync_entropy_threshold = sync_entropy_threshold
         self.eps = eps
         self.rank_backend = rank_backend
@@ -108,7 +122,13 @@ class CMKDLoss(DistillationLoss):
     ) -> dict[str, Tensor]:
         fused = self.fused is True or (self.fused == "auto" and fused_covers(student_logits))
         stats_fn, terms_fn = (fast_teacher_stats, cmkd_fused_terms) if fused else (teacher_stats, cmkd_terms)
-        stats = stats_fn(teacher_logits, temperature=self.temperature, zscore=self.zscore, eps=self.eps)
+        stats = stats_fn(
+            teacher_logits,
+            temperature=self.temperature,
+            zscore=self.zscore,
+            eps=self.eps,
+            entropy_source=self.entropy_source,
+        )
         threshold = self._global_threshold(stats.entropy) if self.sync_entropy_threshold else None
         # Hyper-parameters were validated in __init__ (and the un-normalised-Spearman warning given there): no
         # value-reading check runs here, so the step has no host-device sync outside the soft rank's rounds.
@@ -124,6 +144,7 @@ class CMKDLoss(DistillationLoss):
             dynamic_weighting=self.dynamic_weighting,
             temperature_squared=self.temperature_squared,
             pearson_scale=self.pearson_scale,
+            entropy_source=self.entropy_source,
             entropy_threshold=threshold,
             teacher=stats,
             eps=self.eps,
