@@ -1,6 +1,6 @@
-"""The one validation layer of the library: argument checks shared by functional, losses, metrics, callbacks and
-data modules.
+"""The one validation layer of the library: argument checks shared by every layer and the data modules.
 
+The functional, losses, metrics, callbacks and data modules all raise through it.
 Every error names the argument, what was expected and what was received (style: "Expected `temperature` to be a
 number > 0, but got -1."), raised as ``TypeError`` (wrong type) or ``ValueError`` (wrong value), never with
 ``assert`` (which ``python -O`` strips). Path arguments accept ``str`` and any ``os.PathLike`` and expand ``~``.
@@ -228,8 +228,9 @@ def check_str(value: Any, name: str) -> str:
 
 # ---------------------------------------------------------------------------------------------- paths
 def check_path(value: Any, name: str) -> Path:
-    """Return ``value`` as a :class:`~pathlib.Path` with ``~`` expanded, if it is a non-empty ``str`` or
-    ``os.PathLike``; else raise.
+    """Return ``value`` (a non-empty ``str`` or ``os.PathLike``) as a :class:`~pathlib.Path` with ``~`` expanded.
+
+    Anything else raises ``TypeError`` or ``ValueError`` naming ``name``.
 
     Example:
         >>> check_path("~/figs", "dirpath") == Path.home() / "figs"

@@ -88,10 +88,17 @@ BUILTIN_METHODS: dict[str, Method] = {
     ),
     "cmkd_paper": Method(
         "cmkd_paper",
-        lambda: [CMKDLoss(temperature=4.0, beta=4.0, gamma=1.0, pearson_scale="paper")],
+        lambda: [CMKDLoss(temperature=4.0, beta=4.0, gamma=1.0, pearson_scale="paper", entropy_source="loss")],
         [1.0],
         1.0,
-        "CE 1 + CMKD as the paper writes it (T = 4, beta = 4, gamma = 1, pearson_scale 1)",
+        "CE 1 + CMKD as the paper writes it (T = 4, beta = 4, gamma = 1, pearson_scale 1, entropy of the loss's p_t)",
+    ),
+    "cmkd_loss_entropy": Method(
+        "cmkd_loss_entropy",
+        lambda: [CMKDLoss(entropy_source="loss")],
+        [1.0],
+        1.0,
+        "CE 1 + CMKDLoss() defaults but Eq. 14's entropy on the loss's softmax(zscore(z_t) / T)",
     ),
 }
 

@@ -85,7 +85,7 @@ def fast_teacher_stats(
     temperature: float = 4.0,
     zscore: bool = True,
     eps: float = 1e-7,
-    entropy_source: EntropySource = "loss",
+    entropy_source: EntropySource = "teacher",
 ) -> TeacherStats:
     r"""Teacher probabilities, exact ranks and entropy: :func:`~cmkd_lightning.functional.teacher_stats`, faster.
 
@@ -362,7 +362,7 @@ def cmkd_fused_terms(
     dynamic_weighting: bool = True,
     temperature_squared: bool = False,
     pearson_scale: CMKDScale = "sqrt_classes",
-    entropy_source: EntropySource = "loss",
+    entropy_source: EntropySource = "teacher",
     entropy_threshold: Tensor | float | None = None,
     teacher: TeacherStats | None = None,
     eps: float = 1e-7,

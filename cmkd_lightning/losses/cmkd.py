@@ -30,7 +30,8 @@ class CMKDLoss(DistillationLoss):
 
     See :func:`~cmkd_lightning.functional.cmkd_loss` for the formula (Eq. 9–16), the Eq. 16 / Sec. V-C
     discrepancy (Eq. 16 is followed), the choice of the soft-rank strength (default ``1 / C``) and the Pearson
-    scale (default ``sqrt(C)``, not in the paper; ``pearson_scale="paper"`` is Eq. 16 as written).
+    scale (default ``sqrt(C)``, not in the paper; ``pearson_scale="paper"`` is Eq. 16 as written) and the entropy
+    of Eq. 14 (default the teacher's own softmax; ``entropy_source="loss"`` the loss's ``p_t``).
 
     Components (detached, batch means): ``pearson_loss`` (``1 - r`` of Eq. 12), ``spearman_loss`` (``1 - rho`` of
     Eq. 13),
@@ -50,9 +51,9 @@ class CMKDLoss(DistillationLoss):
             paper), by 1 (``"paper"``: Eq. 16 as written) or by a given number. See
             :func:`~cmkd_lightning.functional.cmkd.resolve_scale`.
         entropy_source: which distribution's entropy splits the batch (Eq. 14; the paper leaves it open):
-            ``"loss"`` (default) the probabilities of the Pearson term, ``softmax(zscore(z_t) / T)``, or
-            ``"teacher"`` the teacher's own prediction ``softmax(z_t)``. At ``T = 4`` on z-scored logits the
-            ``"loss"`` entropies of a batch sit close to ``log C``; the two choices can split it differently.
+            ``"teacher"`` (default) the teacher's own prediction ``softmax(z_t)``, or ``"loss"`` the
+            probabilities of the Pearson term, ``softmax(zscore(z_t) / T)``, whose entropies sit within a
+            fraction of a percent of ``log C`` at ``T = 4`` and split a batch almost at random.
         sync_entropy_threshold: under ``torch.distributed``, use the entropy mean over the *global* batch
             (an all-reduce on every call, so every rank must call the loss on every step). Default: per device.
         eps: z-score epsilon.
@@ -77,7 +78,7 @@ class CMKDLoss(DistillationLoss):
         dynamic_weighting: bool = True,
         temperature_squared: bool = False,
         pearson_scale: CMKDScale = "sqrt_classes",
-        entropy_source: EntropySource = "loss",
+        entropy_source: EntropySource = "teacher",
         sync_entropy_threshold: bool = False,
         eps: float = 1e-7,
         rank_backend: Literal["auto", "torch", "torchsort"] = "auto",

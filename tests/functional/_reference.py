@@ -59,13 +59,17 @@ def dist(zs, zt, T, beta, gamma):
     return T**2 * (beta * inter + gamma * intra)
 
 
-def cmkd(zs, zt, T, beta, gamma, soft_ranks, zscore=True, spearman=True, dynamic=True, t2=False):
-    """`soft_ranks`: (N, C) soft ranks of the (z-scored) student logits, computed by the caller."""
+def cmkd(zs, zt, T, beta, gamma, soft_ranks, zscore=True, spearman=True, dynamic=True, t2=False, entropy="teacher"):
+    """`soft_ranks`: (N, C) soft ranks of the (z-scored) student logits, computed by the caller.
+
+    `entropy`: Eq. 14 on the teacher's own softmax(z_t) ("teacher") or on the loss's p_t ("loss").
+    """
     nz = (lambda r: zscore_row(r)) if zscore else (lambda r: r)
     ent, lp, ls = [], [], []
     for i, (s, t) in enumerate(zip(zs, zt)):
         ps, pt = softmax(nz(s) / T), softmax(nz(t) / T)
-        ent.append(-float(np.sum(pt * np.log(pt))))
+        q = pt if entropy == "loss" else softmax(t)
+        ent.append(-float(np.sum(q * np.log(q))))
         lp.append(1 - pearson(ps, pt))
         ls.append(1 - pearson(soft_ranks[i], stats.rankdata(t)) if spearman else 0.0)
     thr = np.mean(ent)
