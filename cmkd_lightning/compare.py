@@ -590,6 +590,13 @@ def main(argv: list[str] | None = None) -> None:
     if a.summarize_only:
         summarize_recorded(a.out, a.methods, a.seeds, a.reference)
         return
+    from cmkd_lightning.runtime import quiet_lightning
+
+    with quiet_lightning():  # Lightning's known noise, for this run only
+        _compare_from_args(a)
+
+
+def _compare_from_args(a: argparse.Namespace) -> None:
     compare(
         a.methods,
         a.seeds,

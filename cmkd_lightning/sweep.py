@@ -345,7 +345,15 @@ def main(argv: list[str] | None = None) -> None:
         p.error(str(err))
     if args.trials < 1:
         p.error(f"Expected `--trials` to be >= 1, but got {args.trials}.")
-    study = run_sweep(
+    from cmkd_lightning.runtime import quiet_lightning
+
+    with quiet_lightning():  # Lightning's known noise, for this run only
+        study = _run_from_args(args, overrides)
+    print(format_study(study))
+
+
+def _run_from_args(args: argparse.Namespace, overrides: dict[str, Any]) -> Any:
+    return run_sweep(
         args.config,
         args.space,
         args.trials,
@@ -356,7 +364,6 @@ def main(argv: list[str] | None = None) -> None:
         seed=args.seed,
         pruning_metric=args.pruning_metric,
     )
-    print(format_study(study))
 
 
 if __name__ == "__main__":  # pragma: no cover
