@@ -211,6 +211,13 @@ def test_disagreeing_ce_recommendations_fall_back_to_1_with_a_warning():
         assert _distil([KDLoss(), DKDLoss()], ce_weight=0.5).ce_weight == 0.5
 
 
+def test_cmkd_states_the_papers_alpha_so_kd_plus_cmkd_is_not_silently_ce_01():
+    assert CMKDLoss.recommended_ce_weight == 1.0  # the paper's alpha = 1
+    with pytest.warns(UserWarning, match=r"KDLoss: 0.1, CMKDLoss: 1"):
+        module = _distil([KDLoss(), CMKDLoss()])
+    assert module.ce_weight == 1.0
+
+
 def test_a_loss_without_a_ce_opinion_defers_to_the_others():
     class _Plain(DistillationLoss):
         def forward(self, student_logits, teacher_logits, targets=None):

@@ -66,6 +66,8 @@ class CMKDLoss(DistillationLoss):
     """
 
     name = "cmkd"
+    recommended_weight = 1.0
+    recommended_ce_weight = 1.0  # the paper's alpha = 1
 
     def __init__(
         self,
