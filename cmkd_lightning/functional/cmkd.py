@@ -51,6 +51,34 @@ def check_entropy_source(entropy_source: str) -> None:
         raise ValueError(f"Expected `entropy_source` to be one of {_ENTROPY_SOURCES}, but got {entropy_source!r}.")
 
 
+def check_cmkd_args(
+    student_logits: Tensor,
+    teacher_logits: Tensor,
+    temperature: float,
+    beta: float,
+    gamma: float,
+    eps: float,
+    regularization_strength: float | None,
+    entropy_source: str,
+    validate_args: bool,
+) -> float:
+    """The checks both CMKD paths run; returns the soft-rank strength (``1 / C`` when ``None``).
+
+    Shapes and dtypes are always checked; the scalar arguments only with ``validate_args``.
+    """
+    check_pair(student_logits, teacher_logits, validate_args)
+    if regularization_strength is None:
+        regularization_strength = default_regularization_strength(student_logits.shape[-1])
+    if validate_args:
+        check_positive(temperature, "temperature")
+        check_non_negative(beta, "beta")
+        check_non_negative(gamma, "gamma")
+        check_positive(eps, "eps")
+        check_positive(regularization_strength, "regularization_strength")
+        check_entropy_source(entropy_source)
+    return regularization_strength
+
+
 def teacher_entropy(teacher_logits: Tensor, probs: Tensor, log_probs: Tensor, entropy_source: str) -> Tensor:
     """Eq. 14's entropy per sample: of the loss's ``probs`` (``"loss"``) or of ``softmax(z_t)`` (``"teacher"``)."""
     if entropy_source == "teacher":
@@ -184,17 +212,18 @@ def cmkd_terms(
         teacher: precomputed :func:`teacher_stats` with the same ``temperature``/``zscore``/``eps`` (saves work
             when several consumers share one teacher forward).
     """
-    check_pair(student_logits, teacher_logits, validate_args)
+    regularization_strength = check_cmkd_args(
+        student_logits,
+        teacher_logits,
+        temperature,
+        beta,
+        gamma,
+        eps,
+        regularization_strength,
+        entropy_source,
+        validate_args,
+    )
     num_classes = student_logits.shape[-1]
-    if regularization_strength is None:
-        regularization_strength = default_regularization_strength(num_classes)
-    if validate_args:
-        check_positive(temperature, "temperature")
-        check_non_negative(beta, "beta")
-        check_non_negative(gamma, "gamma")
-        check_positive(eps, "eps")
-        check_positive(regularization_strength, "regularization_strength")
-        check_entropy_source(entropy_source)
     factor = resolve_scale(pearson_scale, num_classes)
     if validate_args and spearman and not zscore:
         warnings.warn(
@@ -359,6 +388,7 @@ __all__ = [
     "CMKDTerms",
     "EntropySource",
     "TeacherStats",
+    "check_cmkd_args",
     "check_entropy_source",
     "cmkd_loss",
     "cmkd_terms",

@@ -20,14 +20,13 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from cmkd_lightning._validation import check_non_negative, check_pair, check_positive, upcast
+from cmkd_lightning._validation import upcast
 from cmkd_lightning.functional.cmkd import (
     CMKDScale,
     CMKDTerms,
     EntropySource,
     TeacherStats,
-    check_entropy_source,
-    default_regularization_strength,
+    check_cmkd_args,
     resolve_scale,
     teacher_entropy,
 )
@@ -403,17 +402,17 @@ def cmkd_fused_terms(
         >>> torch.allclose(fused, cmkd_terms(zs, zt).loss, rtol=1e-10, atol=1e-12)
         True
     """
-    check_pair(student_logits, teacher_logits, validate_args)
-    num_classes = student_logits.shape[-1]
-    if regularization_strength is None:
-        regularization_strength = default_regularization_strength(num_classes)
-    if validate_args:
-        check_positive(temperature, "temperature")
-        check_non_negative(beta, "beta")
-        check_non_negative(gamma, "gamma")
-        check_positive(eps, "eps")
-        check_positive(regularization_strength, "regularization_strength")
-        check_entropy_source(entropy_source)
+    regularization_strength = check_cmkd_args(
+        student_logits,
+        teacher_logits,
+        temperature,
+        beta,
+        gamma,
+        eps,
+        regularization_strength,
+        entropy_source,
+        validate_args,
+    )
     with _autocast_off(student_logits.device.type):
         return _fused_terms(
             student_logits,
