@@ -84,6 +84,20 @@ def _kill_when(process: subprocess.Popen, marker: Path, timeout: float = 240) ->
     process.wait()
 
 
+def _fit_checkpointing_into(dirpath: Path) -> list[str]:
+    """``cmkd fit`` arguments: one epoch of the digits CE config, no logger, a ModelCheckpoint writing to ``dirpath``."""
+    return [
+        "fit",
+        "-c",
+        str(DIGITS / "ce.yaml"),
+        *SMALL,
+        "--trainer.logger=false",
+        "--trainer.max_epochs=1",
+        "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
+        f"--trainer.callbacks.dirpath={dirpath}",
+    ]
+
+
 def _cli_error(capsys, args: list[str]) -> tuple[int, list[str]]:
     """Run ``cmkd`` in this process; return its exit code and the non-empty stderr lines."""
     with pytest.raises(SystemExit) as info:
@@ -103,14 +117,7 @@ def test_a_checkpoint_folder_that_cannot_be_created_stops_the_run_before_trainin
     code, lines = _cli_error(
         capsys,
         [
-            "fit",
-            "-c",
-            str(DIGITS / "ce.yaml"),
-            *SMALL,
-            "--trainer.logger=false",
-            "--trainer.max_epochs=1",
-            "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
-            f"--trainer.callbacks.dirpath={dirpath}",
+            *_fit_checkpointing_into(dirpath),
         ],
     )
     assert code == 1
@@ -138,14 +145,7 @@ def test_a_read_only_checkpoint_folder_stops_the_run_before_training(read_only_f
     code, lines = _cli_error(
         capsys,
         [
-            "fit",
-            "-c",
-            str(DIGITS / "ce.yaml"),
-            *SMALL,
-            "--trainer.logger=false",
-            "--trainer.max_epochs=1",
-            "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
-            f"--trainer.callbacks.dirpath={read_only_folder}",
+            *_fit_checkpointing_into(read_only_folder),
         ],
     )
     assert code == 1
@@ -163,14 +163,7 @@ def test_a_save_that_does_not_produce_its_file_is_an_error(tmp_path, monkeypatch
     code, lines = _cli_error(
         capsys,
         [
-            "fit",
-            "-c",
-            str(DIGITS / "ce.yaml"),
-            *SMALL,
-            "--trainer.logger=false",
-            "--trainer.max_epochs=1",
-            "--trainer.callbacks=lightning.pytorch.callbacks.ModelCheckpoint",
-            f"--trainer.callbacks.dirpath={dirpath}",
+            *_fit_checkpointing_into(dirpath),
             "--trainer.callbacks.save_last=true",
             "--trainer.callbacks.enable_version_counter=false",
         ],
@@ -183,7 +176,17 @@ def test_a_save_that_does_not_produce_its_file_is_an_error(tmp_path, monkeypatch
 def test_a_diverged_run_never_saves_non_finite_weights(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     with pytest.raises(SystemExit) as info:
-        main(["fit", "-c", str(DIGITS / "ce.yaml"), *SMALL, *CSV, "--trainer.max_epochs=2", "--model.init_args.optimizer.init_args.lr=1e4"])
+        main(
+            [
+                "fit",
+                "-c",
+                str(DIGITS / "ce.yaml"),
+                *SMALL,
+                *CSV,
+                "--trainer.max_epochs=2",
+                "--model.init_args.optimizer.init_args.lr=1e4",
+            ]
+        )
     assert info.value.code not in (0, None)
     err = capsys.readouterr().err
     assert "non-finite" in err or "NaN" in err or "inf" in err, err[-2000:]
