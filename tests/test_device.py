@@ -21,6 +21,7 @@ from torch import nn
 
 from cmkd_lightning import DistillationModule
 from cmkd_lightning.functional import cmkd as cmkd_functional
+from cmkd_lightning.functional import cmkd_fused
 from cmkd_lightning.functional.zscore import _zscore
 from cmkd_lightning.losses import CMKDLoss, DISTLoss, DKDLoss, KDLoss, LSKDLoss, NKDLoss
 
@@ -223,7 +224,9 @@ def test_zscore_is_scale_safe_and_exact():
 
 @pytest.mark.parametrize(("n", "c"), [(8, 10), (64, 100), (128, 1000)])
 def test_fused_cmkd_reads_no_more_than_the_general_path(n, c, monkeypatch):
-    """The fused path (CPU, torch backend) reads only in the same block search, as often as the general path."""
+    """The fused path's torch kernel (the one CUDA runs; forced here on CPU), torch backend, reads only in the
+    same block search as the general path, as often."""
+    monkeypatch.setattr(cmkd_fused, "NUMPY_DEVICES", ())
     g = torch.Generator().manual_seed(1)
     zt = torch.randn(n, c, generator=g) * 3
     zs = zt + torch.randn(n, c, generator=g) * 3
@@ -239,8 +242,29 @@ def test_fused_cmkd_reads_no_more_than_the_general_path(n, c, monkeypatch):
     assert counts[True] == counts[False], counts
 
 
+@pytest.mark.parametrize(
+    "backend",
+    [
+        "torch",
+        pytest.param(
+            "torchsort",
+            marks=pytest.mark.skipif(not importlib.util.find_spec("torchsort"), reason="torchsort is not installed"),
+        ),
+    ],
+)
+@pytest.mark.parametrize(("n", "c"), [(8, 10), (64, 1000)])  # 64 x 1000: NumPy's block search, not torchsort's
+def test_fused_cmkd_numpy_kernel_reads_no_tensor(backend, n, c, monkeypatch):
+    """On CPU the fused path runs in NumPy: no tensor value is read through torch (``.item()``, ``bool()``...)."""
+    g = torch.Generator().manual_seed(1)
+    zs, zt = torch.randn(n, c, generator=g), torch.randn(n, c, generator=g)
+    with _count_reads(monkeypatch) as calls:
+        CMKDLoss(rank_backend=backend, fused=True)(zs.requires_grad_(True), zt)["loss"].backward()
+    assert calls == []
+
+
 @pytest.mark.skipif(not importlib.util.find_spec("torchsort"), reason="torchsort is not installed")
 def test_fused_cmkd_with_torchsort_reads_nothing(monkeypatch):
+    monkeypatch.setattr(cmkd_fused, "NUMPY_DEVICES", ())  # the torch kernel, as on CUDA
     zs, zt, _ = _inputs("cpu")
     with _count_reads(monkeypatch) as calls:
         CMKDLoss(rank_backend="torchsort", fused=True)(zs, zt)["loss"].backward()

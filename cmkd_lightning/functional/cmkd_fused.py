@@ -21,6 +21,7 @@ from torch import Tensor
 from torch.autograd.function import once_differentiable
 
 from cmkd_lightning._validation import upcast
+from cmkd_lightning.functional import _cmkd_numpy as _np
 from cmkd_lightning.functional.cmkd import (
     CMKDScale,
     CMKDTerms,
@@ -34,6 +35,7 @@ from cmkd_lightning.functional.rank import rank
 from cmkd_lightning.functional.soft_rank import _isotonic_block_starts, _torchsort_supports
 
 FUSED_DEVICES = ("cpu", "cuda")
+NUMPY_DEVICES = ("cpu",)  # devices whose fused path runs the NumPy kernel (``_cmkd_numpy.py``); others: torch
 _MIN_STD = 1e-15  # as the general z-score, which clamps the variance at 1e-30 before the square root
 _PEARSON_EPS = 1e-8  # as the general Pearson correlation: added to the product of the norms
 
@@ -114,6 +116,10 @@ def fast_teacher_stats(
         >>> stats.ranks
         tensor([[1.0000, 4.0000, 2.5000, 2.5000]])
     """
+    if teacher_logits.device.type in NUMPY_DEVICES:
+        zt = upcast(teacher_logits.detach())
+        t = _np.teacher_stats(zt.numpy(), temperature, zscore, eps, entropy_source)
+        return TeacherStats(*(torch.from_numpy(v) for v in t))
     with torch.no_grad(), _autocast_off(teacher_logits.device.type):
         zt = upcast(teacher_logits.detach())
         if zscore:
@@ -124,7 +130,7 @@ def fast_teacher_stats(
             entropy = torch.linalg.vecdot(probs, log_p).neg_()
         else:
             entropy = teacher_entropy(teacher_logits, probs, log_p, entropy_source)
-        ranks = _rank_numpy(zt) if zt.device.type == "cpu" else rank(zt)
+        ranks = rank(zt)
     return TeacherStats(probs=probs, ranks=ranks, entropy=entropy)
 
 
@@ -140,27 +146,6 @@ def _zscore_parts(z: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor
     std = torch.linalg.vector_norm(c, dim=1, keepdim=True).mul_(1.0 / math.sqrt(z.shape[1] - 1))
     d = std.clamp_min(_MIN_STD).add_(eps / scale)
     return scale, std, d, c.div_(d)
-
-
-def _rank_numpy(x: Tensor) -> Tensor:
-    """Exact ascending ranks with average ties (as :func:`~cmkd_lightning.functional.rank`), sorted by NumPy."""
-    n, c = x.shape
-    values = x.numpy()
-    order = np.argsort(values, axis=1)
-    ordered = np.take_along_axis(values, order, axis=1)
-    ties = ordered[:, 1:] == ordered[:, :-1]
-    if ties.any():
-        new = np.ones((n, c), dtype=bool)
-        new[:, 1:] = ~ties
-        starts = np.flatnonzero(new)  # every row starts a group, so groups never span rows
-        sizes = np.diff(np.append(starts, n * c))
-        first = (starts % c + 1).astype(values.dtype)
-        ranked = np.repeat(first + (sizes - 1).astype(values.dtype) / 2, sizes).reshape(n, c)
-    else:
-        ranked = np.broadcast_to(np.arange(1, c + 1, dtype=values.dtype), (n, c))
-    out = np.empty_like(values)
-    np.put_along_axis(out, order, ranked, axis=1)
-    return torch.from_numpy(out)
 
 
 def fused_teacher(stats: TeacherStats, spearman: bool = True) -> FusedTeacher:
@@ -330,6 +315,38 @@ class _CMKDStudent(torch.autograd.Function):
         return gz, None, None, None, None, None, None, None, None
 
 
+class _CMKDStudentNumpy(torch.autograd.Function):
+    """:class:`_CMKDStudent` on CPU: the same forward and backward, computed by the NumPy kernel."""
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        zs: Tensor,
+        teacher: _np.Centred,
+        w_pearson: np.ndarray | float,
+        w_spearman: np.ndarray | float,
+        temperature: float,
+        zscore: bool,
+        eps: float,
+        rank_strength: float | None,
+        solver: str,
+    ) -> tuple[Tensor, Tensor, Tensor]:
+        loss, pearson, spearman, saved = _np.student_forward(
+            zs.detach().numpy(), teacher, w_pearson, w_spearman, temperature, zscore, eps, rank_strength, solver
+        )
+        ctx.saved = saved
+        ctx.args = (teacher, w_pearson, w_spearman, temperature, rank_strength)
+        pearson_t, spearman_t = torch.from_numpy(pearson), torch.from_numpy(spearman)
+        ctx.mark_non_differentiable(pearson_t, spearman_t)
+        return torch.from_numpy(loss), pearson_t, spearman_t
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx: Any, grad: Tensor, _p: Tensor | None, _s: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
+        g = _np.student_backward(grad.numpy(), ctx.saved, *ctx.args)
+        return torch.from_numpy(g), None, None, None, None, None, None, None, None
+
+
 # ------------------------------------------------------------------------------------------------------------
 # entry points
 
@@ -459,25 +476,45 @@ def _fused_terms(
             teacher_logits, temperature=temperature, zscore=zscore, eps=eps, entropy_source=entropy_source
         )
     zs = upcast(student_logits)
-    ft = fused_teacher(_as_dtype(teacher, zs.dtype), spearman)
-    entropy = ft.stats.entropy
-    threshold = entropy.mean() if entropy_threshold is None else entropy_threshold
-    hard = entropy >= threshold
+    teacher = _as_dtype(teacher, zs.dtype)
     t2 = temperature**2 if temperature_squared else 1.0
-    w_pearson: Tensor | float
-    w_spearman: Tensor | float
-    if spearman and dynamic_weighting:
-        # Eq. 16: flat teacher (H_i >= threshold) -> beta on Pearson, gamma on Spearman; sharp -> the swap
-        flat = hard.to(zs.dtype)
-        w_pearson = flat * ((beta - gamma) * factor * t2) + gamma * factor * t2
-        w_spearman = flat * ((gamma - beta) * t2) + beta * t2
-    else:
-        w_pearson, w_spearman = beta * factor * t2, gamma * t2
     solver = resolve_solver(rank_backend, zs) if spearman else "none"
+    strength = regularization_strength if spearman else None
+    if zs.device.type in NUMPY_DEVICES:
+        probs, ranks, entropy = (t.detach() for t in teacher)
+        centred = _np.centre(probs.numpy(), ranks.numpy() if spearman else None)
+        ent = entropy.numpy()
+        if entropy_threshold is None:
+            threshold = ent.mean()
+        else:  # compared in the entropy's dtype, as torch compares a tensor with a scalar
+            value = entropy_threshold.detach().cpu() if isinstance(entropy_threshold, Tensor) else entropy_threshold
+            threshold = np.asarray(value, dtype=ent.dtype)
+        hard = ent >= threshold
+        w_pearson, w_spearman = _weights(hard, ent.dtype, spearman and dynamic_weighting, beta, gamma, factor, t2)
+        loss, pearson, spearman_loss = _CMKDStudentNumpy.apply(
+            zs, centred, w_pearson, w_spearman, temperature, zscore, eps, strength, solver
+        )
+        return CMKDTerms(loss, pearson, spearman_loss, torch.from_numpy(hard), entropy)
+    ft = fused_teacher(teacher, spearman)
+    entropy = ft.stats.entropy
+    hard = entropy >= (entropy.mean() if entropy_threshold is None else entropy_threshold)
+    w_pearson, w_spearman = _weights(hard, zs.dtype, spearman and dynamic_weighting, beta, gamma, factor, t2)
     loss, pearson, spearman_loss = _CMKDStudent.apply(
-        zs, ft, w_pearson, w_spearman, temperature, zscore, eps, regularization_strength if spearman else None, solver
+        zs, ft, w_pearson, w_spearman, temperature, zscore, eps, strength, solver
     )
     return CMKDTerms(loss, pearson, spearman_loss, hard, entropy)
+
+
+def _weights(hard: Any, dtype: Any, dynamic: bool, beta: float, gamma: float, factor: float, t2: float) -> tuple:
+    """Eq. 16's per-sample weights on the Pearson and Spearman terms (a tensor or NumPy array ``hard``).
+
+    A flat teacher (``H_i >= threshold``, ``hard``) puts ``beta`` on Pearson and ``gamma`` on Spearman, a sharp
+    one the swap; the Pearson weight also carries ``pearson_scale``'s factor, both the optional ``T^2``.
+    """
+    if not dynamic:
+        return beta * factor * t2, gamma * t2
+    flat = hard.astype(dtype) if isinstance(hard, np.ndarray) else hard.to(dtype)
+    return flat * ((beta - gamma) * factor * t2) + gamma * factor * t2, flat * ((gamma - beta) * t2) + beta * t2
 
 
 def _as_dtype(stats: TeacherStats, dtype: torch.dtype) -> TeacherStats:
