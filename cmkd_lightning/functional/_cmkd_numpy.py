@@ -6,6 +6,9 @@ Index gathers and scatters go through torch (zero-copy views of the same memory)
 than :func:`numpy.take_along_axis`. Nothing here creates autograd state: the autograd function that calls it lives
 in ``cmkd_fused.py``. Rationale and measurements: ``docs/DESIGN.md`` ("The fused CMKD path"), ``BENCHMARKS.md``.
 
+Floating-point warnings are the caller's to silence (torch never warns; ``cmkd_fused.py`` runs these functions
+under ``numpy.errstate(all="ignore")``, and the training module's finiteness guard reports non-finite losses).
+
 Conventions: ``(N, C)`` float32 or float64 arrays, C-contiguous; the soft rank is taken in ascending order (the
 mirror image of torchsort's descending problem, which needs no reversed copy).
 """
@@ -79,7 +82,7 @@ def zscore(z: np.ndarray, eps: float) -> ZScored:
     bound = np.abs(z[:, :1] - h[:, :1]) + std * math.sqrt(c - 1)  # |mean| + sqrt(C - 1) std >= max |z|
     bound *= 2.0  # margin for the rounding of the bound itself
     np.maximum(bound, 1.0, out=bound)
-    fast = std >= bound * MIN_STD  # False for inf / NaN too
+    fast = (std >= bound * MIN_STD) & (bound < np.inf)  # False for inf and NaN too: redone scaled
     if not fast.all():
         return _zscore_scaled(z, eps, h, std, fast[:, 0])
     d = std + eps

@@ -35,6 +35,7 @@ from cmkd_lightning.functional.rank import rank
 from cmkd_lightning.functional.soft_rank import _isotonic_block_starts, _torchsort_supports
 
 FUSED_DEVICES = ("cpu", "cuda")
+_NP_QUIET = functools.partial(np.errstate, all="ignore")  # as torch: overflow gives inf / NaN silently
 NUMPY_DEVICES = ("cpu",)  # devices whose fused path runs the NumPy kernel (``_cmkd_numpy.py``); others: torch
 _MIN_STD = 1e-15  # as the general z-score, which clamps the variance at 1e-30 before the square root
 _PEARSON_EPS = 1e-8  # as the general Pearson correlation: added to the product of the norms
@@ -118,7 +119,8 @@ def fast_teacher_stats(
     """
     if teacher_logits.device.type in NUMPY_DEVICES:
         zt = upcast(teacher_logits.detach())
-        t = _np.teacher_stats(zt.numpy(), temperature, zscore, eps, entropy_source)
+        with _NP_QUIET():
+            t = _np.teacher_stats(zt.numpy(), temperature, zscore, eps, entropy_source)
         return TeacherStats(*(torch.from_numpy(v) for v in t))
     with torch.no_grad(), _autocast_off(teacher_logits.device.type):
         zt = upcast(teacher_logits.detach())
@@ -331,9 +333,10 @@ class _CMKDStudentNumpy(torch.autograd.Function):
         rank_strength: float | None,
         solver: str,
     ) -> tuple[Tensor, Tensor, Tensor]:
-        loss, pearson, spearman, saved = _np.student_forward(
-            zs.detach().numpy(), teacher, w_pearson, w_spearman, temperature, zscore, eps, rank_strength, solver
-        )
+        with _NP_QUIET():
+            loss, pearson, spearman, saved = _np.student_forward(
+                zs.detach().numpy(), teacher, w_pearson, w_spearman, temperature, zscore, eps, rank_strength, solver
+            )
         ctx.saved = saved
         ctx.args = (teacher, w_pearson, w_spearman, temperature, rank_strength)
         pearson_t, spearman_t = torch.from_numpy(pearson), torch.from_numpy(spearman)
@@ -343,7 +346,8 @@ class _CMKDStudentNumpy(torch.autograd.Function):
     @staticmethod
     @once_differentiable
     def backward(ctx: Any, grad: Tensor, _p: Tensor | None, _s: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
-        g = _np.student_backward(grad.numpy(), ctx.saved, *ctx.args)
+        with _NP_QUIET():
+            g = _np.student_backward(grad.numpy(), ctx.saved, *ctx.args)
         return torch.from_numpy(g), None, None, None, None, None, None, None, None
 
 

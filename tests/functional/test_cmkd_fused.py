@@ -31,6 +31,14 @@ OPTIONS = {
 }
 
 
+@pytest.fixture(params=["numpy", "torch"])
+def kernel(request, monkeypatch):
+    """The fused path's CPU kernel (NumPy, ``_cmkd_numpy.py``) and its torch kernel (what CUDA runs), on CPU."""
+    if request.param == "torch":
+        monkeypatch.setattr(fused_module, "NUMPY_DEVICES", ())
+    return request.param
+
+
 def _data(n: int, c: int, seed: int = 0, dtype: torch.dtype = torch.float64) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     zt = torch.randn(n, c, generator=g, dtype=torch.float64) * 3
@@ -63,14 +71,14 @@ def _assert_same(general, fused, rtol: float = 1e-10) -> None:
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("option", OPTIONS)
-@pytest.mark.parametrize(("n", "c"), [(1, 7), (8, 10), (64, 100), (16, 1000)])
-def test_fused_equals_general(option, backend, n, c):
+@pytest.mark.parametrize(("n", "c"), [(1, 7), (8, 10), (64, 100), (16, 1000), (40, 1000)])  # 40k: NumPy's PAV
+def test_fused_equals_general(option, backend, n, c, kernel):
     zs, zt = _data(n, c, seed=n + c)
     _assert_same(*_both(zs, zt, rank_backend=backend, **OPTIONS[option]))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_ties_and_constant_rows(backend):
+def test_ties_and_constant_rows(backend, kernel):
     zs, zt = _data(6, 12, seed=3)
     zt[0, :4] = 1.5  # teacher ties: averaged exact ranks
     zt[1] = 2.0  # constant teacher row
@@ -82,14 +90,25 @@ def test_ties_and_constant_rows(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_integer_valued_logits_with_many_ties(backend):
+@pytest.mark.parametrize("shape", [(16, 20), (48, 1000)])
+def test_integer_valued_logits_with_many_ties(backend, kernel, shape):
     g = torch.Generator().manual_seed(5)
-    zs = torch.randint(-3, 4, (16, 20), generator=g).double()
-    zt = torch.randint(-3, 4, (16, 20), generator=g).double()
+    zs = torch.randint(-3, 4, shape, generator=g).double()
+    zt = torch.randint(-3, 4, shape, generator=g).double()
     _assert_same(*_both(zs, zt, rank_backend=backend))
 
 
-def test_fast_teacher_stats_equal_teacher_stats():
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_extreme_and_near_constant_rows(backend, kernel):
+    """Rows the unscaled z-score cannot take (overflowing squares, a spread 1e-16 of the size) match too."""
+    zs, zt = _data(5, 9, seed=2)
+    zs[0, :2] = torch.tensor([1e200, -1e200], dtype=torch.float64)
+    zs[1] = 1e5 + torch.arange(9, dtype=torch.float64) * 1e-12
+    zt[2, 0] = -1e250
+    _assert_same(*_both(zs, zt, rank_backend=backend))
+
+
+def test_fast_teacher_stats_equal_teacher_stats(kernel):
     zs, zt = _data(32, 50)
     zt[:, :5] = 0.25  # ties
     zt[3] = 1.0  # constant row
@@ -109,7 +128,7 @@ def test_precomputed_teacher_is_shared():
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("option", ["default", "zscore_off", "spearman_off", "dynamic_off", "t_squared"])
-def test_gradcheck(option, backend):
+def test_gradcheck(option, backend, kernel):
     zs, zt = _data(4, 6, seed=11)
     kwargs = {"rank_backend": backend, **OPTIONS[option]}
     with warnings.catch_warnings():
@@ -123,7 +142,7 @@ def test_gradcheck(option, backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-def test_float32_within_float32_rounding_of_float64(backend):
+def test_float32_within_float32_rounding_of_float64(backend, kernel):
     zs, zt = _data(64, 100)
     ref = _both(zs, zt, rank_backend=backend)[1]
     leaf = zs.float().requires_grad_(True)
@@ -137,12 +156,12 @@ def test_float32_within_float32_rounding_of_float64(backend):
     torch.testing.assert_close(leaf.grad.double() / scale, leaf64.grad / scale, rtol=1e-4, atol=1e-5)
 
 
-def test_half_inputs_run_in_float32():
+def test_half_inputs_run_in_float32(kernel):
     zs, zt = _data(8, 10, dtype=torch.bfloat16)
     assert cmkd_fused_terms(zs, zt).loss.dtype == torch.float32
 
 
-def test_double_backward_is_refused():
+def test_double_backward_is_refused(kernel):
     zs, zt = _data(4, 6)
     leaf = zs.clone().requires_grad_(True)
     (grad,) = torch.autograd.grad(cmkd_fused_terms(leaf, zt).loss.sum(), leaf, create_graph=True)
@@ -220,3 +239,12 @@ def test_fused_path_on_meta_reads_nothing_around_its_block_search(monkeypatch):
     out = CMKDLoss(fused=True, rank_backend="torch", sync_entropy_threshold=True)(leaf, zt.to("meta"))
     out["loss"].backward()
     assert leaf.grad.device.type == "meta"
+
+
+@pytest.mark.parametrize(("numpy_devices", "expected"), [(("cpu",), "_CMKDStudentNumpy"), ((), "_CMKDStudent")])
+def test_cpu_runs_the_numpy_kernel(numpy_devices, expected, monkeypatch):
+    """On CPU the fused path runs the NumPy kernel; elsewhere (CUDA) the torch one, which it falls back to here."""
+    monkeypatch.setattr(fused_module, "NUMPY_DEVICES", numpy_devices)
+    zs, zt = _data(4, 6, dtype=torch.float32)
+    terms = cmkd_fused_terms(zs.requires_grad_(True), zt)
+    assert type(terms.loss.grad_fn).__name__ == expected + "Backward"
