@@ -6,6 +6,7 @@ calls it (``loss(student_logits, teacher_logits, targets)["loss"]``) and back-pr
 
 from __future__ import annotations
 
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch.nn.functional as F
 from _timing import interleaved
 from torch import Tensor
 
-from cmkd_lightning.functional import pearson_corr, rank, soft_rank, teacher_stats, zscore
+from cmkd_lightning.functional import cmkd_fused, pearson_corr, rank, soft_rank, teacher_stats, zscore
 from cmkd_lightning.functional.cmkd_fused import fast_teacher_stats
 from cmkd_lightning.losses import CMKDLoss, DistillationLoss, DISTLoss, DKDLoss, KDLoss, LSKDLoss, NKDLoss
 
@@ -49,6 +50,7 @@ def make_logits(n: int, c: int, device: torch.device, seed: int = 0) -> tuple[Te
 
 
 def loss_candidates(has_torchsort: bool) -> dict[str, DistillationLoss]:
+    """The losses of table A.1; the fused CMKD rows run the NumPy kernel on CPU (the torch kernel: ``torch_kernel``)."""
     losses: dict[str, DistillationLoss] = {
         "KD": KDLoss(temperature=TEMPERATURE),
         "DKD": DKDLoss(temperature=TEMPERATURE, warmup_epochs=0),
@@ -62,6 +64,44 @@ def loss_candidates(has_torchsort: bool) -> dict[str, DistillationLoss]:
         losses[f"CMKD fused[{backend}]"] = CMKDLoss(temperature=TEMPERATURE, rank_backend=backend, fused=True)
         losses[f"CMKD general[{backend}]"] = CMKDLoss(temperature=TEMPERATURE, rank_backend=backend, fused=False)
     return losses
+
+
+TORCH_KERNEL_ROWS = ("CMKD fused[torchsort]", "CMKD fused[torch]")  # also timed on the torch kernel (CPU only)
+
+
+def torch_kernel(fn: Callable[[], Any]) -> Callable[[], Any]:
+    """``fn`` with the fused CMKD path forced onto its torch kernel (what CUDA runs; on CPU: the NumPy kernel)."""
+
+    def run() -> Any:
+        saved = cmkd_fused.NUMPY_DEVICES
+        cmkd_fused.NUMPY_DEVICES = ()
+        try:
+            return fn()
+        finally:
+            cmkd_fused.NUMPY_DEVICES = saved
+
+    return run
+
+
+def count_numpy_calls(fn: Callable[[], Any]) -> int:
+    """NumPy functions, ufuncs and array methods called by one call of ``fn`` (a ``sys.setprofile`` count)."""
+    calls = 0
+
+    def hook(frame: Any, event: str, arg: Any) -> None:
+        nonlocal calls
+        if event == "c_call":
+            owner = getattr(arg, "__self__", None)
+            module = getattr(arg, "__module__", None) or type(owner).__module__
+            if module.startswith("numpy") or isinstance(owner, (np.ndarray, np.ufunc)):
+                calls += 1
+
+    fn()
+    sys.setprofile(hook)
+    try:
+        fn()
+    finally:
+        sys.setprofile(None)
+    return calls
 
 
 def count_aten_ops(fn: Callable[[], Any]) -> dict[str, int]:
@@ -87,7 +127,7 @@ def count_aten_ops(fn: Callable[[], Any]) -> dict[str, int]:
     profiled = sum(e.count for e in prof.key_averages() if e.key.startswith("aten::"))
     with _Count():
         fn()
-    return {"profiler": profiled, "dispatched": _Count.calls}
+    return {"profiler": profiled, "dispatched": _Count.calls, "numpy": count_numpy_calls(fn)}
 
 
 def _fwd_bwd(loss: DistillationLoss, zs: Tensor, zt: Tensor, y: Tensor) -> Callable[[], None]:
@@ -148,7 +188,38 @@ def _breakdown_candidates(
     fns["CMKD spearman=False (fwd+bwd)"] = _fwd_bwd(CMKDLoss(temperature=TEMPERATURE, spearman=False), zs, zt, y)
     fns["CMKD general path (fwd+bwd)"] = _fwd_bwd(CMKDLoss(temperature=TEMPERATURE, fused=False), zs, zt, y)
     fns["CMKD fused path (fwd+bwd)"] = _fwd_bwd(CMKDLoss(temperature=TEMPERATURE), zs, zt, y)
+    if zs.device.type == "cpu":
+        fns["CMKD fused path, torch kernel (fwd+bwd)"] = torch_kernel(fns["CMKD fused path (fwd+bwd)"])
     return fns
+
+
+def python_profile_table(fn: Callable[[], Any], iterations: int = 5, rows: int = 12) -> dict[str, Any]:
+    """cProfile over ``iterations`` calls: the top ``rows`` functions by own time, per call (sees NumPy)."""
+    import cProfile
+    import pstats
+
+    fn()
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(iterations):
+        fn()
+    prof.disable()
+    stats = pstats.Stats(prof).stats  # type: ignore[attr-defined]
+    total = sum(v[2] for v in stats.values()) or 1.0
+    top = sorted(stats.items(), key=lambda kv: kv[1][2], reverse=True)[:rows]
+    return {
+        "sort_by": "own time (cProfile)",
+        "total_ms_per_call": total / iterations * 1e3,
+        "ops": [
+            {
+                "name": f"{name}" if file == "~" else f"{file.rsplit('/', 1)[-1]}:{line}({name})",
+                "self_ms_per_call": v[2] / iterations * 1e3,
+                "share": v[2] / total,
+                "calls_per_call": v[1] / iterations,
+            }
+            for (file, line, name), v in top
+        ],
+    }
 
 
 def profile_table(fn: Callable[[], Any], device: torch.device, iterations: int = 5, rows: int = 10) -> dict[str, Any]:
@@ -199,6 +270,10 @@ def run(device: torch.device, quick: bool, threads: int, profile: bool) -> dict[
         zs, zt, y = make_logits(n, c, device)
         shape = f"{n}x{c}"
         fns = {name: _fwd_bwd(loss.to(device), zs, zt, y) for name, loss in loss_candidates(has_torchsort).items()}
+        if device.type == "cpu":
+            for name in TORCH_KERNEL_ROWS:
+                if name in fns:
+                    fns[name.replace("fused", "fused, torch kernel")] = torch_kernel(fns[name])
         result["losses"][shape] = interleaved(fns, "KD", rounds, min_run_time, threads)
         if device.type == "cpu":
             result["aten_ops"][shape] = {
@@ -217,7 +292,8 @@ def run(device: torch.device, quick: bool, threads: int, profile: bool) -> dict[
         missed = target is not None and result["losses"][shape]["CMKD"]["ratio"] > target
         if profile and (missed or not quick):
             torch.set_num_threads(threads)
-            result["profiles"][f"CMKD {shape}"] = profile_table(
-                _fwd_bwd(CMKDLoss(temperature=TEMPERATURE), zs, zt, y), device, rows=14
+            cmkd = _fwd_bwd(CMKDLoss(temperature=TEMPERATURE), zs, zt, y)
+            result["profiles"][f"CMKD {shape}"] = (
+                python_profile_table(cmkd, rows=14) if device.type == "cpu" else profile_table(cmkd, device, rows=14)
             )
     return result

@@ -97,9 +97,9 @@ def _print_losses(res: dict[str, Any]) -> None:
         ]
         _table(f"[a] loss forward+backward, {shape}", rows, ["loss", "median ms", "min ms", "x KD [range]", ""])
     for shape, table in res.get("aten_ops", {}).items():
-        rows = [[name, str(c["profiler"]), str(c["dispatched"])] for name, c in table.items()]
+        rows = [[name, str(c["profiler"]), str(c["dispatched"]), str(c.get("numpy", "-"))] for name, c in table.items()]
         _table(f"[a] aten ops per forward+backward, {shape} (target for CMKD <= 150)", rows,
-               ["loss", "profiler events", "dispatched"])
+               ["loss", "profiler events", "dispatched", "NumPy calls"])
     for shape, table in res["soft_rank"].items():
         base = list(table)[-1]
         rows = [[name, _ms(e["median_s"]), _ratio_cell(e)] for name, e in table.items()]
@@ -115,7 +115,8 @@ def _print_losses(res: dict[str, Any]) -> None:
             [op["name"], f"{op['self_ms_per_call']:.3f}", f"{100 * op['share']:.1f}", f"{op['calls_per_call']:g}"]
             for op in prof["ops"]
         ]
-        _table(f"[a] torch.profiler, {name} ({prof['total_ms_per_call']:.2f} ms self time per call)", rows,
+        tool = "cProfile" if prof["sort_by"].endswith("(cProfile)") else "torch.profiler"
+        _table(f"[a] {tool}, {name} ({prof['total_ms_per_call']:.2f} ms self time per call)", rows,
                ["op", "self ms/call", "%", "calls/call"])
 
 

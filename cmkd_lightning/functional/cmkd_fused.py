@@ -1,8 +1,10 @@
 """Fused CMKD: the same loss as :func:`~cmkd_lightning.functional.cmkd.cmkd_terms` at a fraction of its op count.
 
 The teacher side (z-score, probabilities, exact ranks, entropy) is computed once without autograd
-(:func:`fast_teacher_stats`, NumPy sort on CPU). The student side (z-score, softmax, Pearson, soft rank, Pearson,
-Eq. 16 weights) is one :class:`torch.autograd.Function` with a hand-written backward. Measurements:
+(:func:`fast_teacher_stats`). The student side (z-score, softmax, Pearson, soft rank, Pearson, Eq. 16 weights) is
+one :class:`torch.autograd.Function` with a hand-written backward. Two kernels compute the same thing: on CPU the
+NumPy one (``_cmkd_numpy.py``: NumPy's sort and its own pool-adjacent-violators solver for large batches), on
+other devices (CUDA) the torch one in this file. Design: ``docs/DESIGN.md`` ("The fused path"); measurements:
 ``BENCHMARKS.md`` (section A); host reads: ``docs/DEVICE.md``.
 """
 
@@ -96,9 +98,9 @@ def fast_teacher_stats(
         H = -\sum_c p_c \log p_c,\quad \operatorname{rank}(\hat z)\ \text{(ascending, ties averaged)}
 
     The same values as :func:`~cmkd_lightning.functional.teacher_stats` (to rounding), in fewer operations and
-    without autograd: on CPU the exact ranks are sorted with :func:`numpy.argsort` (2.7x faster than
-    ``torch.sort`` at 512x1000, ``BENCHMARKS.md``), elsewhere with ``torch.sort``; nothing is read back from an
-    accelerator. The result can be passed as ``teacher=`` to :func:`~cmkd_lightning.functional.cmkd_terms` or
+    without autograd: on CPU by the NumPy kernel (:func:`numpy.argsort` sorts several times faster than
+    ``torch.sort``, ``BENCHMARKS.md``), elsewhere with torch ops and ``torch.sort``; nothing is read back from
+    an accelerator. The result can be passed as ``teacher=`` to :func:`~cmkd_lightning.functional.cmkd_terms` or
     to :func:`cmkd_fused_terms`.
 
     Args:
