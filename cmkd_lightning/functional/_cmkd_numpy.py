@@ -223,7 +223,8 @@ def centre(probs: np.ndarray, ranks: np.ndarray | None) -> Centred:
 _ts_ops: ModuleType | None = None
 
 
-def _torchsort_ops() -> ModuleType:
+def torchsort_ops() -> ModuleType:
+    """``torchsort.ops``, imported on first use (both fused kernels call its isotonic kernels)."""
     global _ts_ops
     if _ts_ops is None:
         _ts_ops = importlib.import_module("torchsort.ops")
@@ -243,7 +244,7 @@ class Isotonic:
         self.blocks: PAVBlocks | None = None
         if solver == "torchsort" and y.size <= SMALL:
             self.y = torch.from_numpy(y)
-            self.sol = _torchsort_ops().isotonic_l2["cpu"](self.y)
+            self.sol = torchsort_ops().isotonic_l2["cpu"](self.y)
             self.u = self.sol.numpy()
             return
         self.blocks = PAVBlocks(y)
@@ -252,7 +253,7 @@ class Isotonic:
     def project(self, g: np.ndarray) -> np.ndarray:
         """``g - B g`` (overwrites ``g``)."""
         if self.blocks is None:
-            g -= _torchsort_ops().isotonic_l2_backward["cpu"](self.y, self.sol, torch.from_numpy(g)).numpy()
+            g -= torchsort_ops().isotonic_l2_backward["cpu"](self.y, self.sol, torch.from_numpy(g)).numpy()
         else:
             g -= self.blocks.means(g)
         return g

@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import importlib
 import math
-from types import ModuleType
 from typing import Any, Literal, NamedTuple
 
 import numpy as np
@@ -189,7 +187,7 @@ class _Blocks:
         y = s - torch.arange(n, 0, -1, dtype=theta.dtype, device=theta.device)
         self.perm = perm
         if solver == "torchsort":
-            ts = _torchsort_ops()
+            ts = _np.torchsort_ops()
             v = ts.isotonic_l2[theta.device.type](y)
             self.s, self.v = s, v
             self.ranks = torch.empty_like(theta).scatter_(1, perm, s - v)
@@ -212,22 +210,12 @@ class _Blocks:
         """``g - blockmean(g)`` in input order: the soft rank's Jacobian times eps, applied to ``g``."""
         if self.solver == "torchsort":
             gs = g.gather(1, self.perm)
-            bm = _torchsort_ops().isotonic_l2_backward[g.device.type](self.s, self.v, gs)
+            bm = _np.torchsort_ops().isotonic_l2_backward[g.device.type](self.s, self.v, gs)
             return torch.empty_like(g).scatter_(1, self.perm, gs.sub_(bm))
         if self.block is None:
             return g - g.mean(1, keepdim=True)
         block_mean = torch.zeros_like(self.sizes).index_add_(0, self.block, g.reshape(-1)).div_(self.sizes)
         return g - block_mean.index_select(0, self.block).view(g.shape)
-
-
-_ts_ops: ModuleType | None = None
-
-
-def _torchsort_ops() -> ModuleType:
-    global _ts_ops
-    if _ts_ops is None:
-        _ts_ops = importlib.import_module("torchsort.ops")
-    return _ts_ops
 
 
 # ------------------------------------------------------------------------------------------------------------
