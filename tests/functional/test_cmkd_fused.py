@@ -248,3 +248,20 @@ def test_cpu_runs_the_numpy_kernel(numpy_devices, expected, monkeypatch):
     zs, zt = _data(4, 6, dtype=torch.float32)
     terms = cmkd_fused_terms(zs.requires_grad_(True), zt)
     assert type(terms.loss.grad_fn).__name__ == expected + "Backward"
+
+
+@pytest.mark.parametrize("zscore", [True, False])
+def test_non_contiguous_student_logits(zscore, kernel):
+    """A transposed view (what a model's ``.t()`` head gives) is read in place by the NumPy kernel."""
+    base = _data(12, 8, seed=9)[0]
+    zt = _data(8, 12, seed=10)[1]
+    out = []
+    for fn in (cmkd_terms, cmkd_fused_terms):
+        leaf = base.clone().requires_grad_(True)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # zscore=False with Spearman
+            loss = fn(leaf.t(), zt, zscore=zscore).loss
+        loss.sum().backward()
+        out.append((loss.detach(), leaf.grad))
+    torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-10, atol=1e-10)
+    torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-9, atol=1e-12)
