@@ -282,6 +282,31 @@ def test_sigkill_mid_checkpoint_write_leaves_the_previous_checkpoint_and_resumes
     assert code == 0, output[-4000:]
     assert torch.load(folder / "last.ckpt", weights_only=False)["global_step"] == 8
     assert not (tmp_path / "csv" / "digits-ce" / "version_1").exists()  # the logger run continued in version_0
+    assert not list(folder.glob(".*.partial-*"))  # the killed run's leftover went with the next save of its file
+
+
+def test_a_save_removes_partials_of_dead_processes_only(tmp_path):
+    """A leftover of a killed writer is deleted by the next save of the same file; a live writer's is kept."""
+    from cmkd_lightning.callbacks.checkpoint_guard import VerifiedCheckpointIO
+
+    finished = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(finished.stdout)  # exited: no process has this pid now (unless reused within milliseconds)
+    live = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        target = tmp_path / "last.ckpt"
+        stale = tmp_path / f".last.ckpt.partial-{dead_pid}"
+        in_progress = tmp_path / f".last.ckpt.partial-{live.pid}"
+        other_file = tmp_path / f".epoch=0-step=4.ckpt.partial-{dead_pid}"
+        for path in (stale, in_progress, other_file):
+            path.write_bytes(b"half")
+        VerifiedCheckpointIO().save_checkpoint({"state_dict": {"w": torch.ones(1)}}, target)
+        assert target.stat().st_size > 0
+        assert not stale.exists()
+        assert in_progress.exists()  # another process may still be writing it
+        assert other_file.exists()  # only leftovers of the file being saved are touched
+    finally:
+        live.kill()
+        live.wait()
 
 
 # --- 3. Runs never overwrite each other -----------------------------------------------------------------------

@@ -8,6 +8,7 @@ finishes with exit code 0 and no checkpoint. :class:`CheckpointGuard` closes tha
 
 from __future__ import annotations
 
+import glob
 import os
 import tempfile
 from pathlib import Path
@@ -55,9 +56,10 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
 
     A local checkpoint is written to a hidden partial file in the target folder (``.<name>.partial-<pid>``),
     flushed to disk and renamed over the target, so a process killed mid-write leaves the previous checkpoint
-    intact. Any ``OSError`` (read-only folder, full disk, a file where a folder is expected) becomes a
-    :class:`CheckpointWriteError` naming the path; after the rename the file must exist and be non-empty. Remote
-    paths (``s3://`` ...) use Lightning's own writer, then must exist.
+    intact; the next save of the same file deletes such a leftover once its process no longer runs
+    (:func:`remove_stale_partials`). Any ``OSError`` (read-only folder, full disk, a file where a folder is
+    expected) becomes a :class:`CheckpointWriteError` naming the path; after the rename the file must exist and
+    be non-empty. Remote paths (``s3://`` ...) use Lightning's own writer, then must exist.
 
     Example:
         >>> import tempfile
@@ -90,6 +92,7 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
         partial = target.with_name(f".{target.name}.partial-{os.getpid()}")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
+            remove_stale_partials(target)
             with open(partial, "wb") as file:
                 self._write(checkpoint, file)
                 file.flush()
@@ -112,6 +115,37 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
         from lightning.fabric.utilities.cloud_io import get_filesystem
 
         return bool(get_filesystem(path).exists(str(path)))
+
+
+def remove_stale_partials(target: Path) -> list[Path]:
+    """Delete the hidden partial files of ``target`` whose writing process no longer runs; return them.
+
+    A process killed while writing leaves ``.<name>.partial-<pid>`` behind. Only files for this very target are
+    considered, and only where the pid is not a running process of this machine (POSIX; elsewhere nothing is
+    deleted). A partial of a live process, such as another run's save in progress, is never touched.
+
+    Example:
+        >>> folder = Path(tempfile.mkdtemp())
+        >>> (folder / f".last.ckpt.partial-{os.getpid()}").write_bytes(b"")  # this process runs: kept
+        0
+        >>> remove_stale_partials(folder / "last.ckpt")
+        []
+    """
+    if os.name != "posix":
+        return []
+    removed = []
+    for partial in target.parent.glob(f".{glob.escape(target.name)}.partial-*"):
+        pid = partial.name.rsplit("-", 1)[1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)  # signal 0: existence check only
+        except ProcessLookupError:
+            partial.unlink(missing_ok=True)
+            removed.append(partial)
+        except OSError:  # e.g. PermissionError: the process runs under another user
+            continue
+    return removed
 
 
 def probe_writable(directory: _PATH) -> str | None:
