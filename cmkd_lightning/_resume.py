@@ -6,7 +6,9 @@ Used by :mod:`cmkd_lightning.cli`. A run's checkpoints go (by default) to ``<sav
 
 from __future__ import annotations
 
+import json
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -48,15 +50,64 @@ def _run_name(path: Path) -> str | None:
         return None
 
 
-def find_last_checkpoint(trainer: Trainer) -> tuple[Path | None, list[Path]]:
-    """The newest ``last*.ckpt`` this configuration wrote, and the folders searched.
+# module hyperparameters that tune a run rather than define the model and method: a resume may change them
+_TUNING = frozenset(
+    {
+        "optimizer",
+        "lr_scheduler",
+        "check_finite",
+        "channels_last",
+        "compile",
+        "teacher_cache",
+        "teacher_chance_factor",
+        "save_teacher_in_checkpoint",
+        "_instantiator",
+    }
+)
+
+
+def _hyperparameters(path: Path) -> dict[str, Any] | None:
+    """The module hyperparameters stored in a checkpoint (read lazily, tensors memory-mapped); None if unreadable."""
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        hparams = checkpoint.get("hyper_parameters")
+        return dict(hparams) if isinstance(hparams, Mapping) else None
+    except Exception:  # an unreadable candidate is not this run's: skip it
+        return None
+
+
+def model_differences(stored: Mapping[str, Any] | None, current: Mapping[str, Any]) -> list[str]:
+    """The hyperparameters that define the model and method (all but ``_TUNING``) in which two runs differ.
+
+    Example:
+        >>> model_differences({"losses": ["kd"], "optimizer": "sgd"}, {"losses": ["cmkd"], "optimizer": "adam"})
+        ['losses']
+    """
+    if stored is None:
+        return ["hyper_parameters (none readable in the checkpoint)"]
+
+    def canonical(value: Any) -> str:
+        return json.dumps(value, sort_keys=True, default=str)
+
+    keys = (set(stored) | set(current)) - _TUNING
+    return sorted(k for k in keys if canonical(stored.get(k)) != canonical(current.get(k)))
+
+
+def find_last_checkpoint(
+    trainer: Trainer, hparams: Mapping[str, Any] | None = None
+) -> tuple[Path | None, list[Path], list[tuple[Path, list[str]]]]:
+    """The newest ``last*.ckpt`` this configuration wrote, the folders searched and the candidates passed over.
 
     With a ``ModelCheckpoint(dirpath=...)`` that folder is searched; without one (checkpoints under the logger's run
     folder), every run folder ``<save_dir>/<name>/*/checkpoints`` of the logger is, restricted to the version (W&B
-    id) given on the command line if any, and for W&B to checkpoints of runs with the same run name.
+    id) given on the command line if any, and for W&B to checkpoints of runs with the same run name. A folder that
+    is not a logger run's (``dirpath``, or ``<default_root_dir>/checkpoints`` without a logger) can hold runs of
+    other configs: there, given the module's ``hparams``, only checkpoints of the same model and method count (the
+    others are returned with the hyperparameters they differ in).
     """
     searched: list[Path] = []
     candidates: list[Path] = []
+    passed_over: list[tuple[Path, list[str]]] = []
     logger = trainer.logger
     for callback in trainer.checkpoint_callbacks:
         if not isinstance(callback, ModelCheckpoint):
@@ -65,7 +116,12 @@ def find_last_checkpoint(trainer: Trainer) -> tuple[Path | None, list[Path]]:
             folder = Path(callback.dirpath) if callback.dirpath is not None else Path(trainer.default_root_dir)
             folder = folder if callback.dirpath is not None else folder / "checkpoints"
             searched.append(folder)
-            candidates += [p for p in folder.glob("last*.ckpt") if _LAST.match(p.name)]
+            for path in (p for p in folder.glob("last*.ckpt") if _LAST.match(p.name)):
+                differences = [] if hparams is None else model_differences(_hyperparameters(path), hparams)
+                if differences:
+                    passed_over.append((path, differences))
+                else:
+                    candidates.append(path)
             continue
         root = _logger_root(trainer, logger)
         version = _fixed_version(logger)
@@ -76,9 +132,10 @@ def find_last_checkpoint(trainer: Trainer) -> tuple[Path | None, list[Path]]:
             name = logger._wandb_init.get("name")
             found = [p for p in found if _run_name(p) == name]
         candidates += found
+    passed_over.sort(key=lambda item: item[0].stat().st_mtime, reverse=True)
     if not candidates:
-        return None, searched
-    return max(candidates, key=lambda p: p.stat().st_mtime), searched
+        return None, searched, passed_over
+    return max(candidates, key=lambda p: p.stat().st_mtime), searched, passed_over
 
 
 def adopt_run_of(trainer: Trainer, checkpoint: Path) -> str | None:

@@ -228,7 +228,15 @@ class DistillationCLI(LightningCLI):
         kwargs = super()._prepare_subcommand_kwargs(subcommand)
         ckpt_path = kwargs.get("ckpt_path")
         if subcommand == "fit" and ckpt_path == "last":
-            found, searched = find_last_checkpoint(self.trainer)
+            found, searched, passed_over = find_last_checkpoint(self.trainer, getattr(self.model, "hparams", None))
+            if found is None and passed_over:
+                newest, differences = passed_over[0]
+                raise ResumeError(
+                    "Expected a checkpoint of this configuration to resume from (`--ckpt_path last`), but the "
+                    f"last*.ckpt in {', '.join(str(s) for s in searched)} were written by other configurations "
+                    f"(the newest, {newest}, differs in {', '.join(differences)}). Start the run without "
+                    "--ckpt_path, or pass the path of a checkpoint file to resume it anyway."
+                )
             if found is None:
                 raise ResumeError(
                     "Expected a checkpoint to resume from (`--ckpt_path last`), but found no last*.ckpt in "

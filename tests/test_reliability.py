@@ -224,6 +224,27 @@ def test_ckpt_path_last_with_nothing_to_resume_is_an_error(tmp_path, monkeypatch
     assert "csv/digits-ce/*/checkpoints" in lines[-1]
 
 
+def test_ckpt_path_last_skips_checkpoints_of_other_configs_in_a_shared_folder(tmp_path, monkeypatch, capsys):
+    """Without a logger every config writes to ``./checkpoints``: ``last`` is the newest of *this* config."""
+    monkeypatch.chdir(tmp_path)
+    base = ["fit", "-c", str(DIGITS / "ce.yaml"), *SMALL, "--trainer.logger=false", "--trainer.max_epochs=1"]
+    other = [*base, "--model.init_args.student=digits_teacher"]
+    main(base)  # config A: checkpoints/last.ckpt
+    code, lines = _cli_error(capsys, [*other, "--ckpt_path=last"])
+    assert code == 1
+    assert lines[-1].startswith("Expected a checkpoint of this configuration to resume from (`--ckpt_path last`)")
+    assert "checkpoints/last.ckpt, differs in student)" in lines[-1]
+    main(other)  # config B: checkpoints/last-v1.ckpt, now the newest file
+    assert sorted(p.name for p in (tmp_path / "checkpoints").glob("last*.ckpt")) == ["last-v1.ckpt", "last.ckpt"]
+    steps = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)["global_step"]
+    main([*base[:-1], "--trainer.max_epochs=2", "--ckpt_path=last"])  # A again: its own, older last.ckpt
+    resumed = torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=False)
+    assert (resumed["epoch"], resumed["global_step"]) == (1, 2 * steps)
+    # a fresh run would have written last-v2.ckpt beside the others; the resumed one continued in last.ckpt
+    assert not (tmp_path / "checkpoints" / "last-v2.ckpt").exists()
+    assert torch.load(tmp_path / "checkpoints" / "last-v1.ckpt", weights_only=False)["global_step"] == steps
+
+
 @pytest.mark.slow
 def test_sigkill_mid_epoch_then_ckpt_path_last_continues_the_same_wandb_run(tmp_path):
     env = _env(tmp_path, WANDB_MODE="offline")
