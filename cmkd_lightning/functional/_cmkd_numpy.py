@@ -19,7 +19,7 @@ from __future__ import annotations
 import importlib
 import math
 from types import ModuleType
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -358,6 +358,28 @@ class PAVBlocks:
 # student side
 
 
+class StudentArgs(NamedTuple):
+    """The settings of one call of the student side (shared by both fused kernels).
+
+    Attributes:
+        w_pearson: weight of the Pearson term, ``(N,)`` (Eq. 16 per sample) or a number.
+        w_spearman: weight of the Spearman term, ``(N,)`` or a number.
+        temperature: softmax temperature ``T``.
+        zscore: z-score the student logits first.
+        eps: added to the z-score's standard deviation.
+        rank_strength: the soft rank's regularisation ``eps_r``; ``None`` without the Spearman term.
+        solver: the isotonic solver, ``"torchsort"`` or ``"torch"`` (see ``resolve_solver``).
+    """
+
+    w_pearson: Any
+    w_spearman: Any
+    temperature: float
+    zscore: bool
+    eps: float
+    rank_strength: float | None
+    solver: str
+
+
 class Saved(NamedTuple):
     """What the backward needs from the forward."""
 
@@ -378,17 +400,10 @@ class Saved(NamedTuple):
 
 
 def student_forward(
-    zs: np.ndarray,
-    teacher: Centred,
-    w_pearson: np.ndarray | float,
-    w_spearman: np.ndarray | float,
-    temperature: float,
-    use_zscore: bool,
-    eps: float,
-    rank_strength: float | None,
-    solver: str,
+    zs: np.ndarray, teacher: Centred, args: StudentArgs
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray, Saved]:
     """Per-sample loss, ``1 - r_pearson`` and ``1 - r_spearman`` (zeros without Spearman), and the saved state."""
+    w_pearson, w_spearman, temperature, use_zscore, eps, rank_strength, solver = args
     n, c = zs.shape
     z = zscore(zs, eps) if use_zscore else None
     h = z.h if z is not None else zs
@@ -422,16 +437,9 @@ def student_forward(
     return loss, pearson, spearman, saved
 
 
-def student_backward(
-    grad: np.ndarray,
-    saved: Saved,
-    teacher: Centred,
-    w_pearson: np.ndarray | float,
-    w_spearman: np.ndarray | float,
-    temperature: float,
-    rank_strength: float | None,
-) -> np.ndarray:
+def student_backward(grad: np.ndarray, saved: Saved, teacher: Centred, args: StudentArgs) -> np.ndarray:
     """Gradient of ``sum(grad * loss)`` with respect to the student logits."""
+    w_pearson, w_spearman, temperature, _, _, rank_strength, _ = args
     tiny = _TINY[saved.p.dtype.type]
     # d r / d x = (y_c - r |y_c| x_c / |x_c|) / den; the centring projection is dropped: the softmax and
     # soft-rank backwards below remove any per-row (per-block) constant

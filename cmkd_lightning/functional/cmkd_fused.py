@@ -227,17 +227,9 @@ class _CMKDStudent(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
-        zs: Tensor,
-        teacher: FusedTeacher,
-        w_pearson: Tensor | float,
-        w_spearman: Tensor | float,
-        temperature: float,
-        zscore: bool,
-        eps: float,
-        rank_strength: float | None,
-        solver: str,
+        ctx: Any, zs: Tensor, teacher: FusedTeacher, args: _np.StudentArgs
     ) -> tuple[Tensor, Tensor, Tensor]:
+        w_pearson, w_spearman, temperature, zscore, eps, rank_strength, solver = args
         n_rows, c = zs.shape
         if zscore:
             scale, std, d, h = _zscore_parts(zs, eps)
@@ -297,14 +289,14 @@ class _CMKDStudent(torch.autograd.Function):
             gs.mul_(g_r.unsqueeze(1))
             gh.add_(blocks.project(gs), alpha=1.0 / ctx.rank_strength)
         if not ctx.zscore:
-            return gh, None, None, None, None, None, None, None, None
+            return gh, None, None
         # z-score: h = c / (std + eps'), std = sqrt(sum c^2 / (C - 1)) (no gradient where the variance is clamped)
         scale, std, d, live = ctx.zs_data
         h = ctx.h
         k = torch.linalg.vecdot(gh, h).unsqueeze(1).mul_(live).div_(std * (ctx.c - 1))
         gz = gh.div_(d).sub_(h * k)
         gz.sub_(gz.mean(1, keepdim=True)).div_(scale)
-        return gz, None, None, None, None, None, None, None, None
+        return gz, None, None
 
 
 class _CMKDStudentNumpy(torch.autograd.Function):
@@ -312,23 +304,11 @@ class _CMKDStudentNumpy(torch.autograd.Function):
 
     @staticmethod
     def forward(  # type: ignore[override]
-        ctx: Any,
-        zs: Tensor,
-        teacher: _np.Centred,
-        w_pearson: np.ndarray | float,
-        w_spearman: np.ndarray | float,
-        temperature: float,
-        zscore: bool,
-        eps: float,
-        rank_strength: float | None,
-        solver: str,
+        ctx: Any, zs: Tensor, teacher: _np.Centred, args: _np.StudentArgs
     ) -> tuple[Tensor, Tensor, Tensor]:
         with _NP_QUIET():
-            loss, pearson, spearman, saved = _np.student_forward(
-                zs.detach().numpy(), teacher, w_pearson, w_spearman, temperature, zscore, eps, rank_strength, solver
-            )
-        ctx.saved = saved
-        ctx.args = (teacher, w_pearson, w_spearman, temperature, rank_strength)
+            loss, pearson, spearman, saved = _np.student_forward(zs.detach().numpy(), teacher, args)
+        ctx.saved, ctx.teacher, ctx.args = saved, teacher, args
         pearson_t, spearman_t = torch.from_numpy(pearson), torch.from_numpy(spearman)
         ctx.mark_non_differentiable(pearson_t, spearman_t)
         return torch.from_numpy(loss), pearson_t, spearman_t
@@ -337,8 +317,8 @@ class _CMKDStudentNumpy(torch.autograd.Function):
     @once_differentiable
     def backward(ctx: Any, grad: Tensor, _p: Tensor | None, _s: Tensor | None) -> tuple[Tensor | None, ...]:  # type: ignore[override]
         with _NP_QUIET():
-            g = _np.student_backward(grad.numpy(), ctx.saved, *ctx.args)
-        return torch.from_numpy(g), None, None, None, None, None, None, None, None
+            g = _np.student_backward(grad.numpy(), ctx.saved, ctx.teacher, ctx.args)
+        return torch.from_numpy(g), None, None
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -486,7 +466,7 @@ def _fused_terms(
         hard = ent >= threshold
         w_pearson, w_spearman = _weights(hard, ent.dtype, spearman and dynamic_weighting, beta, gamma, factor, t2)
         loss, pearson, spearman_loss = _CMKDStudentNumpy.apply(
-            zs, centred, w_pearson, w_spearman, temperature, zscore, eps, strength, solver
+            zs, centred, _np.StudentArgs(w_pearson, w_spearman, temperature, zscore, eps, strength, solver)
         )
         return CMKDTerms(loss, pearson, spearman_loss, torch.from_numpy(hard), entropy)
     ft = fused_teacher(teacher, spearman)
@@ -494,7 +474,7 @@ def _fused_terms(
     hard = entropy >= (entropy.mean() if entropy_threshold is None else entropy_threshold)
     w_pearson, w_spearman = _weights(hard, zs.dtype, spearman and dynamic_weighting, beta, gamma, factor, t2)
     loss, pearson, spearman_loss = _CMKDStudent.apply(
-        zs, ft, w_pearson, w_spearman, temperature, zscore, eps, strength, solver
+        zs, ft, _np.StudentArgs(w_pearson, w_spearman, temperature, zscore, eps, strength, solver)
     )
     return CMKDTerms(loss, pearson, spearman_loss, hard, entropy)
 
