@@ -32,7 +32,7 @@ from cmkd_lightning.functional.cmkd import (
     teacher_entropy,
 )
 from cmkd_lightning.functional.rank import rank
-from cmkd_lightning.functional.soft_rank import _isotonic_block_starts, _torchsort_supports
+from cmkd_lightning.functional.soft_rank import _import_torchsort, _isotonic_block_starts, _torchsort_supports
 
 FUSED_DEVICES = ("cpu", "cuda")
 _NP_QUIET = functools.partial(np.errstate, all="ignore")  # as torch: overflow gives inf / NaN silently
@@ -333,6 +333,7 @@ def fused_covers(student_logits: Tensor) -> bool:
 def resolve_solver(rank_backend: str, values: Tensor) -> str:
     """The isotonic solver of the fused path: torchsort's kernel where the general path would use it."""
     if rank_backend == "torchsort":
+        _import_torchsort(required=True)  # the general path's error when it is missing, not a bare ImportError
         return "torchsort"
     if rank_backend == "auto" and _torchsort_supports(values):
         return "torchsort"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import importlib.util
 import warnings
 
@@ -265,3 +266,16 @@ def test_non_contiguous_student_logits(zscore, kernel):
         out.append((loss.detach(), leaf.grad))
     torch.testing.assert_close(out[1][0], out[0][0], rtol=1e-10, atol=1e-10)
     torch.testing.assert_close(out[1][1], out[0][1], rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(4, 6), (64, 1000)])  # torchsort's kernel / the NumPy PAV on CPU
+@pytest.mark.parametrize("fused", [True, False])
+def test_torchsort_backend_without_torchsort_says_how_to_install_it(shape, fused, monkeypatch):
+    soft_rank_module = importlib.import_module(
+        "cmkd_lightning.functional.soft_rank"
+    )  # the package's name is a function
+    monkeypatch.setattr(soft_rank_module, "_torchsort", None)
+    monkeypatch.setattr(soft_rank_module, "_torchsort_missing", True)
+    zs, zt = _data(*shape, dtype=torch.float32)
+    with pytest.raises(ImportError, match="needs the torchsort package, which is not installed"):
+        CMKDLoss(rank_backend="torchsort", fused=fused)(zs, zt)
