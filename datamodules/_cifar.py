@@ -16,12 +16,12 @@ from urllib.error import URLError
 
 import numpy as np
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.datasets import CIFAR10, VisionDataset
 
 from cmkd_lightning._validation import check_bool, check_int, check_optional_bool, check_path
-from datamodules._io import file_md5, load_data_pickle, loader_kwargs
+from datamodules._io import SplitLoaders, file_md5, load_data_pickle
 
 _SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html"
 #: Files already named in an "is not the official file" warning (one warning per path and process).
@@ -187,7 +187,7 @@ class _SafeCIFARDataset(CIFAR10):
         return all(os.path.isfile(os.path.join(self.root, self.base_folder, name)) for name in self._files())
 
 
-class _CIFARDataModule(LightningDataModule):
+class _CIFARDataModule(SplitLoaders, LightningDataModule):
     """The CIFAR data module: the recipe's augmentation, validation on the official test split, synthetic data.
 
     Subclasses set ``_DATASET`` (a :class:`_SafeCIFARDataset`), ``_MEAN`` and ``_STD``; the arguments are
@@ -248,24 +248,3 @@ class _CIFARDataModule(LightningDataModule):
             self.train_set = self._DATASET(self.data_dir, train=True, transform=train_tf)
         if self.test_set is None:
             self.test_set = self._DATASET(self.data_dir, train=False, transform=test_transform(self._MEAN, self._STD))
-
-    def _loader(self, dataset: Dataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("Call `setup()` before requesting a dataloader.")
-        return DataLoader(dataset, shuffle=shuffle, **loader_kwargs(self.batch_size, self.num_workers, self.pin_memory))
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled, augmented training batches."""
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """The official test split, in fixed order."""
-        return self._loader(self.test_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """The official test split, in fixed order."""
-        return self._loader(self.test_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """The official test split, in fixed order."""
-        return self._loader(self.test_set, shuffle=False)

@@ -6,10 +6,11 @@ import codecs
 import hashlib
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch.utils.data import DataLoader
 
 
 def loader_kwargs(batch_size: int, num_workers: int, pin_memory: bool | None) -> dict[str, Any]:
@@ -25,6 +26,42 @@ def loader_kwargs(batch_size: int, num_workers: int, pin_memory: bool | None) ->
         "pin_memory": pin,
         "persistent_workers": num_workers > 0,
     }
+
+
+class SplitLoaders:
+    """Mixin: the four dataloaders of a data module with one training split and one evaluation split.
+
+    ``train_dataloader`` shuffles ``self.train_set``; validation, test and predict read the evaluation split (the
+    attribute named by ``EVAL_SET``) in fixed order. The host class sets ``batch_size``, ``num_workers`` and
+    ``pin_memory``; asking before ``setup()`` raises.
+    """
+
+    EVAL_SET: ClassVar[str] = "test_set"
+    train_set: Any
+    batch_size: int
+    num_workers: int
+    pin_memory: bool | None
+
+    def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
+        if dataset is None:
+            raise RuntimeError("Call `setup()` before requesting a dataloader.")
+        return DataLoader(dataset, shuffle=shuffle, **loader_kwargs(self.batch_size, self.num_workers, self.pin_memory))
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled, augmented training batches."""
+        return self._loader(self.train_set, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """The evaluation split, in fixed order."""
+        return self._loader(getattr(self, self.EVAL_SET), shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """The evaluation split, in fixed order."""
+        return self._loader(getattr(self, self.EVAL_SET), shuffle=False)
+
+    def predict_dataloader(self) -> DataLoader:
+        """The evaluation split, in fixed order."""
+        return self._loader(getattr(self, self.EVAL_SET), shuffle=False)
 
 
 class _DataUnpickler(pickle.Unpickler):

@@ -7,13 +7,12 @@ from collections.abc import Callable
 from pathlib import Path
 
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader
 from torchvision import transforms
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from cmkd_lightning._validation import check_bool, check_int, check_optional_bool, check_path
-from datamodules._io import loader_kwargs
+from datamodules._io import SplitLoaders
 from datamodules._synthetic import SyntheticImageDataset
 
 #: Per-channel mean and std of the ImageNet training images (torchvision's values).
@@ -70,7 +69,7 @@ def _image_folder(split_dir: Path, transform: Callable) -> ImageFolder:
         ) from err
 
 
-class ImageNetDataModule(LightningDataModule):
+class ImageNetDataModule(SplitLoaders, LightningDataModule):
     """ImageNet with the training recipe of the CMKD paper (and torchvision's ResNet recipe).
 
     Training images get RandomResizedCrop(``image_size``) and a random horizontal flip; validation and test
@@ -100,6 +99,8 @@ class ImageNetDataModule(LightningDataModule):
         ValueError: at ``setup`` if the number of class folders is not ``num_classes`` or ``train`` and
             ``val`` have different class folders.
     """
+
+    EVAL_SET = "val_set"  # validation, test and predict read the validation split
 
     def __init__(
         self,
@@ -173,24 +174,3 @@ class ImageNetDataModule(LightningDataModule):
 
     def _eval_transform(self) -> Callable:
         return imagenet_eval_transform(self.image_size, self.resize_size)
-
-    def _loader(self, dataset: ImageFolder | SyntheticImageDataset | None, shuffle: bool) -> DataLoader:
-        if dataset is None:
-            raise RuntimeError("Call `setup()` before requesting a dataloader.")
-        return DataLoader(dataset, shuffle=shuffle, **loader_kwargs(self.batch_size, self.num_workers, self.pin_memory))
-
-    def train_dataloader(self) -> DataLoader:
-        """Shuffled, augmented training batches."""
-        return self._loader(self.train_set, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        """Validation batches in fixed order."""
-        return self._loader(self.val_set, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        """The validation split, in fixed order."""
-        return self._loader(self.val_set, shuffle=False)
-
-    def predict_dataloader(self) -> DataLoader:
-        """The validation split, in fixed order."""
-        return self._loader(self.val_set, shuffle=False)
