@@ -377,6 +377,25 @@ def plot(
     plt.close(fig)
 
 
+def _write_outputs(
+    stem: Path,
+    result: dict[str, Any],
+    rows: list[dict[str, Any]],
+    summary: dict[str, Any],
+    tables: str,
+    title: str,
+    teacher_top1: float | None,
+) -> None:
+    """``<stem>.json`` (everything), ``.csv`` (one row per run), ``.md`` (the tables) and ``.png`` (the plot)."""
+    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
+    with stem.with_suffix(".csv").open("w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    stem.with_suffix(".md").write_text(tables)
+    plot(rows, summary, stem.with_suffix(".png"), title, teacher_top1)
+
+
 def compare(
     methods: Sequence[str | Method],
     seeds: Sequence[int] = (0, 1, 2, 3, 4),
@@ -483,13 +502,7 @@ def compare(
         "summary": summary,
         "total_seconds": time.perf_counter() - t0,
     }
-    (out / "results.json").write_text(json.dumps(result, indent=2))
-    with (out / "results.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "results.md").write_text(tables)
-    plot(rows, summary, out / "results.png", title, teacher_eval["top1"])
+    _write_outputs(out / "results", result, rows, summary, tables, title, teacher_eval["top1"])
     if verbose:
         print(tables)
         print(f"Wrote {out}/results.{{json,csv,md,png}} in {result['total_seconds']:.0f} s.")
@@ -545,13 +558,7 @@ def summarize_recorded(
         teacher = json.loads((out / "results.json").read_text()).get("teacher")
     tables = format_tables(summary, teacher, title)
     result = {"config": setting, "teacher": teacher, "runs": rows, "summary": summary}
-    (out / "final.json").write_text(json.dumps(result, indent=2))
-    with (out / "final.csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    (out / "final.md").write_text(tables)
-    plot(rows, summary, out / "final.png", title, teacher["top1"] if teacher else None)
+    _write_outputs(out / "final", result, rows, summary, tables, title, teacher["top1"] if teacher else None)
     if verbose:
         print(tables)
         print(f"Wrote {out}/final.{{json,csv,md,png}}.")

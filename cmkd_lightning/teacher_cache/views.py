@@ -84,6 +84,17 @@ def _pad(images: Tensor) -> Tensor:
     return F.pad(images, (0, 0, PADDING, PADDING, PADDING, PADDING))
 
 
+def _check_images(images: np.ndarray | Tensor) -> Tensor:
+    """``images`` as a uint8 tensor of shape ``(N, 32, 32, 3)``, or a ValueError saying what it was."""
+    images = torch.as_tensor(images)
+    if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (CROP, CROP, 3):
+        raise ValueError(
+            f"Expected `images` to be uint8 of shape (N, {CROP}, {CROP}, 3), but got {images.dtype} of shape "
+            f"{tuple(images.shape)}."
+        )
+    return images
+
+
 def render_views(images: np.ndarray | Tensor, views: np.ndarray | Tensor | Sequence[int], mean, std) -> Tensor:
     """Normalised ``float32`` tensors of the given views of ``uint8`` images.
 
@@ -102,12 +113,7 @@ def render_views(images: np.ndarray | Tensor, views: np.ndarray | Tensor | Seque
         >>> render_views(images, [0, IDENTITY_VIEW], (0.5,) * 3, (0.25,) * 3).shape
         torch.Size([2, 3, 32, 32])
     """
-    images = torch.as_tensor(images)
-    if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (CROP, CROP, 3):
-        raise ValueError(
-            f"Expected `images` to be uint8 of shape (N, {CROP}, {CROP}, 3), but got {images.dtype} of shape "
-            f"{tuple(images.shape)}."
-        )
+    images = _check_images(images)
     views = torch.as_tensor(views, dtype=torch.int64).reshape(-1)
     if views.shape[0] != images.shape[0]:
         raise ValueError(f"Expected one view per image ({images.shape[0]}), but got {views.shape[0]}.")
@@ -129,12 +135,7 @@ def render_all_views(images: np.ndarray | Tensor, mean, std) -> Tensor:
         >>> render_all_views(np.zeros((1, 32, 32, 3), np.uint8), (0.5,) * 3, (0.25,) * 3).shape
         torch.Size([162, 3, 32, 32])
     """
-    images = torch.as_tensor(images)
-    if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (CROP, CROP, 3):
-        raise ValueError(
-            f"Expected `images` to be uint8 of shape (N, {CROP}, {CROP}, 3), but got {images.dtype} of shape "
-            f"{tuple(images.shape)}."
-        )
+    images = _check_images(images)
     x = _normalise(_pad(images), mean, std)  # (N, 3, 40, 40)
     crops = x.unfold(2, CROP, 1).unfold(3, CROP, 1)  # (N, 3, top, left, 32, 32)
     crops = crops.permute(0, 2, 3, 1, 4, 5)  # (N, top, left, 3, 32, 32)
