@@ -261,6 +261,32 @@ class DistillationCLI(LightningCLI):
         return trainer
 
 
+def build_cli(
+    args: list[str] | dict[str, Any] | None,
+    *,
+    run: bool = True,
+    save_config_callback: Any = RunConfigCallback,
+    **kwargs: Any,
+) -> DistillationCLI:
+    """The ``cmkd`` command's :class:`DistillationCLI`, as ``cmkd``, ``cmkd-sweep`` and the GPU check build it.
+
+    Any module (``DistillationModule`` and subclasses) and data module by ``class_path``; the optimiser and the
+    schedule are module arguments only (no ``--optimizer``). ``run=False`` only instantiates; ``kwargs`` go to
+    ``LightningCLI`` (e.g. ``parser_kwargs``).
+    """
+    return DistillationCLI(
+        DistillationModule,
+        LightningDataModule,
+        subclass_mode_model=True,
+        subclass_mode_data=True,
+        save_config_callback=save_config_callback,
+        auto_configure_optimizers=False,
+        run=run,
+        args=args,
+        **kwargs,
+    )
+
+
 def list_components(kind: str) -> str:
     """The names `cmkd list models|losses|data` prints, one per line, with how to use them in a config."""
     if kind == "models":
@@ -315,15 +341,9 @@ def main(args: list[str] | None = None) -> None:
     sub = {"epilog": EPILOG, **strict}
     try:
         with quiet_lightning():
-            DistillationCLI(
-                DistillationModule,
-                LightningDataModule,
-                subclass_mode_model=True,
-                subclass_mode_data=True,
-                save_config_callback=RunConfigCallback,
-                auto_configure_optimizers=False,
+            build_cli(
+                None if args is None else argv,
                 parser_kwargs={**strict, "fit": sub, "validate": sub, "test": sub, "predict": sub},
-                args=None if args is None else argv,
             )
     except ArgumentError as err:
         if verbose:

@@ -166,21 +166,10 @@ def run_trial_config(
     config: dict[str, Any], callbacks: Sequence[Any] = (), fit: bool = True
 ) -> tuple[Any, dict[str, float]]:
     """Instantiate ``config`` with the ``cmkd`` LightningCLI, add ``callbacks``, fit; return (cli, metrics)."""
-    from lightning.pytorch import LightningDataModule
-
-    from cmkd_lightning.cli import DistillationCLI, RunConfigCallback, ensure_wandb_mode
-    from cmkd_lightning.module import DistillationModule
+    from cmkd_lightning.cli import build_cli, ensure_wandb_mode
 
     ensure_wandb_mode()
-    cli = DistillationCLI(
-        DistillationModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=RunConfigCallback,
-        args=config,
-        run=False,
-    )
+    cli = build_cli(config, run=False)
     cli.trainer.callbacks.extend(callbacks)
     if fit:
         cli.trainer.fit(cli.model, cli.datamodule)

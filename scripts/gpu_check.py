@@ -204,10 +204,8 @@ def run_config(
     last line of the exception (the full traceback goes to stderr).
     """
     import torch
-    from lightning.pytorch import LightningDataModule
 
-    from cmkd_lightning import DistillationModule
-    from cmkd_lightning.cli import DistillationCLI, RunConfigCallback
+    from cmkd_lightning.cli import build_cli
 
     _memoise_subclass_scan()
     args = [*config_files(rel), *smoke_overrides(rel, device, precision, small)]
@@ -226,15 +224,7 @@ def run_config(
             sys.argv = ["cmkd"]
             with _alarm(timeout_s), warnings.catch_warnings():
                 warnings.simplefilter("ignore")
-                cli = DistillationCLI(
-                    DistillationModule,
-                    LightningDataModule,
-                    subclass_mode_model=True,
-                    subclass_mode_data=True,
-                    save_config_callback=RunConfigCallback,
-                    run=False,
-                    args=args,
-                )
+                cli = build_cli(args, run=False)
                 trainer, model, data = cli.trainer, cli.model, cli.datamodule
                 for stage in stages:
                     getattr(trainer, stage)(model, datamodule=data)

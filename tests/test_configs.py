@@ -18,11 +18,10 @@ import jsonargparse._typehints
 import pytest
 import torch
 import yaml
-from lightning.pytorch import LightningDataModule
 from torch import nn
 
 from cmkd_lightning import DistillationModule, TeacherModule
-from cmkd_lightning.cli import DistillationCLI, RunConfigCallback
+from cmkd_lightning.cli import DistillationCLI, build_cli
 from cmkd_lightning.models import create_model
 from tests._fakes import write_fake_cifar100, write_fake_imagenet
 
@@ -159,15 +158,7 @@ def _overrides(rel: str, fake_data: dict[str, Path]) -> list[str]:
 
 
 def _cli(args: list[str], run: bool) -> DistillationCLI:
-    return DistillationCLI(
-        DistillationModule,
-        LightningDataModule,
-        subclass_mode_model=True,
-        subclass_mode_data=True,
-        save_config_callback=RunConfigCallback,
-        run=run,
-        args=args,
-    )
+    return build_cli(args, run=run)
 
 
 @pytest.fixture

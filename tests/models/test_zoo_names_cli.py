@@ -16,11 +16,10 @@ import jsonargparse
 import pytest
 import torch
 import torchvision.models  # noqa: F401  (its MobileNetV2 / ShuffleNetV2 / ResNet are candidates for the lookup)
-from lightning.pytorch import LightningDataModule
 from torch import nn
 
 from cmkd_lightning import DistillationModule, TeacherModule
-from cmkd_lightning.cli import DistillationCLI
+from cmkd_lightning.cli import DistillationCLI, build_cli
 from cmkd_lightning.models import MobileNetV1, MobileNetV2Cifar, ShuffleNetV1, ShuffleNetV2
 
 DIGITS = Path(__file__).resolve().parents[2] / "examples" / "configs" / "digits"
@@ -29,16 +28,7 @@ SMALL = ["--data.init_args.train_size=64", "--data.init_args.val_size=32", "--da
 
 def _cli(args: list[str]) -> DistillationCLI:
     with torch.device("meta"):  # every constructor runs, no weights are allocated
-        return DistillationCLI(
-            DistillationModule,
-            LightningDataModule,
-            subclass_mode_model=True,
-            subclass_mode_data=True,
-            auto_configure_optimizers=False,
-            save_config_callback=None,
-            run=False,
-            args=args,
-        )
+        return build_cli(args, run=False, save_config_callback=None)
 
 
 @pytest.fixture
