@@ -34,9 +34,15 @@ PEARSON_EPS = 1e-8  # as the general Pearson correlation: added to the product o
 _TINY = {np.float32: np.finfo(np.float32).tiny, np.float64: np.finfo(np.float64).tiny}
 
 
+# `np.vecdot` is NumPy >= 2.0; on NumPy 1.x (pyproject allows >= 1.24) the same products go through `einsum`.
+_vecdot = getattr(np, "vecdot", None)
+
+
 def rowdot(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Row-wise dot product ``(N, C), (N, C) -> (N,)``."""
-    return np.vecdot(a, b)
+    if _vecdot is None:
+        return np.einsum("...i,...i->...", a, b)
+    return _vecdot(a, b)
 
 
 def _gather(x: np.ndarray, index: np.ndarray) -> np.ndarray:
