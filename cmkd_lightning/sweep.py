@@ -23,10 +23,11 @@ records its best trial (``study.user_attrs["best_trial"]``).
 Studies live in SQLite at ``<out>/<study>.db`` unless ``--storage`` gives an RDB URL (``postgresql://...`` with the
 ``sweep`` extra's psycopg driver), which lets any number of workers on several machines share one study; they may
 all start at once on a fresh database. Each running trial sends a heartbeat: a trial whose worker died is marked
-FAILED after ``grace_period`` seconds and run once more (Optuna's ``RetryFailedTrialCallback``). A grid study puts
-every grid point in the study's queue once, so concurrent workers never run a point twice. Unpromising trials are
-pruned after each validation epoch through Optuna's Lightning integration
+FAILED after ``grace_period`` seconds and run once more (Optuna's ``RetryHeartbeatStaleTrialCallback``). A grid
+study puts every grid point in the study's queue once, so concurrent workers never run a point twice. Unpromising
+trials are pruned after each validation epoch through Optuna's Lightning integration
 (``optuna_integration.PyTorchLightningPruningCallback``, monitoring ``pruning_metric``, default ``val/acc_top1``).
+See docs/SWEEPS.md for a study shared by several machines.
 
 Example::
 
@@ -289,10 +290,18 @@ def _storage_lock(url: str) -> Iterator[None]:
         yield
 
 
+def _retry_callback() -> Any:
+    """Optuna's callback that queues a stale trial once more (renamed in Optuna 4.9; the old name is deprecated)."""
+    import optuna
+
+    return (
+        getattr(optuna.storages, "RetryHeartbeatStaleTrialCallback", None) or optuna.storages.RetryFailedTrialCallback
+    )
+
+
 def _open_storage(url: str, heartbeat_interval: int | None, grace_period: int | None) -> Any:
     """Optuna's RDBStorage with heartbeats and one retry of a trial whose worker died (call under the lock)."""
     optuna = _require_optuna()
-    from optuna.storages import RetryFailedTrialCallback
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import IntegrityError, OperationalError, ProgrammingError
 
@@ -308,7 +317,9 @@ def _open_storage(url: str, heartbeat_interval: int | None, grace_period: int | 
         name = "heartbeat_stale_trial_callback"
         if name not in inspect.signature(optuna.storages.RDBStorage).parameters:
             name = "failed_trial_callback"  # pragma: no cover - Optuna < 4.9
-        kwargs[name] = RetryFailedTrialCallback(max_retry=1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            kwargs[name] = _retry_callback()(max_retry=1)
     engine_kwargs = {"connect_args": {"timeout": 60}} if url.startswith("sqlite") else {"pool_pre_ping": True}
     attempts = 5
     for attempt in range(1, attempts + 1):
@@ -478,7 +489,7 @@ def run_sweep(
             a trial whose configuration does not build is recorded FAILED with the reason first.
     """
     optuna = _require_optuna()
-    from optuna.storages import RetryFailedTrialCallback, fail_stale_trials
+    from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
     from optuna_integration import PyTorchLightningPruningCallback
     from sqlalchemy.engine import make_url
@@ -521,7 +532,9 @@ def run_sweep(
         if grid and "grid_point" not in frozen.user_attrs:
             trial.set_user_attr("fail_reason", "no grid point left (another worker took the last one)")
             raise _GridExhausted
-        retry_of = RetryFailedTrialCallback.retried_trial_number(frozen)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            retry_of = _retry_callback().retried_trial_number(frozen)
         cfg = copy.deepcopy(base)
         for key, value in {**(spec.get("fixed") or {}), **(overrides or {})}.items():
             set_dotted(cfg, key, value)
@@ -564,7 +577,7 @@ def run_sweep(
             trial.set_user_attr("fail_reason", f"{type(err).__name__}: {_short_reason(err)}")
             raise
         finally:
-            summary = {"state": state, "value": value, **{k: metrics[k] for k in metrics if k.startswith("val/")}}
+            summary = {"state": state, "metric": metric, "value": value}
             for key, item in finish_wandb_run(sweep_info, summary, exit_code).items():
                 trial.set_user_attr(key, item)
         for key in ("val/acc_top1", "val/acc_top1_best", "val/acc_top5", "train/loss"):
