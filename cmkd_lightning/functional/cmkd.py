@@ -32,7 +32,8 @@ class TeacherStats(NamedTuple):
     Attributes:
         probs: ``(N, C)`` teacher probabilities ``softmax(zscore(z_t) / T)``.
         ranks: ``(N, C)`` exact ascending ranks of the teacher logits (ties averaged).
-        entropy: ``(N,)`` entropy of ``probs`` in nats (Eq. 14).
+        entropy: ``(N,)`` Eq. 14's entropy in nats: of the teacher's own ``softmax(z_t)`` for
+            ``entropy_source="teacher"``, of ``probs`` for ``entropy_source="loss"``.
     """
 
     probs: Tensor
@@ -42,7 +43,53 @@ class TeacherStats(NamedTuple):
 
 CMKDScale = Literal["sqrt_classes", "paper"] | float
 EntropySource = Literal["loss", "teacher"]
+CMKDPreset = Literal["library", "paper"]
 _ENTROPY_SOURCES = ("loss", "teacher")
+
+#: The settings each preset fixes: where the library's defaults depart from Eq. 16 as the paper writes it.
+CMKD_PRESETS: dict[str, dict[str, object]] = {
+    "library": {"pearson_scale": "sqrt_classes", "entropy_source": "teacher"},
+    "paper": {"pearson_scale": "paper", "entropy_source": "loss"},
+}
+
+
+def resolve_preset(preset: str, **settings: object) -> dict[str, object]:
+    """The preset's settings, with the ones given (not ``None``) in ``settings`` in their place.
+
+    ``"library"`` is the library's defaults, which any argument may change. ``"paper"`` is Eq. 16 as written
+    (Pearson term unscaled, Eq. 14's entropy of the loss's ``softmax(zscore(z_t) / T)``): an argument that
+    contradicts it raises, so a run that says ``preset="paper"`` is the paper's loss. The temperature, weights
+    and ablation switches are the paper's own knobs and are not part of a preset.
+
+    Args:
+        preset: ``"library"`` or ``"paper"``.
+        **settings: ``pearson_scale`` and ``entropy_source``, ``None`` for the preset's value.
+
+    Returns:
+        ``{"pearson_scale": ..., "entropy_source": ...}``.
+
+    Example:
+        >>> resolve_preset("paper", pearson_scale=None, entropy_source=None)
+        {'pearson_scale': 'paper', 'entropy_source': 'loss'}
+        >>> resolve_preset("library", pearson_scale=2.0, entropy_source=None)
+        {'pearson_scale': 2.0, 'entropy_source': 'teacher'}
+    """
+    if preset not in CMKD_PRESETS:
+        raise ValueError(f"Expected `preset` to be one of {tuple(CMKD_PRESETS)}, but got {preset!r}.")
+    unknown = sorted(set(settings) - set(CMKD_PRESETS[preset]))
+    if unknown:
+        raise ValueError(f"Expected preset settings among {sorted(CMKD_PRESETS[preset])}, but got {unknown}.")
+    resolved = dict(CMKD_PRESETS[preset])
+    for key, value in settings.items():
+        if value is None:
+            continue
+        if preset == "paper" and value != resolved[key]:
+            raise ValueError(
+                f"Expected `{key}` to be {resolved[key]!r} or None with preset='paper' (Eq. 16 as written), but "
+                f"got {value!r}; use preset='library' to change it."
+            )
+        resolved[key] = value
+    return resolved
 
 
 def check_entropy_source(entropy_source: str) -> None:
@@ -317,8 +364,8 @@ def cmkd_loss(
     opposite); ``eps = 1 / C`` keeps the soft rank a rank; a batch of one sample takes the hard branch.
 
     Switches reproduce the ablation rows of Table VI: ``zscore`` (Eq. 9–11), ``spearman`` (with
-    ``spearman=False`` every sample's loss is ``beta * L_P``), ``dynamic_weighting`` (off: the fixed
-    ``beta * L_P + gamma * L_S``). The paper states no ``T^2`` factor; ``temperature_squared=True`` adds one
+    ``spearman=False`` every sample's loss is ``beta * s * L_P``), ``dynamic_weighting`` (off: the fixed
+    ``beta * s * L_P + gamma * L_S``). The paper states no ``T^2`` factor; ``temperature_squared=True`` adds one
     (as DIST and LS-KD do) on top of ``s``, off by default.
 
     Paper: "Efficient and Robust Knowledge Distillation from A Stronger Teacher Based on Correlation Matching",
@@ -335,7 +382,8 @@ def cmkd_loss(
         spearman: include the Spearman term.
         dynamic_weighting: entropy-based swap of ``beta``/``gamma`` (Eq. 14–16).
         temperature_squared: multiply the loss by ``T^2``.
-        pearson_scale: ``s``: ``"sqrt_classes"`` (``sqrt(C)``, default), ``"paper"`` (1) or a number > 0.
+        pearson_scale: ``s``: ``"sqrt_classes"`` (``sqrt(C)``, default), ``"paper"`` (1) or a number > 0. Eq. 16
+            as written is ``pearson_scale="paper", entropy_source="loss"`` (``CMKDLoss(preset="paper")``).
         entropy_source: the distribution whose entropy splits the batch (Eq. 14), which the paper leaves open:
             ``"teacher"`` (default) the teacher's own prediction, ``softmax(z_t)``; ``"loss"`` the probabilities
             the Pearson term uses, ``softmax(zscore(z_t) / T)``, whose entropies sit within a fraction of a
@@ -384,6 +432,8 @@ def cmkd_loss(
 
 
 __all__ = [
+    "CMKD_PRESETS",
+    "CMKDPreset",
     "CMKDScale",
     "CMKDTerms",
     "EntropySource",
@@ -393,6 +443,7 @@ __all__ = [
     "cmkd_loss",
     "cmkd_terms",
     "default_regularization_strength",
+    "resolve_preset",
     "resolve_scale",
     "teacher_entropy",
     "teacher_stats",

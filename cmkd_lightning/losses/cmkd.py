@@ -12,10 +12,12 @@ from typing_extensions import override
 
 from cmkd_lightning._validation import check_non_negative, check_positive, upcast
 from cmkd_lightning.functional.cmkd import (
+    CMKDPreset,
     CMKDScale,
     EntropySource,
     check_entropy_source,
     cmkd_terms,
+    resolve_preset,
     resolve_scale,
     teacher_stats,
 )
@@ -29,14 +31,21 @@ class CMKDLoss(DistillationLoss):
     """Correlation Matching KD: entropy-weighted Pearson + soft-Spearman loss on z-scored logits.
 
     See :func:`~cmkd_lightning.functional.cmkd_loss` for the formula (Eq. 9–16), the Eq. 16 / Sec. V-C
-    discrepancy (Eq. 16 is followed), the choice of the soft-rank strength (default ``1 / C``) and the Pearson
-    scale (default ``sqrt(C)``, not in the paper; ``pearson_scale="paper"`` is Eq. 16 as written) and the entropy
-    of Eq. 14 (default the teacher's own softmax; ``entropy_source="loss"`` the loss's ``p_t``).
+    discrepancy (Eq. 16 is followed), the choice of the soft-rank strength (default ``1 / C``), the Pearson scale
+    and the entropy of Eq. 14.
 
-    Components (detached, batch means): ``pearson_loss`` (``1 - r`` of Eq. 12), ``spearman_loss`` (``1 - rho`` of
-    Eq. 13),
-    ``hard_fraction`` (fraction of samples whose teacher entropy is at or above the threshold) and
-    ``teacher_entropy``.
+    Two presets (``preset``, recorded by ``repr`` and in the hyperparameters like every argument):
+
+    - ``"library"`` (default): the Pearson term times ``sqrt(C)`` (not in the paper) and Eq. 14's entropy of the
+      teacher's own ``softmax(z_t)``; any argument may change them.
+    - ``"paper"``: Eq. 16 as written, ``pearson_scale="paper"`` (factor 1) and ``entropy_source="loss"`` (the
+      entropy of the Pearson term's ``softmax(zscore(z_t) / T)``); an argument that contradicts it raises.
+      ``CMKDLoss.paper(temperature=4.0)`` is the same loss. Every config that quotes a paper number runs it.
+
+    Components (detached, batch means): ``pearson_loss`` (``1 - r`` of Eq. 12, unweighted), ``spearman_loss``
+    (``1 - rho`` of Eq. 13, unweighted), ``hard_fraction`` (fraction of samples whose Eq. 14 entropy is at or above
+    the threshold) and ``teacher_entropy`` (mean Eq. 14 entropy in nats, of the distribution ``entropy_source``
+    names).
 
     Args:
         temperature: ``T`` (4 on CIFAR-100, 1 on ImageNet).
@@ -47,13 +56,15 @@ class CMKDLoss(DistillationLoss):
         spearman: include the Spearman term.
         dynamic_weighting: entropy-based swap of the weights.
         temperature_squared: multiply by ``T^2`` (not in the paper).
-        pearson_scale: multiply the Pearson term by ``sqrt(C)`` (``"sqrt_classes"``, the default: not in the
-            paper), by 1 (``"paper"``: Eq. 16 as written) or by a given number. See
-            :func:`~cmkd_lightning.functional.cmkd.resolve_scale`.
-        entropy_source: which distribution's entropy splits the batch (Eq. 14; the paper leaves it open):
-            ``"teacher"`` (default) the teacher's own prediction ``softmax(z_t)``, or ``"loss"`` the
-            probabilities of the Pearson term, ``softmax(zscore(z_t) / T)``, whose entropies sit within a
-            fraction of a percent of ``log C`` at ``T = 4`` and split a batch almost at random.
+        pearson_scale: multiply the Pearson term by ``sqrt(C)`` (``"sqrt_classes"``), by 1 (``"paper"``: Eq. 16
+            as written) or by a given number; ``None`` (default) takes the preset's (``"sqrt_classes"`` for
+            ``"library"``). See :func:`~cmkd_lightning.functional.cmkd.resolve_scale`.
+        entropy_source: which distribution's entropy splits the batch (Eq. 14; the paper's notation allows
+            both): ``"teacher"`` the teacher's own prediction ``softmax(z_t)``, or ``"loss"`` the probabilities of
+            the Pearson term, ``softmax(zscore(z_t) / T)``, whose entropies sit within a fraction of a percent of
+            ``log C`` at ``T = 4`` and split a batch almost at random; ``None`` (default) takes the preset's
+            (``"teacher"`` for ``"library"``, ``"loss"`` for ``"paper"``).
+        preset: ``"library"`` (default) or ``"paper"`` (above).
         sync_entropy_threshold: under ``torch.distributed``, use the entropy mean over the *global* batch
             (an all-reduce on every call, so every rank must call the loss on every step). Default: per device.
         eps: z-score epsilon.
@@ -63,6 +74,12 @@ class CMKDLoss(DistillationLoss):
             same values and gradients, a fraction of the operations) on CPU and CUDA, the general path elsewhere;
             ``True``: always fused; ``False``: always the general path (e.g. for double backward, which the fused
             path does not support).
+
+    Example:
+        >>> CMKDLoss.paper(temperature=4.0).init_args()["pearson_scale"], CMKDLoss().init_args()["pearson_scale"]
+        ('paper', 'sqrt_classes')
+        >>> CMKDLoss(preset="paper").entropy_source
+        'loss'
     """
 
     name = "cmkd"
@@ -79,8 +96,9 @@ class CMKDLoss(DistillationLoss):
         spearman: bool = True,
         dynamic_weighting: bool = True,
         temperature_squared: bool = False,
-        pearson_scale: CMKDScale = "sqrt_classes",
-        entropy_source: EntropySource = "teacher",
+        pearson_scale: CMKDScale | None = None,
+        entropy_source: EntropySource | None = None,
+        preset: CMKDPreset = "library",
         sync_entropy_threshold: bool = False,
         eps: float = 1e-7,
         rank_backend: Literal["auto", "torch", "torchsort"] = "auto",
@@ -94,6 +112,8 @@ class CMKDLoss(DistillationLoss):
         check_positive(eps, "eps")
         if regularization_strength is not None:
             check_positive(regularization_strength, "regularization_strength")
+        settings = resolve_preset(preset, pearson_scale=pearson_scale, entropy_source=entropy_source)
+        pearson_scale, entropy_source = settings["pearson_scale"], settings["entropy_source"]
         resolve_scale(pearson_scale, 2)  # validates the value; the factor itself depends on C
         check_entropy_source(entropy_source)
         if rank_backend not in _RANK_BACKENDS:
@@ -112,12 +132,29 @@ class CMKDLoss(DistillationLoss):
         self.temperature_squared = temperature_squared
         self.pearson_scale = pearson_scale
         self.entropy_source = entropy_source
+        self.preset = preset
         self.sync_entropy_threshold = sync_entropy_threshold
         self.eps = eps
         self.rank_backend = rank_backend
         if fused not in (True, False, "auto"):
             raise ValueError(f"Expected `fused` to be True, False or 'auto', but got {fused!r}.")
         self.fused = fused
+
+    @classmethod
+    def paper(cls, temperature: float = 4.0, **kwargs: object) -> CMKDLoss:
+        """Eq. 16 as written: ``CMKDLoss(preset="paper", temperature=temperature, **kwargs)``.
+
+        Args:
+            temperature: ``T`` (the paper: 4 on CIFAR-100, 1 on ImageNet).
+            **kwargs: any other :class:`CMKDLoss` argument (``beta``, ``gamma``, the ablation switches, ...);
+                one that contradicts the paper's Pearson scale or entropy raises ``ValueError``.
+
+        Example:
+            >>> loss = CMKDLoss.paper(temperature=1.0)
+            >>> loss.preset, loss.temperature, loss.pearson_scale, loss.entropy_source
+            ('paper', 1.0, 'paper', 'loss')
+        """
+        return cls(temperature=temperature, preset="paper", **kwargs)  # type: ignore[arg-type]
 
     @override
     def forward(
