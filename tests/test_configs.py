@@ -428,3 +428,76 @@ def test_figure_configs_attach_their_callbacks(rel, cli_env, fake_data):
         assert found["CorruptionRobustness"].corruptions == PAPER_CORRUPTIONS
     if "LogitCorrelationHeatmap" in found:
         assert found["LogitCorrelationHeatmap"].matrix == "logit_difference"
+
+
+# Every CMKDLoss argument of Eq. 16 as the paper writes it (`preset: paper`), CIFAR-100 recipe: T = 4, beta = 4,
+# gamma = 1, the Pearson term unscaled, Eq. 14's entropy of the loss's softmax(zscore(z_t) / T).
+PAPER_CMKD = {
+    "temperature": 4.0,
+    "beta": 4.0,
+    "gamma": 1.0,
+    "regularization_strength": None,
+    "zscore": True,
+    "spearman": True,
+    "dynamic_weighting": True,
+    "temperature_squared": False,
+    "pearson_scale": "paper",
+    "entropy_source": "loss",
+    "preset": "paper",
+    "sync_entropy_threshold": False,
+    "eps": 1e-7,
+    "rank_backend": "auto",
+    "warmup_epochs": 0,
+    "fused": "auto",
+}
+CMKD_CONFIGS = [r for r in EXPERIMENTS if "CMKDLoss" in (CONFIG_DIR / r).read_text()]
+_PAPER_NUMBER = re.compile(r"[Pp]aper[^\n]*\d|(Table|Fig\.) [IVX\d]+")
+
+
+def _header(rel: str) -> str:
+    lines = (CONFIG_DIR / rel).read_text().splitlines()
+    return "\n".join(line for line in lines[: next(i for i, line in enumerate(lines) if not line.startswith("#"))])
+
+
+def _expected_paper_cmkd(rel: str) -> dict[str, Any]:
+    expected = dict(PAPER_CMKD)
+    if rel.startswith("imagenet/"):  # Sec. VI-A: T = 1 on ImageNet; the entropy mean over the global batch
+        expected.update(temperature=1.0, sync_entropy_threshold=True)
+    if "/ablation/" in rel:  # Table VI: Pearson only, fixed weights, with or without the z-score
+        expected.update(spearman=False, dynamic_weighting=False, zscore=rel.endswith("_zscore.yaml"))
+    return expected
+
+
+def test_every_config_that_quotes_a_paper_number_is_found():
+    quoting = {r for r in CMKD_CONFIGS if _PAPER_NUMBER.search(_header(r))}
+    assert quoting == {r for r in CMKD_CONFIGS if not r.startswith("digits/")}
+    assert len(quoting) == 35
+
+
+@pytest.mark.parametrize("rel", [r for r in CMKD_CONFIGS if _PAPER_NUMBER.search(_header(r))])
+def test_configs_that_quote_a_paper_number_run_eq16_as_written(rel):
+    from cmkd_lightning.losses import CMKDLoss
+
+    entries = [e for e in _model_args(rel)["losses"] if e["class_path"].endswith(".CMKDLoss")]
+    assert len(entries) == 1, rel
+    assert entries[0]["init_args"]["preset"] == "paper", rel
+    loss = CMKDLoss(**entries[0]["init_args"])
+    assert loss.init_args() == _expected_paper_cmkd(rel), rel  # every setting, not only T / beta / gamma
+    assert "preset='paper'" in repr(loss) and "pearson_scale='paper'" in repr(loss)
+
+
+@pytest.mark.parametrize("rel", [r for r in CMKD_CONFIGS if r.startswith("digits/")])
+def test_digits_cmkd_configs_run_the_library_preset_and_the_fig8_sweep_the_paper(rel):
+    from cmkd_lightning.losses import CMKDLoss
+
+    (entry,) = [e for e in _model_args(rel)["losses"] if e["class_path"].endswith(".CMKDLoss")]
+    library = CMKDLoss(**entry["init_args"]).init_args()
+    assert library == {**PAPER_CMKD, "pearson_scale": "sqrt_classes", "entropy_source": "teacher", "preset": "library"}
+    # the Fig. 8 space's `fixed` keys, applied to this loss as cmkd-sweep applies them
+    space = yaml.safe_load((REPO / "examples" / "sweeps" / "cmkd_beta_fig8.yaml").read_text())
+    prefix = "model.init_args.losses.0.init_args."
+    fixed = {k.removeprefix(prefix): v for k, v in space["fixed"].items() if k.startswith(prefix)}
+    if _model_args(rel)["losses"][0] == entry:  # the sweep's keys address the first loss (cmkd.yaml, not dkd_cmkd)
+        for beta in space["params"][prefix + "beta"]["choices"]:
+            swept = CMKDLoss(**{**entry["init_args"], **fixed, "beta": beta}).init_args()
+            assert swept == {**PAPER_CMKD, "beta": beta}

@@ -77,7 +77,11 @@ def test_fig8_example_space_is_the_paper_grid():
     assert params == {
         "model.init_args.losses.0.init_args.beta": {"type": "categorical", "choices": [1.0, 2.0, 3.0, 4.0, 5.0]}
     }
-    assert space["fixed"] == {"model.init_args.ce_weight": 1.0, "model.init_args.losses.0.init_args.gamma": 1.0}
+    assert space["fixed"] == {
+        "model.init_args.ce_weight": 1.0,
+        "model.init_args.losses.0.init_args.gamma": 1.0,
+        "model.init_args.losses.0.init_args.preset": "paper",  # Eq. 16 as written
+    }
 
 
 @pytest.mark.slow
