@@ -86,7 +86,7 @@ def grad_table(args: argparse.Namespace) -> dict:  # noqa: C901
                 zs = student(x)
             ce = _grad_norm(lambda z: F.cross_entropy(z, y, reduction="none"), zs)
             zhat = (zt - zt.mean(1, keepdim=True)) / zt.std(1, keepdim=True)
-            paper = {"pearson_scale": "paper"}
+            paper = {"pearson_scale": "paper", "entropy_source": "loss"}  # Eq. 16 as written (preset="paper")
             terms = {
                 "pearson_T4": lambda z: cmkd_terms(z, zt, temperature=4.0, spearman=False, beta=1.0, **paper).pearson,
                 "pearson_T1": lambda z: cmkd_terms(z, zt, temperature=1.0, spearman=False, beta=1.0, **paper).pearson,
@@ -155,6 +155,7 @@ class ProtoCMKD(DistillationLoss):
         t2=False,
         pearson_input="zscore",
         pearson_scale=None,
+        entropy_source="teacher",
     ):
         super().__init__()
         self.kw = dict(
@@ -166,6 +167,7 @@ class ProtoCMKD(DistillationLoss):
             spearman=spearman,
             temperature_squared=t2,
             pearson_scale="paper",  # the variants apply their own scales below
+            entropy_source=entropy_source,
         )
         self.scale, self.pearson_input, self.pearson_scale = scale, pearson_input, pearson_scale
 
@@ -197,7 +199,7 @@ class ProtoCMKD(DistillationLoss):
 
 # name -> (ProtoCMKD kwargs, loss weight); CE weight 1 everywhere
 VARIANTS = {
-    "paper": ({}, 1.0),  # what CMKDLoss(pearson_scale="paper") computes
+    "paper": ({"entropy_source": "loss"}, 1.0),  # Eq. 16 as written: what CMKDLoss(preset="paper") computes
     "t2": ({"t2": True}, 1.0),
     "w16": ({}, 16.0),
     "sqrtc": ({"scale": "sqrt_c"}, 1.0),
