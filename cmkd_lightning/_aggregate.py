@@ -6,12 +6,12 @@ loss terms are summed on the device by :class:`EpochMeans` and read once per epo
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
 import torch
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
@@ -20,12 +20,19 @@ from typing_extensions import override
 class EpochMeans(Metric):
     r"""Sample-weighted means of named scalars over an epoch: :math:`\bar v_k = \sum_b n_b v_{k,b} / \sum_b n_b`.
 
-    The names are learnt from the updates and kept sorted, so every DDP rank holds the same layout; the sums and
-    counts are two tensors summed over ranks by torchmetrics, and :meth:`compute` reads them from the device once.
-    A name missing from some updates is averaged over the samples of the updates that had it.
+    One slot per name, in sorted order: two torchmetrics states, ``sums`` and ``counts`` (``(K,)``, summed over DDP
+    ranks). ``keys`` are the names known when the metric is made; a name first met in an :meth:`update` gets a slot
+    from then on (the slots survive :meth:`reset`, which only zeroes them). Under DDP the ranks agree on their
+    names before the states are summed (:meth:`sync`), so the means are right even when ranks saw different names.
+    A name missing from some updates is averaged over the samples of the updates that had it; a name without
+    samples this epoch is left out of :meth:`compute`.
+
+    Args:
+        keys: the names expected in the updates.
+        kwargs: torchmetrics ``Metric`` options (``sync_on_compute`` defaults to ``True``).
 
     Example:
-        >>> means = EpochMeans()
+        >>> means = EpochMeans(["loss"])
         >>> means.update({"loss": torch.tensor(1.0), "ce": torch.tensor(2.0)}, 2)
         >>> means.update({"loss": torch.tensor(4.0)}, 1)
         >>> means.compute()
@@ -34,50 +41,73 @@ class EpochMeans(Metric):
 
     full_state_update = False
 
-    def __init__(self) -> None:
-        super().__init__(sync_on_compute=True, compute_with_cache=False)
-        self.add_state("sums", default=torch.zeros(0), dist_reduce_fx="sum")
-        self.add_state("counts", default=torch.zeros(0), dist_reduce_fx="sum")
-        self.keys: list[str] = []
+    def __init__(self, keys: Iterable[str] = (), **kwargs: Any) -> None:
+        kwargs.setdefault("sync_on_compute", True)
+        kwargs.setdefault("compute_with_cache", False)
+        super().__init__(**kwargs)
+        names = [keys] if isinstance(keys, str) else list(keys)
+        if isinstance(keys, str) or not all(isinstance(k, str) for k in names):
+            raise TypeError(f"Expected `keys` to be strings, but got {names!r}.")
+        self.keys: tuple[str, ...] = tuple(sorted(set(names)))
+        self._slots = {k: i for i, k in enumerate(self.keys)}
+        self.add_state("sums", default=torch.zeros(len(self.keys)), dist_reduce_fx="sum")
+        self.add_state("counts", default=torch.zeros(len(self.keys)), dist_reduce_fx="sum")
 
-    def _grow(self, names: list[str], like: Tensor) -> None:
-        """Add ``names`` to the layout, keeping it sorted (host-side bookkeeping and device copies only)."""
-        keys = sorted({*self.keys, *names})
-        zero = like.new_zeros(())
-        old = {k: i for i, k in enumerate(self.keys)}
-        sums, counts = self.sums.to(like), self.counts.to(like)
-        self.sums = torch.stack([sums[old[k]] if k in old else zero for k in keys])
-        self.counts = torch.stack([counts[old[k]] if k in old else zero for k in keys])
-        self.keys = keys
+    def _add_keys(self, names: Iterable[str]) -> None:
+        """Give ``names`` slots, keeping the layout sorted and the sums so far (device copies only, no reads)."""
+        keys = tuple(sorted({*self.keys, *names}))
+        if keys == self.keys:
+            return
+        zero = self.sums.new_zeros(())
+        sums = [self.sums[self._slots[k]] if k in self._slots else zero for k in keys]
+        counts = [self.counts[self._slots[k]] if k in self._slots else zero for k in keys]
+        # Re-registered through torchmetrics' public `add_state`: `reset` and the DDP sum use the new layout.
+        self.add_state("sums", default=self.sums.new_zeros(len(keys)), dist_reduce_fx="sum")
+        self.add_state("counts", default=self.counts.new_zeros(len(keys)), dist_reduce_fx="sum")
+        self.sums, self.counts = torch.stack(sums), torch.stack(counts)
+        self.keys, self._slots = keys, {k: i for i, k in enumerate(keys)}
 
     def update(self, terms: Mapping[str, Tensor], batch_size: int) -> None:
         """Add ``batch_size`` samples of each scalar in ``terms`` (nothing is read from the device)."""
-        values = {k: v.detach().float().reshape(()) for k, v in terms.items()}
-        if not values:
+        if not terms:
             return
-        like = next(iter(values.values()))
-        if any(k not in self.keys for k in values) or self.sums.device != like.device:
-            self._grow([k for k in values if k not in self.keys], like)
-        if len(values) == len(self.keys):  # the usual step: every name present
-            self.sums = self.sums + torch.stack([values[k] for k in self.keys]) * batch_size
+        if any(k not in self._slots for k in terms):
+            self._add_keys(terms)
+        if len(terms) == len(self.keys):  # the usual step: every name present
+            values = torch.stack([terms[k].detach().float().reshape(()) for k in self.keys])
+            self.sums = self.sums + values * batch_size
             self.counts = self.counts + batch_size
             return
-        zero = like.new_zeros(())
-        self.sums = self.sums + torch.stack([values.get(k, zero) for k in self.keys]) * batch_size
-        present = torch.stack([like.new_ones(()) if k in values else zero for k in self.keys])
+        zero = self.sums.new_zeros(())
+        one = self.sums.new_ones(())
+        values = torch.stack([terms[k].detach().float().reshape(()) if k in terms else zero for k in self.keys])
+        present = torch.stack([one if k in terms else zero for k in self.keys])
+        self.sums = self.sums + values * batch_size
         self.counts = self.counts + present * batch_size
 
+    @override
+    def sync(
+        self,
+        dist_sync_fn: Callable[..., Any] | None = None,
+        process_group: Any | None = None,
+        should_sync: bool = True,
+        distributed_available: Callable[[], bool] | None = None,
+    ) -> None:
+        """Sum the states over ranks (torchmetrics), after the ranks agreed on one layout: the union of their names."""
+        available = distributed_available or self.distributed_available_fn
+        if should_sync and callable(available) and available():
+            group = process_group or self.process_group
+            gathered: list[Any] = [None] * torch.distributed.get_world_size(group)
+            torch.distributed.all_gather_object(gathered, list(self.keys), group=group)
+            self._add_keys(k for names in gathered for k in names)
+        super().sync(dist_sync_fn, process_group, should_sync, distributed_available)
+
     def compute(self) -> dict[str, float]:
-        """``{name: mean}``, after torchmetrics summed the states over DDP ranks: one device read."""
+        """``{name: mean}`` of the names with samples, after torchmetrics summed the states over ranks: one read."""
         if not self.keys:
             return {}
-        means = (self.sums / self.counts.clamp_min(1)).tolist()
-        return dict(zip(self.keys, means))
-
-    def reset(self) -> None:
-        """Forget the epoch: torchmetrics' reset of the states, and the names."""
-        super().reset()
-        self.keys = []
+        means, counts = torch.stack([self.sums / self.counts.clamp_min(1), self.counts]).tolist()
+        return {k: m for k, m, n in zip(self.keys, means, counts) if n > 0}
 
 
 def accuracy(num_classes: int, top_k: int) -> MulticlassAccuracy:
@@ -85,11 +115,30 @@ def accuracy(num_classes: int, top_k: int) -> MulticlassAccuracy:
     return MulticlassAccuracy(num_classes, top_k=top_k, average="micro", validate_args=False)
 
 
+def epoch_metrics(num_classes: int, keys: Iterable[str]) -> nn.ModuleDict:
+    """All epoch metrics of :class:`~cmkd_lightning.DistillationModule` in one container (one model-summary row).
+
+    ``<split>_top1`` / ``<split>_top5`` (:func:`accuracy`) for ``train``, ``val``, ``test`` and ``teacher`` (the
+    teacher on the validation set), and ``<stage>_means`` (:class:`EpochMeans` over ``keys``) per stage.
+
+    Example:
+        >>> sorted(epoch_metrics(10, ["loss"]))[:3]
+        ['teacher_top1', 'teacher_top5', 'test_means']
+    """
+    keys = list(keys)
+    metrics: dict[str, Metric] = {}
+    for split in ("train", "val", "test", "teacher"):
+        metrics[f"{split}_top1"] = accuracy(num_classes, 1)
+        metrics[f"{split}_top5"] = accuracy(num_classes, min(5, num_classes))
+    for stage in ("train", "val", "test"):
+        metrics[f"{stage}_means"] = EpochMeans(keys)
+    return nn.ModuleDict(metrics)
+
+
 class EpochLogging:
     """The epoch hooks of :class:`~cmkd_lightning.DistillationModule`: log each stage's means and accuracies.
 
-    Expects ``<stage>_means`` (:class:`EpochMeans`), ``<stage>_top1`` / ``<stage>_top5`` and ``teacher_top1`` /
-    ``teacher_top5`` (:func:`accuracy`) on the module.
+    Expects ``epoch_metrics`` (:func:`epoch_metrics`) on the module.
     """
 
     best_val_top1: float
@@ -98,15 +147,16 @@ class EpochLogging:
     hparams: Any
     trainer: Any
     log: Any
+    epoch_metrics: nn.ModuleDict
 
     def _log_epoch(self, stage: str) -> dict[str, float]:
-        means = getattr(self, f"{stage}_means")
+        means = self.epoch_metrics[f"{stage}_means"]
         logged = {f"{stage}/{k}": v for k, v in means.compute().items()} if means.update_called else {}
         keys = {f"{stage}/acc_top1": f"{stage}_top1", f"{stage}/acc_top5": f"{stage}_top5"}
         if stage == "val":
             keys.update({"val/teacher_acc_top1": "teacher_top1", "val/teacher_acc_top5": "teacher_top5"})
         for key, name in keys.items():
-            metric = getattr(self, name)
+            metric = self.epoch_metrics[name]
             if metric.update_called:
                 logged[key] = float(metric.compute())  # torchmetrics syncs its states over DDP ranks here
             metric.reset()
@@ -117,11 +167,11 @@ class EpochLogging:
 
     @override
     def on_train_epoch_start(self) -> None:
-        self.train_means.reset()
+        self.epoch_metrics["train_means"].reset()
 
     @override
     def on_validation_epoch_start(self) -> None:
-        self.val_means.reset()
+        self.epoch_metrics["val_means"].reset()
 
     @override
     def on_train_epoch_end(self) -> None:
@@ -134,8 +184,10 @@ class EpochLogging:
     @override
     def on_validation_epoch_end(self) -> None:
         logged = self._log_epoch("val")
+        if self.trainer.sanity_checking:  # a few batches: neither a best accuracy nor the teacher's
+            return
         top1, teacher_top1 = logged.get("val/acc_top1"), logged.get("val/teacher_acc_top1")
-        if top1 is not None and not self.trainer.sanity_checking:
+        if top1 is not None:
             self.best_val_top1 = max(self.best_val_top1, top1)
             self.log("val/acc_top1_best", self.best_val_top1, sync_dist=False)
         if teacher_top1 is not None and not self._teacher_checked:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -14,11 +15,12 @@ from torch import Tensor, nn
 from typing_extensions import override
 
 from cmkd_lightning import _defaults, _guard, _networks, _records
-from cmkd_lightning._aggregate import EpochLogging, EpochMeans, accuracy
+from cmkd_lightning._aggregate import EpochLogging, epoch_metrics
 from cmkd_lightning._checkpointing import CheckpointHooks
 from cmkd_lightning._networks import Features, no_autocast
 from cmkd_lightning.losses.base import DistillationLoss
-from cmkd_lightning.models import extract_features, freeze
+from cmkd_lightning.losses.feature import FeatureDistillationLoss
+from cmkd_lightning.models import extract_features, feature_hooks, freeze
 from cmkd_lightning.schedules import StepOrCosine
 
 
@@ -129,11 +131,9 @@ class DistillationModule(EpochLogging, CheckpointHooks, LightningModule):
             # An instance-level hook: only a module with a cache overrides it, so Lightning's "overridden in the
             # LightningModule but a LightningDataModule was passed" notice does not fire for every other run.
             self.on_before_batch_transfer = self._attach_cached_teacher
+        self._feature_layers = _networks.build_feature_losses(self.losses, self.student, self.teacher, teacher_cache)
         _networks.prepare([self.student, self.teacher], channels_last=channels_last, compile=compile)
-        for split in ("train", "val", "test", "teacher"):
-            setattr(self, f"{split}_top1", accuracy(self.num_classes, 1))
-            setattr(self, f"{split}_top5", accuracy(self.num_classes, min(5, self.num_classes)))
-        self.train_means, self.val_means, self.test_means = EpochMeans(), EpochMeans(), EpochMeans()
+        self.epoch_metrics = epoch_metrics(self.num_classes, self._epoch_keys())
         self.best_val_top1 = 0.0
         self._teacher_checked = False
 
@@ -159,9 +159,17 @@ class DistillationModule(EpochLogging, CheckpointHooks, LightningModule):
 
     # ------------------------------------------------------------------ losses
     def compute_losses(
-        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | None,
+        targets: Tensor,
+        features: Features | None = None,
+        batch: Any = None,
     ) -> dict[str, Tensor]:
         """Cross-entropy plus every weighted distillation loss, in float32 outside autocast.
+
+        Feature losses (:class:`~cmkd_lightning.losses.FeatureDistillationLoss`) also receive the step's
+        ``features`` (and the ``batch``'s sample indices for CRD); a ``training_only`` one is skipped outside training.
 
         Returns:
             ``{"loss": total, "ce": ..., "<name>/loss": weighted loss, "<name>/<component>": ...}``.
@@ -175,7 +183,12 @@ class DistillationModule(EpochLogging, CheckpointHooks, LightningModule):
             if teacher_logits is not None and len(self.losses):
                 zt = teacher_logits.detach().float()
                 for name, loss, weight in zip(self._loss_names, self.losses, self.loss_weights):
-                    terms = loss(zs, zt, targets)
+                    if isinstance(loss, FeatureDistillationLoss):
+                        if loss.training_only and not self.training:
+                            continue
+                        terms = loss(zs, zt, targets, **_networks.feature_inputs(loss, features, batch))
+                    else:
+                        terms = loss(zs, zt, targets)
                     factor = loss.warmup_factor(self.current_epoch)
                     weighted = weight * factor * terms["loss"]
                     total = total + weighted
@@ -209,22 +222,43 @@ class DistillationModule(EpochLogging, CheckpointHooks, LightningModule):
     def _forward(self, batch: Any, stage: str) -> tuple[Tensor, Tensor | None, Features | None]:
         x, y = batch[0], batch[1]
         grab = extract_features if self.capture_features else (lambda net, inputs: (None, net(inputs)))
-        fs, zs = grab(self.student, x)
-        ft = zt = None
+        layers = self._feature_layers
+        hooks = feature_hooks if layers is not None else (lambda *_: nullcontext())
+        with hooks(self.student, layers.student if layers else None) as named_s:
+            fs, zs = grab(self.student, x)
+        ft = zt = named_t = None
         if self._teacher_cache is not None and stage == "train":
             zt = self._teacher_cache.batch_logits(batch, y)
         elif self.teacher is not None:
-            with torch.no_grad():
+            with torch.no_grad(), hooks(self.teacher, layers.teacher if layers else None) as named_t:
                 ft, zt = grab(self.teacher, x)
         for role, logits in (("student", zs), ("teacher", zt)):
             if logits is not None:
                 _networks.check_logits(logits, role, y, self.num_classes)
+        if layers is not None:
+            return zs, zt, Features(fs, ft, named_s, named_t)
         return zs, zt, (Features(fs, ft) if self.capture_features else None)
 
+    def _epoch_keys(self) -> list[str]:
+        """The loss terms known before any step (others, e.g. ``extra_losses`` keys, join at their first step)."""
+        keys = ["loss", "ce"]
+        if self.teacher is not None or self._teacher_cache is not None:
+            keys += [f"{name}/loss" for name in self._loss_names]
+        return keys
+
     def _shared_step(self, batch: Any, stage: str, batch_idx: int = 0) -> dict[str, Tensor]:
+        """The step's loss terms (see :meth:`_step`)."""
+        return self._step(batch, stage, batch_idx)["terms"]
+
+    def _step(self, batch: Any, stage: str, batch_idx: int = 0) -> dict[str, Any]:
+        """One step of ``stage``: ``{"loss", "terms", "student_logits", "teacher_logits"}``, metrics updated.
+
+        The logits are detached (the teacher's ``None`` without a teacher); the step methods hand them to the
+        callbacks as their ``outputs``.
+        """
         y = batch[1]
         student_logits, teacher_logits, features = self._forward(batch, stage)
-        terms = self.compute_losses(student_logits, teacher_logits, y)
+        terms = self.compute_losses(student_logits, teacher_logits, y, features, batch)
         extra = self.extra_losses(batch, student_logits, teacher_logits, features)
         terms = _guard.add_extra_terms(terms, extra, type(self).__name__) if extra else terms
         step = self.global_step if stage == "train" else batch_idx
@@ -235,9 +269,14 @@ class DistillationModule(EpochLogging, CheckpointHooks, LightningModule):
         if stage == "val" and teacher_logits is not None:
             accuracies += [("teacher_top1", teacher_logits), ("teacher_top5", teacher_logits)]
         for name, logits in accuracies:
-            getattr(self, name).update(logits.detach(), y)
-        getattr(self, f"{stage}_means").update(terms, y.shape[0])
-        return terms
+            self.epoch_metrics[name].update(logits.detach(), y)
+        self.epoch_metrics[f"{stage}_means"].update(terms, y.shape[0])
+        return {
+            "loss": terms["loss"],
+            "terms": terms,
+            "student_logits": student_logits.detach(),
+            "teacher_logits": None if teacher_logits is None else teacher_logits.detach(),
+        }
 
     @override
     def setup(self, stage: str) -> None:
@@ -249,22 +288,32 @@ class DistillationModule(EpochLogging, CheckpointHooks, LightningModule):
         return self._teacher_cache.attach(batch)
 
     @override
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        terms = self._shared_step(batch, "train", batch_idx)
+    def training_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        """``{"loss", "student_logits", "teacher_logits"}``: the loss Lightning optimises, the logits for callbacks."""
+        out = self._step(batch, "train", batch_idx)
+        terms = out.pop("terms")
         self.log("train/loss_step", terms["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True)
         # The learning rate is only read on the steps Lightning sends to the logger (every `log_every_n_steps`).
         if self._trainer is not None and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
             lr = self.optimizers(use_pl_optimizer=False).param_groups[0]["lr"]
             self.log("train/lr", lr, on_step=True, on_epoch=False)
-        return terms["loss"]
+        return out
 
     @override
-    def validation_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "val", batch_idx)
+    def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        """``{"loss", "student_logits", "teacher_logits"}`` (detached): the callbacks' ``outputs``."""
+        return self._eval_output(self._step(batch, "val", batch_idx))
 
     @override
-    def test_step(self, batch: Any, batch_idx: int) -> None:
-        self._shared_step(batch, "test", batch_idx)
+    def test_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:
+        """``{"loss", "student_logits", "teacher_logits"}`` (detached): the callbacks' ``outputs``."""
+        return self._eval_output(self._step(batch, "test", batch_idx))
+
+    @staticmethod
+    def _eval_output(out: dict[str, Any]) -> dict[str, Any]:
+        del out["terms"]
+        out["loss"] = out["loss"].detach()
+        return out
 
     @override
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> Tensor:

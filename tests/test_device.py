@@ -121,8 +121,8 @@ def test_whole_shared_step_runs_on_meta():
     y = torch.randint(0, C, (N,), device="meta")
     terms = module._shared_step((x, y), "train", 0)
     terms["loss"].backward()
-    assert module.train_top1.tp.device.type == "meta"
-    assert module.train_means.sums.device.type == "meta" and module.train_means.keys
+    assert module.epoch_metrics["train_top1"].tp.device.type == "meta"
+    assert module.epoch_metrics["train_means"].sums.device.type == "meta" and module.epoch_metrics["train_means"].keys
 
 
 def test_warmup_factor_is_made_on_the_device_of_the_logits():

@@ -1,22 +1,19 @@
-"""Reuse the logits the module already computed in its step: forward hooks, and the callback base around them."""
+"""The logits the module computed in its step, as its steps return them to callbacks, and the callback base."""
 
 from __future__ import annotations
 
 import contextlib
 import copy
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import Tensor, nn
-from torch.utils.hooks import RemovableHandle
 from torchmetrics import Metric
 from typing_extensions import override
-
-_ROLES = ("student", "teacher")
 
 
 def batch_inputs(batch: Any) -> Tensor:
@@ -39,102 +36,56 @@ def has_teacher(pl_module: LightningModule) -> bool:
     return isinstance(getattr(pl_module, "teacher", None), nn.Module)
 
 
-class LogitCapture:
-    """Keep the ``(N, C)`` outputs of ``pl_module.student`` and ``pl_module.teacher`` of the current batch.
+def step_logits(
+    pl_module: LightningModule, outputs: Any, batch: Any, *, allow_forward: bool = True, teacher: bool = True
+) -> tuple[Tensor, Tensor | None] | None:
+    """Student and teacher logits of the step that returned ``outputs``, detached and in float32.
 
-    While attached, forward hooks record every 2-D tensor the two networks return; :meth:`logits` then hands out
-    the last one whose batch size matches ``x``, so a callback gets the very logits the module's step computed at
-    no extra cost. When a network was not called during the step (a module that overrides ``validation_step``,
-    a compiled model whose hooks did not fire), :meth:`logits` runs the missing forward itself: ``pl_module(x)``
-    for the student and ``pl_module.teacher_forward(x)`` for the teacher, under ``torch.no_grad()``; with
-    ``allow_forward=False`` (training steps, where an extra student forward in train mode would update the
-    BatchNorm statistics) it returns ``None`` instead.
+    They are ``outputs["student_logits"]`` and ``outputs["teacher_logits"]``, as the steps of
+    :class:`~cmkd_lightning.DistillationModule` return them. When the step returned no such tensors (a subclass
+    whose step returns ``None``, another LightningModule), the networks run here: ``pl_module(x)`` for the student
+    and ``pl_module.teacher_forward(x)`` (else ``pl_module.teacher(x)``) for the teacher, under
+    ``torch.no_grad()``; with ``allow_forward=False`` (training steps, where an extra student forward in train
+    mode would update the BatchNorm statistics) the result is ``None`` instead.
+
+    Args:
+        pl_module: the module whose step ran.
+        outputs: what the step returned (a callback's ``outputs`` argument).
+        batch: the step's batch, ``(x, y, ...)``.
+        allow_forward: run what the step did not return (see above).
+        teacher: also return the teacher's logits (else ``None`` in their place).
+
+    Returns:
+        ``(student_logits, teacher_logits)``, or ``None`` when one is missing and ``allow_forward`` is off.
+
+    Example:
+        >>> z = torch.randn(2, 3)
+        >>> step_logits(None, {"student_logits": z, "teacher_logits": z.double()}, None)[1].dtype
+        torch.float32
     """
-
-    def __init__(self) -> None:
-        self._handles: list[RemovableHandle] = []
-        self._outputs: dict[str, list[Tensor]] = {role: [] for role in _ROLES}
-
-    @property
-    def attached(self) -> bool:
-        """Whether the hooks are registered."""
-        return bool(self._handles)
-
-    def attach(self, pl_module: LightningModule) -> None:
-        """Register the hooks on ``pl_module.student`` and ``pl_module.teacher`` (those that are modules)."""
-        self.detach()
-        for role in _ROLES:
-            network = getattr(pl_module, role, None)
-            if isinstance(network, nn.Module):
-                self._handles.append(network.register_forward_hook(self._recorder(role)))
-
-    def detach(self) -> None:
-        """Remove the hooks and forget recorded outputs."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        self.clear()
-
-    def clear(self) -> None:
-        """Forget the recorded outputs (call at the start and end of every batch)."""
-        for outputs in self._outputs.values():
-            outputs.clear()
-
-    def _recorder(self, role: str) -> Any:
-        outputs = self._outputs[role]
-
-        def _record(_module: nn.Module, _args: Any, output: Any) -> None:
-            if isinstance(output, Tensor) and output.ndim == 2:
-                outputs.append(output)
-
-        return _record
-
-    def _recorded(self, role: str, n: int) -> Tensor | None:
-        for output in reversed(self._outputs[role]):
-            if output.shape[0] == n:
-                return output
-        return None
-
-    def logits(
-        self, pl_module: LightningModule, x: Tensor, *, allow_forward: bool = True, teacher: bool = True
-    ) -> tuple[Tensor, Tensor | None] | None:
-        """Student and teacher logits for the batch ``x``, detached and in float32; clears the record.
-
-        Args:
-            pl_module: the module whose networks are hooked.
-            x: the batch inputs.
-            allow_forward: run a network that was not called during the step (see the class docstring).
-            teacher: also return the teacher's logits (else ``None`` in their place).
-
-        Returns:
-            ``(student_logits, teacher_logits)``, or ``None`` when one is missing and ``allow_forward`` is off.
-        """
-        n = x.shape[0]
-        student_out = self._recorded("student", n)
-        teacher_out = self._recorded("teacher", n) if teacher else None
-        self.clear()
-        if student_out is None or (teacher and teacher_out is None):
-            if not allow_forward:
-                return None
-            with torch.no_grad():
-                if student_out is None:
-                    student_out = pl_module(x)
-                if teacher and teacher_out is None:
-                    teacher_forward = getattr(pl_module, "teacher_forward", None) or pl_module.teacher
-                    teacher_out = teacher_forward(x)
-        student_logits = student_out.detach().float()
-        return student_logits, (teacher_out.detach().float() if teacher_out is not None else None)
+    student = outputs.get("student_logits") if isinstance(outputs, Mapping) else None
+    teacher_out = outputs.get("teacher_logits") if teacher and isinstance(outputs, Mapping) else None
+    student = student if isinstance(student, Tensor) else None
+    teacher_out = teacher_out if isinstance(teacher_out, Tensor) else None
+    if student is None or (teacher and teacher_out is None):
+        if not allow_forward:
+            return None
+        x = batch_inputs(batch)
+        with torch.no_grad():
+            if student is None:
+                student = pl_module(x)
+            if teacher and teacher_out is None:
+                teacher_out = (getattr(pl_module, "teacher_forward", None) or pl_module.teacher)(x)
+    return student.detach().float(), (teacher_out.detach().float() if teacher_out is not None else None)
 
 
-class LogitCaptureCallback(Callback):
+class StepLogitsCallback(Callback):
     """Base of the callbacks that read the student's and teacher's logits of the module's own steps.
 
-    It owns the capture lifecycle every such callback needs: :meth:`setup` checks for a teacher (a module without
-    one is skipped with one warning naming the callback), :meth:`start_capture` registers the forward hooks,
-    every batch start clears them, :meth:`batch_logits` hands out the batch's logits, and teardown, exceptions
-    and :meth:`stop_capture` remove them. Subclasses decide when to capture and what to do with the logits; the
-    history they keep in :attr:`history` is saved with the trainer's checkpoint (``state_dict`` /
-    ``load_state_dict``), so it survives a resume.
+    :meth:`setup` checks for a teacher (a module without one is skipped with one warning naming the callback),
+    :meth:`batch_logits` hands out a step's logits from its ``outputs`` (:func:`step_logits`). Subclasses decide
+    when to read them and what to do with them; the history they keep in :attr:`history` is saved with the
+    trainer's checkpoint (``state_dict`` / ``load_state_dict``), so it survives a resume.
     """
 
     #: whether a module without a teacher makes the callback skip (and warn once)
@@ -142,7 +93,6 @@ class LogitCaptureCallback(Callback):
 
     def __init__(self) -> None:
         self.history: list[dict[str, Any]] = []
-        self._capture = LogitCapture()
         self._enabled = True
         self._warned: set[str] = set()
 
@@ -162,47 +112,17 @@ class LogitCaptureCallback(Callback):
                 "the callback is skipped.",
             )
 
-    def start_capture(self, pl_module: LightningModule) -> None:
-        """Register the hooks on ``pl_module.student`` / ``pl_module.teacher``."""
-        self._capture.attach(pl_module)
-
-    def stop_capture(self) -> None:
-        """Remove the hooks and forget what they recorded."""
-        self._capture.detach()
-
     def batch_logits(
-        self, pl_module: LightningModule, batch: Any, *, allow_forward: bool = True, teacher: bool = True
+        self,
+        pl_module: LightningModule,
+        outputs: Any,
+        batch: Any,
+        *,
+        allow_forward: bool = True,
+        teacher: bool = True,
     ) -> tuple[Tensor, Tensor | None] | None:
-        """Student and teacher logits of ``batch`` (see :meth:`LogitCapture.logits`)."""
-        return self._capture.logits(pl_module, batch_inputs(batch), allow_forward=allow_forward, teacher=teacher)
-
-    def _clear(self) -> None:
-        if self._capture.attached:
-            self._capture.clear()
-
-    @override
-    def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        self._clear()
-
-    @override
-    def on_validation_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._clear()
-
-    @override
-    def on_test_batch_start(
-        self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
-    ) -> None:
-        self._clear()
-
-    @override
-    def teardown(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
-        self.stop_capture()
-
-    @override
-    def on_exception(self, trainer: Trainer, pl_module: LightningModule, exception: BaseException) -> None:
-        self.stop_capture()
+        """Student and teacher logits of the step that returned ``outputs`` (see :func:`step_logits`)."""
+        return step_logits(pl_module, outputs, batch, allow_forward=allow_forward, teacher=teacher)
 
     @override
     def state_dict(self) -> dict[str, Any]:

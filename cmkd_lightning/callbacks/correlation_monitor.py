@@ -10,7 +10,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from cmkd_lightning._validation import check_optional_positive_int, check_str
-from cmkd_lightning.callbacks._capture import LogitCaptureCallback, new_metric, synced
+from cmkd_lightning.callbacks._capture import StepLogitsCallback, new_metric, synced
 from cmkd_lightning.metrics import AGREEMENT_MEASURES, LogitAgreement, agreement_per_sample
 
 #: Names of the monitored quantities, in the order of the running-sum vector (the count comes last).
@@ -40,7 +40,7 @@ def correlation_sums(student_logits: Tensor, teacher_logits: Tensor) -> Tensor:
     return torch.cat([values.sum(dim=1), values.new_tensor([student_logits.shape[0]])])
 
 
-class CorrelationMonitor(LogitCaptureCallback):
+class CorrelationMonitor(StepLogitsCallback):
     r"""Mean per-sample Pearson and Spearman correlation, top-1 agreement and KL between teacher and student.
 
     The paper's Fig. 3 tracks the Spearman and Pearson correlation of teacher and student outputs during
@@ -48,10 +48,10 @@ class CorrelationMonitor(LogitCaptureCallback):
     on the training batch every ``every_n_train_steps`` optimiser steps. See :func:`correlation_sums` for the
     four quantities (exact Spearman ranks, KL(teacher || student) at temperature 1).
 
-    Cost: none beyond the arithmetic. The logits are those the module's own ``validation_step`` computed, read
-    by forward hooks on ``pl_module.student`` and ``pl_module.teacher`` that exist only during validation
-    epochs (and during the monitored training steps). If a network was not called in a validation step (a
-    subclass that skips it, a compiled model whose hooks do not fire), the callback runs it itself:
+    Cost: none beyond the arithmetic. The logits are those the module's own steps computed and returned
+    (``outputs["student_logits"]`` / ``outputs["teacher_logits"]``, as
+    :class:`~cmkd_lightning.DistillationModule` returns them). If a validation step returns no logits (a subclass
+    whose step returns ``None``, another LightningModule), the callback runs the networks itself:
     ``pl_module(x)`` / ``pl_module.teacher_forward(x)`` under ``torch.no_grad()``, one extra forward per batch.
     On training steps it never runs an extra forward (that would update BatchNorm statistics in train mode); the
     training-step values are those of the training-mode logits the loss saw.
@@ -115,7 +115,6 @@ class CorrelationMonitor(LogitCaptureCallback):
     @override
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if self._enabled:
-            self.start_capture(pl_module)
             self._metric = new_metric(LogitAgreement(validate_args=False, sync_on_compute=False), pl_module)
 
     @override
@@ -129,14 +128,13 @@ class CorrelationMonitor(LogitCaptureCallback):
         dataloader_idx: int = 0,
     ) -> None:
         if self._enabled and self._metric is not None:
-            student_logits, teacher_logits = self.batch_logits(pl_module, batch)
+            student_logits, teacher_logits = self.batch_logits(pl_module, outputs, batch)
             self._metric.update(student_logits, teacher_logits)
 
     @override
     def on_validation_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
         if not self._enabled or self._metric is None:
             return
-        self.stop_capture()
         metric, self._metric = self._metric, None
         entry = self._record(trainer, "val", trainer.global_step, metric)  # every process joins the sync
         if trainer.sanity_checking or entry is None:
@@ -149,7 +147,6 @@ class CorrelationMonitor(LogitCaptureCallback):
     # ------------------------------------------------------------------ training steps
     @override
     def on_train_batch_start(self, trainer: Trainer, pl_module: LightningModule, batch: Any, batch_idx: int) -> None:
-        super().on_train_batch_start(trainer, pl_module, batch, batch_idx)
         n = self.every_n_train_steps
         if n is None or not self._enabled:
             return
@@ -158,7 +155,6 @@ class CorrelationMonitor(LogitCaptureCallback):
         self._train_due = step % n == 0 and step != self._last_train_step
         if self._train_due:
             self._train_step = step
-            self.start_capture(pl_module)
 
     @override
     def on_train_batch_end(
@@ -167,12 +163,11 @@ class CorrelationMonitor(LogitCaptureCallback):
         if not self._train_due:
             return
         self._train_due = False
-        logits = self.batch_logits(pl_module, batch, allow_forward=False)
-        self.stop_capture()
+        logits = self.batch_logits(pl_module, outputs, batch, allow_forward=False)
         if logits is None:
             self.warn_once(
                 "train",
-                "CorrelationMonitor: the student or teacher was not called during `training_step`, so the "
+                "CorrelationMonitor: `training_step` returned no `student_logits` and `teacher_logits`, so the "
                 "training-step correlations are not logged (no extra forward is run in train mode).",
             )
             return

@@ -25,7 +25,7 @@ from cmkd_lightning._validation import (
     check_positive_int,
     check_str,
 )
-from cmkd_lightning.callbacks._capture import LogitCaptureCallback, batch_targets, has_teacher
+from cmkd_lightning.callbacks._capture import StepLogitsCallback, batch_targets, has_teacher
 from cmkd_lightning.callbacks._figures import run_directory
 
 #: The five corruptions of the paper's Table V, in its column order (the data module's ``corruptions``).
@@ -86,12 +86,12 @@ def robustness_rows(
     return columns, rows
 
 
-class CorruptionRobustness(LogitCaptureCallback):
+class CorruptionRobustness(StepLogitsCallback):
     r"""Table V of the paper: Top-1 under CIFAR-100-C corruptions, mean over severities, and the drop from clean.
 
     Runs in ``on_test_epoch_end`` of ``trainer.test(...)`` (on the clean test set, e.g. with
     :class:`~datamodules.CIFAR100DataModule`). The clean accuracy is counted from the logits of the module's own
-    test steps (forward hooks, no extra pass; it equals ``test/acc_top1`` over all test dataloaders), or computed
+    test steps (their ``outputs``, no extra pass; it equals ``test/acc_top1`` over all test dataloaders), or computed
     on ``clean_dataset`` when given. Then every corrupted set of ``data`` is evaluated with the student and, with
     ``evaluate_teacher``, the teacher in the same pass, in eval mode under ``torch.no_grad()``, through the
     trainer: batches move with ``trainer.strategy.batch_to_device`` (the module's transfer hooks), the forward
@@ -221,8 +221,6 @@ class CorruptionRobustness(LogitCaptureCallback):
     @override
     def on_test_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._clean_counts = torch.zeros(len(self._models) + 1, dtype=torch.float64, device=pl_module.device)
-        if self.clean_dataset is None:
-            self.start_capture(pl_module)
 
     @override
     def on_test_batch_end(
@@ -236,7 +234,7 @@ class CorruptionRobustness(LogitCaptureCallback):
     ) -> None:
         if self.clean_dataset is not None or self._clean_counts is None:
             return
-        student, teacher = self.batch_logits(pl_module, batch, teacher="teacher" in self._models)
+        student, teacher = self.batch_logits(pl_module, outputs, batch, teacher="teacher" in self._models)
         self._clean_counts += self._correct(batch_targets(batch).to(student.device), student, teacher)
 
     # ------------------------------------------------------------------ evaluation
@@ -298,7 +296,6 @@ class CorruptionRobustness(LogitCaptureCallback):
 
     @override
     def on_test_epoch_end(self, trainer: Trainer, pl_module: LightningModule) -> None:
-        self.stop_capture()
         was_training = pl_module.training
         pl_module.eval()
         try:

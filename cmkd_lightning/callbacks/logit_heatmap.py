@@ -21,7 +21,7 @@ from cmkd_lightning._validation import (
     check_positive_int,
     check_str,
 )
-from cmkd_lightning.callbacks._capture import LogitCaptureCallback, batch_targets, new_metric, synced
+from cmkd_lightning.callbacks._capture import StepLogitsCallback, batch_targets, new_metric, synced
 from cmkd_lightning.callbacks._figures import describe_method, log_image_file, run_directory, save_figure
 from cmkd_lightning.metrics.class_gap import (
     DKD_MAX_DIFF,
@@ -130,7 +130,7 @@ def plot_correlation_gap(
     return fig
 
 
-class LogitCorrelationHeatmap(LogitCaptureCallback):
+class LogitCorrelationHeatmap(StepLogitsCallback):
     r"""Fig. 9 of the paper: class-by-class difference between the student's and the teacher's logits.
 
     Over the validation set, :class:`~cmkd_lightning.metrics.ClassLogitGap` keeps running sums of the student's and
@@ -150,10 +150,10 @@ class LogitCorrelationHeatmap(LogitCaptureCallback):
     ``trainer.log_dir``, else ``trainer.default_root_dir``) and sent to W&B (``log_image``) or TensorBoard
     (``add_image``) when attached.
 
-    The logits are those of the module's own validation step (forward hooks, see
+    The logits are those the module's own validation step returned (``outputs``, see
     :class:`~cmkd_lightning.callbacks.CorrelationMonitor`), so the callback costs no extra forward. It works
     only on the validation epochs of every ``every_n_epochs``-th training epoch (always in a standalone
-    ``trainer.validate``); on other epochs it registers nothing. Sums are added over processes before the
+    ``trainer.validate``); on other epochs it does nothing. Sums are added over processes before the
     means are formed, so DDP gives the single-process picture. A module without a teacher is skipped with one
     warning.
 
@@ -230,7 +230,6 @@ class LogitCorrelationHeatmap(LogitCaptureCallback):
     def on_validation_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._active = self._enabled and self._due(trainer)
         if self._active:
-            self.start_capture(pl_module)
             self._metric = None
 
     def _new_metric(self, num_classes: int, pl_module: LightningModule) -> ClassLogitGap:
@@ -250,7 +249,7 @@ class LogitCorrelationHeatmap(LogitCaptureCallback):
     ) -> None:
         if not self._active:
             return
-        student, teacher = self.batch_logits(pl_module, batch)
+        student, teacher = self.batch_logits(pl_module, outputs, batch)
         if self._metric is None:
             self._metric = self._new_metric(student.shape[1], pl_module)
         self._metric.update(student, teacher, batch_targets(batch))
@@ -260,7 +259,6 @@ class LogitCorrelationHeatmap(LogitCaptureCallback):
         if not self._active:
             return
         self._active = False
-        self.stop_capture()
         metric, self._metric = self._metric, None
         if metric is None:  # this process saw no batch; it still joins the sync
             num_classes = getattr(pl_module, "num_classes", None)
