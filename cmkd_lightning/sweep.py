@@ -446,6 +446,64 @@ def _queue_grid(study: Any, params: Mapping[str, Mapping[str, Any]]) -> None:
     study.set_user_attr(_GRID_QUEUED, queued)
 
 
+def open_study(
+    storage: str,
+    study_name: str,
+    space: Mapping[str, Any],
+    *,
+    seed: int = 0,
+    pruner: Any | None = None,
+    heartbeat_interval: int | None = 30,
+    grace_period: int | None = None,
+) -> Any:
+    """Create or load a study; any number of workers may call this at once, also on a fresh database.
+
+    The schema, the study and (for ``sampler: grid``) the queue of grid points are created under a lock
+    (:func:`_storage_lock`), so concurrent first workers neither race on Optuna's tables nor queue a point twice.
+
+    Args:
+        storage: an RDB URL (checked and completed by :func:`resolve_storage_url`).
+        study_name: the study to create or load.
+        space: a checked space mapping (its sampler, pruner, direction and, for a grid, its points).
+        seed: seed of the sampler.
+        pruner: an ``optuna.pruners`` object, overriding the space's ``pruner``.
+        heartbeat_interval: seconds between a running trial's heartbeats (``None``: no heartbeat).
+        grace_period: seconds without a heartbeat before a trial is FAILED and queued once more.
+
+    Returns:
+        The ``optuna.Study``.
+
+    Example:
+        >>> import tempfile
+        >>> space = {"sampler": "grid", "params": {"x": {"type": "categorical", "choices": [1, 2]}}}
+        >>> with tempfile.TemporaryDirectory() as d:
+        ...     study = open_study(f"sqlite:///{d}/s.db", "s", space, heartbeat_interval=None)
+        ...     [(t.state.name, t.user_attrs["grid_point"]) for t in study.get_trials()]
+        [('WAITING', 0), ('WAITING', 1)]
+    """
+    optuna = _require_optuna()
+    params = _check_space(dict(space))
+    url = resolve_storage_url(storage)
+    if space.get("sampler", "tpe") == "tpe":
+        sampler = optuna.samplers.TPESampler(seed=seed)
+    else:  # a grid study's trials come from its queue; the sampler only fills in what a queued trial lacks
+        sampler = optuna.samplers.RandomSampler(seed=seed)
+    pruner = pruner or (
+        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
+        if space.get("pruner", "median") == "median"
+        else optuna.pruners.NopPruner()
+    )
+    direction = space.get("direction", "maximize")
+    with _storage_lock(url):
+        rdb = _open_storage(url, heartbeat_interval, grace_period)
+        study = optuna.create_study(
+            study_name=study_name, storage=rdb, sampler=sampler, pruner=pruner, direction=direction, load_if_exists=True
+        )
+        if space.get("sampler") == "grid":
+            _queue_grid(study, params)
+    return study
+
+
 def run_sweep(
     config: str | Path | Mapping[str, Any],
     space: str | Path | Mapping[str, Any],
@@ -500,7 +558,6 @@ def run_sweep(
     spec = _load_yaml(space, "space")
     params = _check_space(spec, "the space" if isinstance(space, Mapping) else f"space file {space}")
     metric = spec.get("metric", "val/acc_top1_best")
-    direction = spec.get("direction", "maximize")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     if study_name is None:
@@ -508,22 +565,15 @@ def run_sweep(
         study_name = "-".join(stems)
     url = resolve_storage_url(storage or f"sqlite:///{(out / f'{study_name}.db').resolve()}")
     grid = spec.get("sampler", "tpe") == "grid"
-    if spec.get("sampler", "tpe") == "tpe":
-        sampler = optuna.samplers.TPESampler(seed=seed)
-    else:  # a grid study's trials come from its queue; the sampler only fills in what a queued trial lacks
-        sampler = optuna.samplers.RandomSampler(seed=seed)
-    pruner = pruner or (
-        optuna.pruners.MedianPruner(n_startup_trials=2, n_warmup_steps=1)
-        if spec.get("pruner", "median") == "median"
-        else optuna.pruners.NopPruner()
+    study = open_study(
+        url,
+        study_name,
+        spec,
+        seed=seed,
+        pruner=pruner,
+        heartbeat_interval=heartbeat_interval,
+        grace_period=grace_period,
     )
-    with _storage_lock(url):
-        rdb = _open_storage(url, heartbeat_interval, grace_period)
-        study = optuna.create_study(
-            study_name=study_name, storage=rdb, sampler=sampler, pruner=pruner, direction=direction, load_if_exists=True
-        )
-        if grid:
-            _queue_grid(study, params)
     worker = f"{socket.gethostname()}:{os.getpid()}"
     shown_storage = make_url(url).render_as_string(hide_password=True)
 
