@@ -118,8 +118,9 @@ def _specs(num_digits: int) -> list[TeacherSpec]:
         TeacherSpec(
             f"{d}_smooth",
             num_digits,
+            schedule_epochs=10,
             label_smoothing=0.3,
-            description="grid head, 15 epochs, label smoothing 0.3",
+            description="grid head, 10 epochs, label smoothing 0.3",
         ),
         TeacherSpec(
             f"{d}_early",
