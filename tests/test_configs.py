@@ -443,6 +443,7 @@ PAPER_CMKD = {
     "temperature_squared": False,
     "pearson_scale": "paper",
     "entropy_source": "loss",
+    "temperature_units": "zscore",
     "preset": "paper",
     "sync_entropy_threshold": False,
     "eps": 1e-7,

@@ -57,6 +57,20 @@ ZOO_METHODS: dict[str, Method] = {
         1.0,
         "CE 1 + CMKDLoss(T = 1, entropy of the loss's target)",
     ),
+    "cmkd_logits": Method(
+        "cmkd_logits",
+        lambda: [CMKDLoss(temperature_units="logits")],
+        [1.0],
+        1.0,
+        "CE 1 + CMKDLoss(T = 4 on the teacher's logit scale: target softmax(z_t / 4))",
+    ),
+    "cmkd_logits_t2": Method(
+        "cmkd_logits_t2",
+        lambda: [CMKDLoss(temperature=2.0, temperature_units="logits")],
+        [1.0],
+        1.0,
+        "CE 1 + CMKDLoss(T = 2 on the teacher's logit scale)",
+    ),
     "cmkd_paper_preset": Method(
         "cmkd_paper_preset", lambda: [CMKDLoss.paper(temperature=4.0)], [1.0], 1.0, "CE 1 + CMKDLoss.paper(T = 4)"
     ),

@@ -44,12 +44,14 @@ class TeacherStats(NamedTuple):
 CMKDScale = Literal["sqrt_classes", "paper"] | float
 EntropySource = Literal["loss", "teacher"]
 CMKDPreset = Literal["library", "paper"]
+TemperatureUnits = Literal["zscore", "logits"]
 _ENTROPY_SOURCES = ("loss", "teacher")
+_TEMPERATURE_UNITS = ("zscore", "logits")
 
 #: The settings each preset fixes: where the library's defaults depart from Eq. 16 as the paper writes it.
 CMKD_PRESETS: dict[str, dict[str, object]] = {
-    "library": {"pearson_scale": "sqrt_classes", "entropy_source": "teacher"},
-    "paper": {"pearson_scale": "paper", "entropy_source": "loss"},
+    "library": {"pearson_scale": "sqrt_classes", "entropy_source": "teacher", "temperature_units": "zscore"},
+    "paper": {"pearson_scale": "paper", "entropy_source": "loss", "temperature_units": "zscore"},
 }
 
 
@@ -57,22 +59,23 @@ def resolve_preset(preset: str, **settings: object) -> dict[str, object]:
     """The preset's settings, with the ones given (not ``None``) in ``settings`` in their place.
 
     ``"library"`` is the library's defaults, which any argument may change. ``"paper"`` is Eq. 16 as written
-    (Pearson term unscaled, Eq. 14's entropy of the loss's ``softmax(zscore(z_t) / T)``): an argument that
+    (Pearson term unscaled, Eq. 14's entropy of the loss's ``softmax(zscore(z_t) / T)``, ``T`` dividing the
+    z-scored logits): an argument that
     contradicts it raises, so a run that says ``preset="paper"`` is the paper's loss. The temperature, weights
     and ablation switches are the paper's own knobs and are not part of a preset.
 
     Args:
         preset: ``"library"`` or ``"paper"``.
-        **settings: ``pearson_scale`` and ``entropy_source``, ``None`` for the preset's value.
+        **settings: ``pearson_scale``, ``entropy_source``, ``temperature_units``; ``None`` for the preset's value.
 
     Returns:
-        ``{"pearson_scale": ..., "entropy_source": ...}``.
+        ``{"pearson_scale": ..., "entropy_source": ..., "temperature_units": ...}``.
 
     Example:
         >>> resolve_preset("paper", pearson_scale=None, entropy_source=None)
-        {'pearson_scale': 'paper', 'entropy_source': 'loss'}
-        >>> resolve_preset("library", pearson_scale=2.0, entropy_source=None)
-        {'pearson_scale': 2.0, 'entropy_source': 'teacher'}
+        {'pearson_scale': 'paper', 'entropy_source': 'loss', 'temperature_units': 'zscore'}
+        >>> resolve_preset("library", pearson_scale=2.0)
+        {'pearson_scale': 2.0, 'entropy_source': 'teacher', 'temperature_units': 'zscore'}
     """
     if preset not in CMKD_PRESETS:
         raise ValueError(f"Expected `preset` to be one of {tuple(CMKD_PRESETS)}, but got {preset!r}.")
@@ -90,6 +93,28 @@ def resolve_preset(preset: str, **settings: object) -> dict[str, object]:
             )
         resolved[key] = value
     return resolved
+
+
+def check_temperature_units(temperature_units: str) -> None:
+    """Raise a ``ValueError`` unless ``temperature_units`` is ``"zscore"`` or ``"logits"``."""
+    if temperature_units not in _TEMPERATURE_UNITS:
+        raise ValueError(
+            f"Expected `temperature_units` to be one of {_TEMPERATURE_UNITS}, but got {temperature_units!r}."
+        )
+
+
+def temperature_factor(teacher_logits: Tensor, temperature_units: str, zscore: bool) -> Tensor | float:
+    r"""What the z-scored logits are multiplied by before ``/ T``: 1, or the teacher row's std.
+
+    With ``"logits"`` (and ``zscore``) the factor is :math:`\sigma(z^t_i)`, shape ``(N, 1)``, so the teacher's target
+    is :math:`\operatorname{softmax}((z^t_i - \mu_i) / T) = \operatorname{softmax}(z^t_i / T)`, the teacher's own
+    distribution at ``T`` (what KD and DIST match), and the student's z-scored row is put on the same scale.
+    """
+    if temperature_units != "logits" or not zscore:
+        return 1.0
+    with torch.no_grad():
+        zt = upcast(teacher_logits.detach())
+        return zt.std(dim=-1, keepdim=True).clamp_min(torch.finfo(zt.dtype).tiny)
 
 
 def check_entropy_source(entropy_source: str) -> None:
@@ -214,15 +239,18 @@ def teacher_stats(
     zscore: bool = True,
     eps: float = 1e-7,
     entropy_source: EntropySource = "teacher",
+    temperature_units: TemperatureUnits = "zscore",
 ) -> TeacherStats:
     """Teacher probabilities, exact ranks and entropy for :func:`cmkd_terms`, without gradient.
 
-    ``entropy_source`` picks the distribution of Eq. 14's entropy (:func:`cmkd_loss` documents it).
+    ``entropy_source`` picks the distribution of Eq. 14's entropy and ``temperature_units`` the scale ``T``
+    divides (:func:`cmkd_loss` documents both).
     """
     with torch.no_grad():
+        factor = temperature_factor(teacher_logits, temperature_units, zscore)
         zt = upcast(teacher_logits.detach())
         zt = _zscore(zt, eps) if zscore else zt
-        log_pt = F.log_softmax(zt / temperature, dim=-1)
+        log_pt = F.log_softmax(zt * factor / temperature, dim=-1)
         probs = log_pt.exp()
         entropy = teacher_entropy(teacher_logits, probs, log_pt, entropy_source)
         return TeacherStats(probs=probs, ranks=rank(zt), entropy=entropy)
@@ -242,6 +270,7 @@ def cmkd_terms(
     temperature_squared: bool = False,
     pearson_scale: CMKDScale = "sqrt_classes",
     entropy_source: EntropySource = "teacher",
+    temperature_units: TemperatureUnits = "zscore",
     entropy_threshold: Tensor | float | None = None,
     teacher: TeacherStats | None = None,
     eps: float = 1e-7,
@@ -281,14 +310,22 @@ def cmkd_terms(
             UserWarning,
             stacklevel=3,
         )
+    if validate_args:
+        check_temperature_units(temperature_units)
     if teacher is None:
         teacher = teacher_stats(
-            teacher_logits, temperature=temperature, zscore=zscore, eps=eps, entropy_source=entropy_source
+            teacher_logits,
+            temperature=temperature,
+            zscore=zscore,
+            eps=eps,
+            entropy_source=entropy_source,
+            temperature_units=temperature_units,
         )
 
     zs = upcast(student_logits)
     zs = _zscore(zs, eps) if zscore else zs
-    ps = F.softmax(zs / temperature, dim=-1)
+    factor_t = temperature_factor(teacher_logits, temperature_units, zscore)
+    ps = F.softmax((zs * factor_t if temperature_units == "logits" else zs) / temperature, dim=-1)
     pearson = 1.0 - _pearson_corr(ps, teacher.probs.to(ps.dtype))
     scaled_pearson = pearson * factor if factor != 1.0 else pearson
     if spearman:
@@ -330,6 +367,7 @@ def cmkd_loss(
     temperature_squared: bool = False,
     pearson_scale: CMKDScale = "sqrt_classes",
     entropy_source: EntropySource = "teacher",
+    temperature_units: TemperatureUnits = "zscore",
     eps: float = 1e-7,
     rank_backend: Literal["auto", "torch", "torchsort"] = "auto",
     reduction: Reduction = "mean",
@@ -388,6 +426,11 @@ def cmkd_loss(
             ``"teacher"`` (default) the teacher's own prediction, ``softmax(z_t)``; ``"loss"`` the probabilities
             the Pearson term uses, ``softmax(zscore(z_t) / T)``, whose entropies sit within a fraction of a
             percent of ``log C`` at ``T = 4`` and split a batch almost at random (``docs/DESIGN.md``).
+        temperature_units: what ``T`` divides in the Pearson term: ``"zscore"`` (default, Eq. 12 as written) the
+            z-scored logits, so ``p = softmax(zscore(z) / T)``; ``"logits"`` the teacher's own logit scale: both
+            z-scored rows are multiplied by the teacher row's std first, so the teacher's target is
+            ``softmax(z_t / T)`` and the student's ``softmax(zscore(z_s) * std(z_t) / T)``. Not in the paper
+            (``docs/TEACHER_ZOO.md``); the ranks and Eq. 16's weighting are unchanged.
         eps: added to the standard deviation of the z-score.
         rank_backend: soft-rank backend, ``"auto"``, ``"torch"`` or ``"torchsort"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample ``(N,)``).
@@ -423,6 +466,7 @@ def cmkd_loss(
         temperature_squared=temperature_squared,
         pearson_scale=pearson_scale,
         entropy_source=entropy_source,
+        temperature_units=temperature_units,
         eps=eps,
         rank_backend=rank_backend,
         validate_args=validate_args,
@@ -437,9 +481,11 @@ __all__ = [
     "CMKDScale",
     "CMKDTerms",
     "EntropySource",
+    "TemperatureUnits",
     "TeacherStats",
     "check_cmkd_args",
     "check_entropy_source",
+    "check_temperature_units",
     "cmkd_loss",
     "cmkd_terms",
     "default_regularization_strength",
@@ -447,4 +493,5 @@ __all__ = [
     "resolve_scale",
     "teacher_entropy",
     "teacher_stats",
+    "temperature_factor",
 ]

@@ -15,7 +15,9 @@ from cmkd_lightning.functional.cmkd import (
     CMKDPreset,
     CMKDScale,
     EntropySource,
+    TemperatureUnits,
     check_entropy_source,
+    check_temperature_units,
     cmkd_terms,
     resolve_preset,
     resolve_scale,
@@ -64,6 +66,10 @@ class CMKDLoss(DistillationLoss):
             the Pearson term, ``softmax(zscore(z_t) / T)``, whose entropies sit within a fraction of a percent of
             ``log C`` at ``T = 4`` and split a batch almost at random; ``None`` (default) takes the preset's
             (``"teacher"`` for ``"library"``, ``"loss"`` for ``"paper"``).
+        temperature_units: what ``T`` divides in the Pearson term: ``"zscore"`` the z-scored logits (Eq. 12 as
+            written), ``"logits"`` the teacher's own logit scale (the target is ``softmax(z_t / T)``; see
+            :func:`~cmkd_lightning.functional.cmkd_loss`); ``None`` (default) takes the preset's (``"zscore"`` for
+            both). ``"logits"`` runs the general path (``fused`` ``"auto"`` or ``False``).
         preset: ``"library"`` (default) or ``"paper"`` (above).
         sync_entropy_threshold: under ``torch.distributed``, use the entropy mean over the *global* batch
             (an all-reduce on every call, so every rank must call the loss on every step). Default: per device.
@@ -98,6 +104,7 @@ class CMKDLoss(DistillationLoss):
         temperature_squared: bool = False,
         pearson_scale: CMKDScale | None = None,
         entropy_source: EntropySource | None = None,
+        temperature_units: TemperatureUnits | None = None,
         preset: CMKDPreset = "library",
         sync_entropy_threshold: bool = False,
         eps: float = 1e-7,
@@ -112,10 +119,14 @@ class CMKDLoss(DistillationLoss):
         check_positive(eps, "eps")
         if regularization_strength is not None:
             check_positive(regularization_strength, "regularization_strength")
-        settings = resolve_preset(preset, pearson_scale=pearson_scale, entropy_source=entropy_source)
+        settings = resolve_preset(
+            preset, pearson_scale=pearson_scale, entropy_source=entropy_source, temperature_units=temperature_units
+        )
         pearson_scale, entropy_source = settings["pearson_scale"], settings["entropy_source"]
+        temperature_units = settings["temperature_units"]
         resolve_scale(pearson_scale, 2)  # validates the value; the factor itself depends on C
         check_entropy_source(entropy_source)
+        check_temperature_units(temperature_units)
         if rank_backend not in _RANK_BACKENDS:
             raise ValueError(f"Expected `rank_backend` to be one of {_RANK_BACKENDS}, but got {rank_backend!r}.")
         if spearman and not zscore:
@@ -132,12 +143,18 @@ class CMKDLoss(DistillationLoss):
         self.temperature_squared = temperature_squared
         self.pearson_scale = pearson_scale
         self.entropy_source = entropy_source
+        self.temperature_units = temperature_units
         self.preset = preset
         self.sync_entropy_threshold = sync_entropy_threshold
         self.eps = eps
         self.rank_backend = rank_backend
         if fused not in (True, False, "auto"):
             raise ValueError(f"Expected `fused` to be True, False or 'auto', but got {fused!r}.")
+        if fused is True and temperature_units != "zscore":
+            raise ValueError(
+                f"Expected `fused` to be False or 'auto' with temperature_units={temperature_units!r} (the fused "
+                "kernels divide the z-scored logits by T), but got True."
+            )
         self.fused = fused
 
     @classmethod
@@ -160,7 +177,9 @@ class CMKDLoss(DistillationLoss):
     def forward(
         self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor | None = None
     ) -> dict[str, Tensor]:
-        fused = self.fused is True or (self.fused == "auto" and fused_covers(student_logits))
+        fused = self.fused is True or (
+            self.fused == "auto" and self.temperature_units == "zscore" and fused_covers(student_logits)
+        )
         stats_fn, terms_fn = (fast_teacher_stats, cmkd_fused_terms) if fused else (teacher_stats, cmkd_terms)
         stats = stats_fn(
             teacher_logits,
@@ -168,6 +187,7 @@ class CMKDLoss(DistillationLoss):
             zscore=self.zscore,
             eps=self.eps,
             entropy_source=self.entropy_source,
+            **({"temperature_units": self.temperature_units} if not fused else {}),
         )
         threshold = self._global_threshold(stats.entropy) if self.sync_entropy_threshold else None
         # Hyper-parameters were validated in __init__ (and the un-normalised-Spearman warning given there): no
@@ -185,6 +205,7 @@ class CMKDLoss(DistillationLoss):
             temperature_squared=self.temperature_squared,
             pearson_scale=self.pearson_scale,
             entropy_source=self.entropy_source,
+            **({"temperature_units": self.temperature_units} if not fused else {}),
             entropy_threshold=threshold,
             teacher=stats,
             eps=self.eps,

@@ -111,6 +111,38 @@ def test_library_preset_takes_any_setting_and_the_paper_accepts_its_own():
     assert resolve_preset("library", pearson_scale=None, entropy_source="loss") == {
         "pearson_scale": "sqrt_classes",
         "entropy_source": "loss",
+        "temperature_units": "zscore",
     }
     with pytest.raises(ValueError, match=r"Expected preset settings among"):
         resolve_preset("paper", temperature=4.0)
+
+
+def test_temperature_in_logit_units_targets_the_teachers_own_softmax():
+    from cmkd_lightning.functional.cmkd import cmkd_terms, teacher_stats
+    from cmkd_lightning.functional.correlation import pearson_corr
+
+    zs, zt = _logits(2, c=50)
+    zt = 7.0 * zt
+    stats = teacher_stats(zt, temperature=4.0, temperature_units="logits")
+    assert torch.allclose(stats.probs, torch.softmax(zt / 4.0, dim=1), rtol=1e-5, atol=1e-9)  # up to the z-score eps
+    terms = cmkd_terms(zs, zt, temperature=4.0, temperature_units="logits")
+    # the student's z-scored row on the teacher row's scale, by hand
+    zs_hat = (zs - zs.mean(1, keepdim=True)) / zs.std(1, keepdim=True)
+    ps = torch.softmax(zs_hat * zt.std(1, keepdim=True) / 4.0, dim=1)
+    expected = 1 - pearson_corr(ps, torch.softmax(zt / 4.0, dim=1))
+    assert torch.allclose(terms.pearson, expected, rtol=1e-6)
+    # the ranks do not depend on the units
+    assert torch.equal(terms.spearman, cmkd_terms(zs, zt, temperature=4.0).spearman)
+
+
+def test_temperature_units_logits_runs_the_general_path_and_refuses_fused_true():
+    zs, zt = _logits(3)
+    auto = CMKDLoss(temperature_units="logits")(zs, zt)["loss"]
+    general = CMKDLoss(temperature_units="logits", fused=False)(zs, zt)["loss"]
+    assert torch.equal(auto, general)
+    with pytest.raises(ValueError, match=r"Expected `fused` to be False or 'auto' with temperature_units='logits'"):
+        CMKDLoss(temperature_units="logits", fused=True)
+    with pytest.raises(ValueError, match=r"Expected `temperature_units` to be 'zscore' or None with preset='paper'"):
+        CMKDLoss.paper(temperature_units="logits")
+    with pytest.raises(ValueError, match=r"Expected `temperature_units` to be one of \('zscore', 'logits'\)"):
+        CMKDLoss(temperature_units="raw")  # type: ignore[arg-type]
