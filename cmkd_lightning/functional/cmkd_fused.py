@@ -93,13 +93,15 @@ def fast_teacher_stats(
 
     .. math::
         \hat z = \operatorname{zscore}(z),\quad p = \operatorname{softmax}(\hat z / T),\quad
-        H = -\sum_c p_c \log p_c,\quad \operatorname{rank}(\hat z)\ \text{(ascending, ties averaged)}
+        H = -\sum_c q_c \log q_c,\quad \operatorname{rank}(\hat z)\ \text{(ascending, ties averaged)}
 
-    The same values as :func:`~cmkd_lightning.functional.teacher_stats` (to rounding), in fewer operations and
-    without autograd: on CPU by the NumPy kernel (:func:`numpy.argsort` sorts several times faster than
-    ``torch.sort``, ``BENCHMARKS.md``), elsewhere with torch ops and ``torch.sort``; nothing is read back from
-    an accelerator. The result can be passed as ``teacher=`` to :func:`~cmkd_lightning.functional.cmkd_terms` or
-    to :func:`cmkd_fused_terms`.
+    with :math:`q = \operatorname{softmax}(z)` for ``entropy_source="teacher"`` (the library preset) and
+    :math:`q = p` for ``"loss"`` (the paper preset). The same values as
+    :func:`~cmkd_lightning.functional.teacher_stats` (to rounding), in fewer operations and without autograd: on
+    CPU by the NumPy kernel (:func:`numpy.argsort` sorts several times faster than ``torch.sort``,
+    ``BENCHMARKS.md``), elsewhere with torch ops and ``torch.sort``; nothing is read back from an accelerator. The
+    result can be passed as ``teacher=`` to :func:`~cmkd_lightning.functional.cmkd_terms` or to
+    :func:`cmkd_fused_terms`.
 
     Args:
         teacher_logits: ``(N, C)`` teacher logits.
