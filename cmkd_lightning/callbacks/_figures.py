@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
+from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
 
 if TYPE_CHECKING:  # matplotlib is the `figures` extra; the callbacks that draw import it
@@ -32,6 +33,15 @@ def run_directory(trainer: Trainer, dirpath: Path | None, subfolder: str = "") -
         return Path(trainer.strategy.broadcast(own)) / subfolder
     log_dir = trainer.log_dir
     return Path(log_dir if log_dir is not None else trainer.default_root_dir) / subfolder
+
+
+def epoch_number(trainer: Trainer) -> int:
+    """The epoch a record, figure or file belongs to, counted from 1 as a person counts (and as ``RunSummary``).
+
+    During ``fit`` the running epoch (``current_epoch + 1``: the first epoch is 1); in ``validate`` / ``test`` the
+    number of epochs the weights were trained for (``current_epoch``, restored from the checkpoint).
+    """
+    return trainer.current_epoch + 1 if trainer.state.fn == TrainerFn.FITTING else trainer.current_epoch
 
 
 def _number(value: float) -> str:

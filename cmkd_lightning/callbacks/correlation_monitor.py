@@ -11,6 +11,7 @@ from typing_extensions import override
 
 from cmkd_lightning._validation import check_optional_positive_int, check_str
 from cmkd_lightning.callbacks._capture import StepLogitsCallback, new_metric, synced
+from cmkd_lightning.callbacks._figures import epoch_number
 from cmkd_lightning.metrics import AGREEMENT_MEASURES, LogitAgreement, agreement_per_sample
 
 #: Names of the monitored quantities, in the order of the running-sum vector (the count comes last).
@@ -72,7 +73,8 @@ class CorrelationMonitor(StepLogitsCallback):
           the same on the (global) training batch, every ``every_n_train_steps`` steps, when set.
 
     Attributes:
-        history: one dict per logged evaluation: ``stage`` (``"val"`` or ``"train"``), ``epoch``, ``step``,
+        history: one dict per logged evaluation: ``stage`` (``"val"`` or ``"train"``), ``epoch`` (counted from 1),
+            ``step``,
             ``num_samples`` and the four values as floats. Sanity-check epochs are not recorded. Saved in the
             trainer's checkpoint (``state_dict``), so a resumed run keeps the earlier entries.
 
@@ -102,7 +104,7 @@ class CorrelationMonitor(StepLogitsCallback):
             count = int(metric.count)
         if count == 0:
             return None
-        entry: dict[str, Any] = {"stage": stage, "epoch": trainer.current_epoch, "step": step, "num_samples": count}
+        entry: dict[str, Any] = {"stage": stage, "epoch": epoch_number(trainer), "step": step, "num_samples": count}
         entry.update({name: float(values[name]) for name in CORRELATION_METRICS})
         return entry
 

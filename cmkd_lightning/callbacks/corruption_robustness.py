@@ -26,7 +26,7 @@ from cmkd_lightning._validation import (
     check_str,
 )
 from cmkd_lightning.callbacks._capture import StepLogitsCallback, batch_targets, has_teacher
-from cmkd_lightning.callbacks._figures import run_directory
+from cmkd_lightning.callbacks._figures import epoch_number, run_directory
 
 #: The five corruptions of the paper's Table V, in its column order (the data module's ``corruptions``).
 PAPER_CORRUPTIONS: tuple[str, ...] = ("brightness", "contrast", "elastic_transform", "fog", "pixelate")
@@ -315,7 +315,7 @@ class CorruptionRobustness(StepLogitsCallback):
         for row, (corruption, severity) in enumerate(self._keys, start=1):
             for m, model in enumerate(self._models):
                 self.results[model][corruption][severity] = float(accuracy[row, m])
-        self.history.append({"epoch": trainer.current_epoch, "clean": dict(self.clean), "results": self.results})
+        self.history.append({"epoch": epoch_number(trainer), "clean": dict(self.clean), "results": self.results})
         columns, rows = robustness_rows(self.clean, self.results)
         self._log(pl_module)
 

@@ -175,8 +175,8 @@ class EmbeddingProjection(Callback):
     runs in eval mode under ``torch.no_grad()`` and :func:`~cmkd_lightning.models.extract_features` takes the
     input of its final linear layer; scikit-learn's ``TSNE`` (seeded, PCA initialisation) maps the features to
     2-D. The plot has a legend for up to 20 classes and a colour bar beyond. It is saved as
-    ``tsne_end.png`` / ``tsne_epoch<EEE>.png`` in ``dirpath`` (default ``<run dir>/figures``) and sent to
-    W&B / TensorBoard when attached.
+    ``tsne_end.png`` / ``tsne_epoch<EEE>.png`` (``EEE``: the epoch, counted from 1) in ``dirpath`` (default
+    ``<run dir>/figures``) and sent to W&B / TensorBoard when attached.
 
     When: at the end of training by default (``on_train_end``, the last fit hook before the strategy moves the
     model off its device and releases the dataloaders; ``on_fit_end`` comes after both), and, with
@@ -267,8 +267,8 @@ class EmbeddingProjection(Callback):
         if n is None or trainer.sanity_checking or trainer.state.fn != TrainerFn.FITTING:
             return
         if (trainer.current_epoch + 1) % n == 0:
-            epoch = trainer.current_epoch
-            when = f"after epoch {epoch + 1} of {trainer.max_epochs}"
+            epoch = trainer.current_epoch + 1  # counted from 1, in the file name as in the title
+            when = f"after epoch {epoch} of {trainer.max_epochs}"
             self._project(trainer, pl_module, f"tsne_epoch{epoch:03d}.png", when)
 
     @override

@@ -22,7 +22,13 @@ from cmkd_lightning._validation import (
     check_str,
 )
 from cmkd_lightning.callbacks._capture import StepLogitsCallback, batch_targets, new_metric, synced
-from cmkd_lightning.callbacks._figures import describe_method, log_image_file, run_directory, save_figure
+from cmkd_lightning.callbacks._figures import (
+    describe_method,
+    epoch_number,
+    log_image_file,
+    run_directory,
+    save_figure,
+)
 from cmkd_lightning.metrics.class_gap import (
     DKD_MAX_DIFF,
     GAP_MATRICES,
@@ -146,9 +152,9 @@ class LogitCorrelationHeatmap(StepLogitsCallback):
 
     Both are computed every time (:attr:`difference`, :attr:`gap`); the chosen one is drawn
     with a fixed colour scale ``[0, vmax]`` so epochs and runs compare, saved as
-    ``logit_correlation_epoch<EEE>.png`` in ``dirpath`` (default ``<run dir>/figures``, the run dir being
-    ``trainer.log_dir``, else ``trainer.default_root_dir``) and sent to W&B (``log_image``) or TensorBoard
-    (``add_image``) when attached.
+    ``logit_correlation_epoch<EEE>.png`` (``EEE``: the epoch, counted from 1) in ``dirpath`` (default
+    ``<run dir>/figures``, the run dir being ``trainer.log_dir``, else ``trainer.default_root_dir``) and sent to W&B
+    (``log_image``) or TensorBoard (``add_image``) when attached.
 
     The logits are those the module's own validation step returned (``outputs``, see
     :class:`~cmkd_lightning.callbacks.CorrelationMonitor`), so the callback costs no extra forward. It works
@@ -308,11 +314,12 @@ class LogitCorrelationHeatmap(StepLogitsCallback):
                 teacher_corr=self.teacher_corr if self.include_matrices else None,
                 student_corr=self.student_corr if self.include_matrices else None,
             )
-        path = save_figure(fig, directory / f"logit_correlation_epoch{trainer.current_epoch:03d}.png", self.dpi)
+        epoch = epoch_number(trainer)  # counted from 1, in the file name as in the title
+        path = save_figure(fig, directory / f"logit_correlation_epoch{epoch:03d}.png", self.dpi)
         self.figure_paths.append(path)
         self.history.append(
             {
-                "epoch": trainer.current_epoch,
+                "epoch": epoch,
                 "step": trainer.global_step,
                 "mean_abs_diff": mean_abs_diff,
                 "path": str(path),

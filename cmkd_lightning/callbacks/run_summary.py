@@ -47,6 +47,10 @@ class RunSummary(Callback):
     file), it also prints one line per validation epoch, so a log shows progress without bar fragments.
     Prints on global rank 0 only. The last summary is kept in :attr:`summary` (a dict).
 
+    Resume: the per-epoch records and the wall time so far are saved in the trainer's checkpoint
+    (``state_dict``), so after ``--ckpt_path last`` the best epoch, the table and the wall time cover the whole
+    run, not only its resumed part. Epochs are counted from 1 everywhere it prints ("epoch 3/5" is the third).
+
     Args:
         epoch_lines: print a line per validation epoch; ``None`` (default): only when there is no progress bar.
         stream: where to print (default: ``sys.stdout`` at print time).
@@ -63,12 +67,28 @@ class RunSummary(Callback):
         self.stream = stream
         self.summary: dict[str, Any] = {}
         self._start = time.perf_counter()
+        self._seconds_before = 0.0  # wall time of the run before a resume
         self._history: list[dict[str, float]] = []
+
+    def _seconds(self) -> float:
+        return self._seconds_before + time.perf_counter() - self._start
+
+    # ------------------------------------------------------------------ resume
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(record) for record in self._history], "seconds": self._seconds()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._history = [dict(record) for record in state_dict.get("history", [])]
+        self._seconds_before = float(state_dict.get("seconds", 0.0))
 
     # ------------------------------------------------------------------ hooks
     @override
     def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        # Lightning restores a resumed run's state (load_state_dict) after this hook.
         self._start = time.perf_counter()
+        self._seconds_before = 0.0
         self._history = []
 
     @override
@@ -89,7 +109,7 @@ class RunSummary(Callback):
                     parts.append(f"{label} {100 * metrics[key]:.2f} %")
             if "loss" in metrics:
                 parts.append(f"val loss {metrics['loss']:.4f}")
-            parts.append(f"{_duration(time.perf_counter() - self._start)} elapsed")
+            parts.append(f"{_duration(self._seconds())} elapsed")
             self._print("  ".join(parts))
 
     @override
@@ -116,7 +136,7 @@ class RunSummary(Callback):
         print(text, file=stream, flush=True)
 
     def _report(self, trainer: Trainer, stage: str, metric_stage: str) -> None:
-        seconds = time.perf_counter() - self._start
+        seconds = self._seconds()
         metrics = self._metrics(trainer, metric_stage)
         train = self._metrics(trainer, "train") if stage == "fit" else {}
         summary: dict[str, Any] = {"stage": stage, "seconds": seconds, "epochs": trainer.current_epoch}

@@ -53,6 +53,9 @@ class TrainingCost(Callback):
     Under DDP the samples are summed over processes (global throughput), while time and memory are the maximum
     over processes (the slowest process, the fullest device).
 
+    Resume: :attr:`history` is saved in the trainer's checkpoint (``state_dict``), so after ``--ckpt_path last``
+    the totals cover every epoch of the run (an epoch cut by the kill counts from the resume on).
+
     At the end of training (``on_train_end``) :attr:`summary` holds the totals and :attr:`history` the epochs,
     and both are written as JSON to ``dirpath`` (default: the run's own directory: the logger's versioned
     folder, or the W&B run's files folder, uploaded with the run) as ``filename``, so KD and CMKD
@@ -103,10 +106,22 @@ class TrainingCost(Callback):
         return time.perf_counter()
 
     @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"history": [dict(entry) for entry in self.history]}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.history = [dict(entry) for entry in state_dict.get("history", [])]
+
+    @override
+    def setup(self, trainer: Trainer, pl_module: LightningModule, stage: str) -> None:
+        if stage == "fit":  # a new run; Lightning restores a resumed one's history (load_state_dict) after this hook
+            self.history, self.summary = [], {}
+
+    @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._params = parameter_counts(pl_module)
         self._cuda = pl_module.device if pl_module.device.type == "cuda" else None
-        self.history, self.summary = [], {}
 
     @override
     def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
@@ -150,7 +165,7 @@ class TrainingCost(Callback):
         maxima = trainer.strategy.reduce(torch.tensor([elapsed, peak / _MB], device=device), reduce_op="max")
         epoch_time, peak_mb = float(maxima[0]), float(maxima[1])
         entry = {
-            "epoch": trainer.current_epoch,
+            "epoch": trainer.current_epoch + 1,  # counted from 1, as RunSummary and the figures
             "epoch_time_s": epoch_time,
             "samples_per_s": float(samples) / epoch_time if epoch_time > 0 else float("nan"),
             "samples": int(samples),

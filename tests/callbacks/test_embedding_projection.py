@@ -70,8 +70,8 @@ def test_every_n_epochs_only(tmp_path):
     trainer = cpu_trainer(tmp_path, [projection], max_epochs=2, num_sanity_val_steps=1)
     trainer.fit(module, datamodule=digits_data())
     assert projection.figure_paths == [
-        tmp_path / "figs" / "tsne_epoch000.png",
         tmp_path / "figs" / "tsne_epoch001.png",
+        tmp_path / "figs" / "tsne_epoch002.png",
     ]
     assert projection.embedding.shape == (30, 2)
 

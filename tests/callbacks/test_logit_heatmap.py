@@ -95,7 +95,7 @@ def test_heatmap_values_file_and_tensorboard_image(tmp_path):
     assert math.isclose(float(trainer.callback_metrics["heatmap/mean_abs_diff"]), off_diagonal, rel_tol=1e-5)
 
     (path,) = heatmap.figure_paths
-    assert path == tmp_path / "tb" / "version_0" / "figures" / "logit_correlation_epoch000.png"
+    assert path == tmp_path / "tb" / "version_0" / "figures" / "logit_correlation_epoch001.png"
     with Image.open(path) as image:
         width, height = image.size
     assert width > 1500 and 500 < height < width  # three panels side by side
@@ -112,7 +112,7 @@ def test_every_n_epochs_and_dirpath(tmp_path):
     heatmap = LogitCorrelationHeatmap(every_n_epochs=2, dirpath=tmp_path / "figs", vmax=0.5)
     trainer = cpu_trainer(tmp_path, [heatmap], max_epochs=3, num_sanity_val_steps=2)
     trainer.fit(digits_module(), datamodule=digits_data())
-    assert heatmap.figure_paths == [tmp_path / "figs" / "logit_correlation_epoch001.png"]
+    assert heatmap.figure_paths == [tmp_path / "figs" / "logit_correlation_epoch002.png"]
     with Image.open(heatmap.figure_paths[0]) as image:
         assert image.size[0] > 500 and image.size[1] > 500  # one panel, 100 classes readable
     with (tmp_path / "lightning_logs" / "version_0" / "metrics.csv").open() as handle:

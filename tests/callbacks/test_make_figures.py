@@ -44,5 +44,5 @@ def test_make_figures_fast_mode(tmp_path):
     for name in FIGURES:
         with Image.open(tmp_path / "figures" / name) as image:
             assert image.size[0] > 1000 and image.size[1] > 400, name
-    assert (tmp_path / "runs" / "kd" / "version_0" / "figures" / "logit_correlation_epoch001.png").is_file()
+    assert (tmp_path / "runs" / "kd" / "version_0" / "figures" / "logit_correlation_epoch002.png").is_file()
     assert (tmp_path / "runs" / "cost_cmkd_0" / "version_0" / "training_cost.json").is_file()

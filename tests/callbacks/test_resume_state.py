@@ -20,13 +20,13 @@ def _fit(tmp_path, callbacks, max_epochs, ckpt_path=None):
 def test_correlation_monitor_history_survives_a_resume(tmp_path):
     first = CorrelationMonitor()
     last = _fit(tmp_path, [first], max_epochs=1)
-    assert [h["epoch"] for h in first.history] == [0]
+    assert [h["epoch"] for h in first.history] == [1]
     saved = torch.load(last, weights_only=False)["callbacks"]
-    assert [state["history"][0]["epoch"] for key, state in saved.items() if "CorrelationMonitor" in key] == [0]
+    assert [state["history"][0]["epoch"] for key, state in saved.items() if "CorrelationMonitor" in key] == [1]
 
     resumed = CorrelationMonitor()
     _fit(tmp_path, [resumed], max_epochs=2, ckpt_path=last)
-    assert [h["epoch"] for h in resumed.history] == [0, 1]
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
     assert resumed.history[0] == first.history[0]
 
 
@@ -39,10 +39,10 @@ def test_figure_callbacks_keep_their_files_across_a_resume(tmp_path):
     resumed = LogitCorrelationHeatmap(dirpath=tmp_path / "figs")
     _fit(tmp_path, [resumed], max_epochs=2, ckpt_path=last)
     assert [p.name for p in resumed.figure_paths] == [
-        "logit_correlation_epoch000.png",
         "logit_correlation_epoch001.png",
+        "logit_correlation_epoch002.png",
     ]
-    assert [h["epoch"] for h in resumed.history] == [0, 1]
+    assert [h["epoch"] for h in resumed.history] == [1, 2]
 
 
 def test_embedding_projection_state_round_trip(tmp_path):

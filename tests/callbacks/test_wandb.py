@@ -44,7 +44,7 @@ def test_images_and_table_in_offline_wandb_run(tmp_path, monkeypatch):
     assert [row[0] for row in content["data"]] == ["student", "teacher"]
     # Files go to the run's own folder (beside its checkpoints), never to the save_dir every W&B run shares.
     own = tmp_path / str(logger.name) / str(logger.version)
-    assert (own / "figures" / "logit_correlation_epoch000.png").is_file()
+    assert (own / "figures" / "logit_correlation_epoch001.png").is_file()
     assert (own / "robustness.csv").is_file()
     assert not (tmp_path / "figures").exists() and not (tmp_path / "robustness.csv").exists()
 
@@ -67,4 +67,4 @@ def test_two_wandb_runs_in_one_save_dir_keep_their_own_figures(tmp_path, monkeyp
             wandb.finish()
     assert folders[0] != folders[1]
     for folder in folders:
-        assert [p.name for p in folder.glob("*.png")] == ["logit_correlation_epoch000.png"]
+        assert [p.name for p in folder.glob("*.png")] == ["logit_correlation_epoch001.png"]
