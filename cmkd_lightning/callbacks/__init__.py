@@ -7,6 +7,7 @@
 - :class:`TrainingCost`: time per epoch, throughput, peak memory, parameter counts (Fig. 7).
 - :class:`CheckpointGuard`: a writable checkpoint folder, a file after every save, no non-finite weights saved.
 - :class:`PublishCheckpoint`: a stable link to the checkpoint of the run that finished last.
+- :class:`Preemption`: SIGTERM / SIGUSR1 save a resumable checkpoint and end the run with exit code 128 + signal.
 - :class:`RunSummary`: what a run produced, printed when fit / validate / test ends (``cmkd`` adds it).
 
 The arithmetic lives in :mod:`cmkd_lightning.metrics` (torchmetrics metrics); the callbacks decide when to run, what
@@ -23,6 +24,7 @@ from cmkd_lightning.callbacks.checkpoint_guard import CheckpointGuard, Checkpoin
 from cmkd_lightning.callbacks.checkpoint_link import PublishCheckpoint
 from cmkd_lightning.callbacks.correlation_monitor import CorrelationMonitor, correlation_sums
 from cmkd_lightning.callbacks.corruption_robustness import CorruptionRobustness
+from cmkd_lightning.callbacks.preemption import Preemption
 from cmkd_lightning.callbacks.run_summary import RunSummary
 from cmkd_lightning.callbacks.training_cost import TrainingCost
 from cmkd_lightning.metrics.class_gap import class_correlation, correlation_gap
@@ -50,6 +52,7 @@ __all__ = [
     "CheckpointWriteError",
     "NonFiniteCheckpointError",
     "PublishCheckpoint",
+    "Preemption",
     "CorrelationMonitor",
     "CorruptionRobustness",
     "EmbeddingProjection",

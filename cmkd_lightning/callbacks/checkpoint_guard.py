@@ -18,18 +18,22 @@ import torch
 from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
 from lightning.fabric.utilities.types import _PATH
 from lightning.pytorch import Callback, LightningModule, Trainer
+from lightning.pytorch.loggers import Logger, WandbLogger
+from lightning.pytorch.loggers.logger import DummyLogger
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 from typing_extensions import override
 
+from cmkd_lightning.errors import CMKDError
+
 __all__ = ["CheckpointGuard", "CheckpointWriteError", "NonFiniteCheckpointError", "VerifiedCheckpointIO"]
 
 
-class CheckpointWriteError(OSError):
+class CheckpointWriteError(CMKDError, OSError):
     """A checkpoint could not be written, or the file is missing or empty after the save."""
 
 
-class NonFiniteCheckpointError(RuntimeError):
+class NonFiniteCheckpointError(CMKDError, RuntimeError):
     """The weights or buffers about to be saved hold NaN or infinite values."""
 
 
@@ -181,8 +185,9 @@ class CheckpointGuard(Callback):
     - Before each save the checkpoint's ``state_dict`` (parameters and buffers) is checked: a NaN or an infinity
       raises :class:`NonFiniteCheckpointError` naming the stage, epoch, global step and the first offending
       tensor, and nothing is written (the last good checkpoint stays).
-    - The checkpoint records the logger's name and version (``callbacks['CheckpointGuard']``), so ``cmkd fit
-      --ckpt_path last`` can find the run's checkpoints and continue its logger run.
+    - The checkpoint records the module's class and the logger's name, version and W&B run name
+      (``callbacks['CheckpointGuard']``), so ``cmkd fit --ckpt_path`` can check that it continues the same model
+      and method, and continue its logger run.
 
     The finiteness check reads one boolean per tensor from the device at each save (not at each step).
 
@@ -236,14 +241,16 @@ class CheckpointGuard(Callback):
 
     @override
     def state_dict(self) -> dict[str, Any]:
-        logger = self._trainer.logger if self._trainer is not None else None
-        if logger is not None:
-            self.run = {
-                "logger": type(logger).__name__,
-                "name": logger.name,
-                "version": str(logger.version),
-                "run_name": getattr(logger, "_wandb_init", {}).get("name"),
-            }
+        trainer = self._trainer
+        if trainer is None:
+            return dict(self.run)
+        module = trainer.lightning_module
+        self.run = {"module": f"{type(module).__module__}.{type(module).__qualname__}"} if module is not None else {}
+        logger = trainer.logger
+        if isinstance(logger, Logger) and not isinstance(logger, DummyLogger):  # fast_dev_run: no logger run
+            self.run.update(logger=type(logger).__name__, name=str(logger.name), version=str(logger.version))
+            if isinstance(logger, WandbLogger):
+                self.run["run_name"] = logger.experiment.name
         return dict(self.run)
 
     @override

@@ -13,6 +13,7 @@ from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
 from cmkd_lightning._validation import check_path, check_str
+from cmkd_lightning.errors import OutputExistsError
 
 __all__ = ["PublishCheckpoint", "point_link"]
 
@@ -24,7 +25,7 @@ def point_link(link: Path, target: Path, *, overwrite: bool = False) -> None:
     Where symbolic links are not allowed the target is copied instead (also atomically).
 
     Raises:
-        FileExistsError: if ``link`` is a regular file or a folder and ``overwrite`` is False.
+        OutputExistsError: (a ``FileExistsError``) if ``link`` is a regular file or a folder and ``overwrite`` is False.
 
     Example:
         >>> import tempfile
@@ -36,7 +37,7 @@ def point_link(link: Path, target: Path, *, overwrite: bool = False) -> None:
     """
     link.parent.mkdir(parents=True, exist_ok=True)
     if (link.exists() or link.is_symlink()) and not link.is_symlink() and not overwrite:
-        raise FileExistsError(
+        raise OutputExistsError(
             f"Expected '{link}' to be free or a link to an earlier run's checkpoint, but it is a "
             f"{'folder' if link.is_dir() else 'regular file'}; it was not replaced. Move it away, or pass "
             "`overwrite=True` to PublishCheckpoint."
@@ -78,6 +79,18 @@ class PublishCheckpoint(Callback):
         if not isinstance(overwrite, bool):
             raise TypeError(f"Expected `overwrite` to be a bool, but got {type(overwrite).__name__}.")
         self.overwrite = overwrite
+
+    @override
+    def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        # A regular file or a folder at `link` would only be refused after every epoch has run: refuse it now.
+        link = self.link
+        if not self.overwrite and (link.exists() or link.is_symlink()) and not link.is_symlink():
+            kind = "folder" if link.is_dir() else "regular file"
+            raise OutputExistsError(
+                f"Expected PublishCheckpoint's `link` '{link}' to be free or a link to an earlier run's checkpoint, "
+                f"but it is a {kind}; nothing was trained. Move it away, or pass `overwrite=True` to "
+                "PublishCheckpoint."
+            )
 
     @override
     def on_train_end(self, trainer: Trainer, pl_module: LightningModule) -> None:

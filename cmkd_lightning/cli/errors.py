@@ -12,6 +12,8 @@ import os
 import re
 from typing import Any
 
+from cmkd_lightning.errors import CMKDError
+
 __all__ = ["BuildError", "explain_argument_error", "verbose_requested"]
 
 VERBOSE_ENV = "CMKD_VERBOSE"
@@ -30,7 +32,7 @@ _PACKAGES = ("cmkd_lightning", "datamodules")
 _SUBCLASS_HELP = ("a class path (str)", "a dict with", "a dict without")
 
 
-class BuildError(RuntimeError):
+class BuildError(CMKDError, RuntimeError):
     """A class of the config could not be built; ``root`` is the library's own exception."""
 
     def __init__(self, message: str, root: BaseException) -> None:

@@ -1,0 +1,84 @@
+"""The library's error types: one base class, :class:`CMKDError`, so callers and the ``cmkd`` command recognise them.
+
+Each error the library raises for a bad input or a failed run is a :class:`CMKDError` (and, where it fits, also the
+built-in type a caller would expect, e.g. ``FileNotFoundError`` or ``OSError``). Its message names the argument or
+file, what was expected, what was received and the fix; ``cmkd`` prints it in at most three lines and keeps the
+traceback for ``--verbose``.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "CMKDError",
+    "CheckpointNotFoundError",
+    "CheckpointReadError",
+    "ConfigFileError",
+    "DataError",
+    "LabelRangeError",
+    "OutputExistsError",
+    "PreemptedError",
+    "RunMismatchError",
+    "TrainingDeviceError",
+    "WandbSetupError",
+]
+
+
+class CMKDError(Exception):
+    """Base class of every error the library raises on purpose, with a message meant for a person.
+
+    Example:
+        >>> issubclass(RunMismatchError, CMKDError)
+        True
+    """
+
+
+class CheckpointReadError(CMKDError, OSError):
+    """A checkpoint file is missing, empty, truncated, not a checkpoint, or would need unsafe unpickling."""
+
+
+class CheckpointNotFoundError(CheckpointReadError, FileNotFoundError):
+    """A checkpoint file that does not exist (yet): e.g. a student's teacher that has not been trained."""
+
+
+class RunMismatchError(CMKDError, ValueError):
+    """A checkpoint to resume belongs to another model or method than the run that was asked for."""
+
+
+class ConfigFileError(CMKDError, ValueError):
+    """A config file cannot be read (not UTF-8, not YAML)."""
+
+
+class DataError(CMKDError, ValueError):
+    """The data cannot be trained on: an empty split, labels outside ``[0, num_classes)``, non-finite inputs."""
+
+
+class LabelRangeError(DataError, IndexError):
+    """A label lies outside ``[0, num_classes)``."""
+
+
+class OutputExistsError(CMKDError, FileExistsError):
+    """A file the run would replace is not one of its own (e.g. a regular file where a link is published)."""
+
+
+class TrainingDeviceError(CMKDError, RuntimeError):
+    """The accelerator asked for does not exist on this machine."""
+
+
+class WandbSetupError(CMKDError, RuntimeError):
+    """W&B was asked to log online but has no credentials or cannot reach its server."""
+
+
+class PreemptedError(CMKDError, SystemExit):
+    """The run was stopped by a signal (SIGTERM, SIGUSR1) after saving a resumable checkpoint.
+
+    A ``SystemExit`` whose code is ``128 + signal number`` (143 for SIGTERM), so a scheduler records the job as
+    interrupted, not as succeeded.
+    """
+
+    def __init__(self, message: str, signum: int) -> None:
+        super().__init__(message)
+        self.code = 128 + int(signum)
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
