@@ -14,7 +14,14 @@ from cmkd_lightning.models._factory import (
     model_aliases,
     resolve_model_name,
 )
-from cmkd_lightning.models._features import extract_features, get_classifier
+from cmkd_lightning.models._features import (
+    extract_features,
+    extract_named_features,
+    feature_hooks,
+    feature_layers,
+    get_classifier,
+    margin_layers,
+)
 from cmkd_lightning.models.mobilenetv1 import MobileNetV1
 from cmkd_lightning.models.mobilenetv2 import MobileNetV2Cifar
 from cmkd_lightning.models.resnet50_cifar import CifarResNetBottleneck
@@ -37,9 +44,13 @@ __all__ = [
     "WideResNet",
     "create_model",
     "extract_features",
+    "extract_named_features",
+    "feature_hooks",
+    "feature_layers",
     "freeze",
     "get_classifier",
     "list_models",
+    "margin_layers",
     "model_aliases",
     "resolve_model_name",
 ]

@@ -39,6 +39,7 @@ class ShuffleUnit(nn.Module):
         self.bn2 = nn.BatchNorm2d(mid_planes)
         self.conv3 = nn.Conv2d(mid_planes, out_planes, 1, groups=groups, bias=False)
         self.bn3 = nn.BatchNorm2d(out_planes)
+        self.relu = nn.ReLU()  # a module, so that a hook reads its input: the unit's pre-activation
 
     def forward(self, x: Tensor) -> Tensor:
         out = F.relu(self.bn1(self.conv1(x)))
@@ -49,7 +50,7 @@ class ShuffleUnit(nn.Module):
             out = torch.cat([out, F.avg_pool2d(x, 3, stride=2, padding=1)], dim=1)
         else:
             out = out + x
-        return F.relu(out)
+        return self.relu(out)
 
 
 class ShuffleNetV1(nn.Module):
