@@ -19,10 +19,11 @@ from cmkd_lightning._checkpointing import CheckpointHooks
 from cmkd_lightning._networks import Features, no_autocast
 from cmkd_lightning.losses.base import DistillationLoss
 from cmkd_lightning.models import extract_features, freeze
+from cmkd_lightning.runtime import QuietStart
 from cmkd_lightning.schedules import StepOrCosine
 
 
-class DistillationModule(EpochLogging, CheckpointHooks, LightningModule):
+class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningModule):
     r"""Distil a frozen teacher into a student with any weighted sum of distillation losses.
 
     .. math::
@@ -259,6 +260,7 @@ class DistillationModule(EpochLogging, CheckpointHooks, LightningModule):
 
     @override
     def setup(self, stage: str) -> None:
+        super().setup(stage)  # QuietStart: Lightning's start-of-run noise is filtered until the loop starts
         if self._teacher_cache is not None and stage == "fit":
             self._teacher_cache.check_datamodule(getattr(self.trainer, "datamodule", None))
 

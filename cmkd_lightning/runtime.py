@@ -5,14 +5,17 @@ Used by the ``cmkd`` command, ``cmkd-quickstart`` and the example scripts. Nothi
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
+from typing import Any
 
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 
 CPU_THREADS_ENV = "CMKD_CPU_THREADS"
 DEFAULT_CPU_THREADS = 1
@@ -77,6 +80,70 @@ def set_cpu_threads(value: int | str | None = None) -> int:
     if count > 0:
         torch.set_num_threads(count)
     return torch.get_num_threads()
+
+
+# Warnings Lightning gives every DistillationModule run between the `setup` hook and the start of the loop, from
+# its own code (no hook of ours is on the stack): its pytree helper under torch >= 2.10, and the frozen teacher that
+# stays in eval mode on purpose.
+_START_NOISE = (_NOISE_WARNINGS[0], _NOISE_WARNINGS[2])
+
+
+class QuietStart:
+    """LightningModule hooks that hide Lightning's start-of-run noise (``_START_NOISE``) from Python use too.
+
+    ``setup`` adds one ``ignore`` filter per message (``warnings.filterwarnings``, matched on the message only);
+    the first of ``on_train_start``, ``on_validation_start`` (outside ``fit``), ``on_test_start``,
+    ``on_predict_start`` and ``teardown`` removes exactly those filters again, so they live only while Lightning
+    prepares the run; any other warning, and any filter the user sets, is untouched. (An exception before the loop
+    starts reaches no module hook: the two filters then stay until the module's next ``setup``.)
+    """
+
+    trainer: Any
+
+    def _quiet_start(self) -> None:
+        self._quiet_stop()
+        added = []
+        for message in _START_NOISE:
+            warnings.filterwarnings("ignore", message=message)
+            added.append(warnings.filters[0])
+        self._quiet_filters = added
+
+    def _quiet_stop(self) -> None:
+        for entry in getattr(self, "_quiet_filters", ()):
+            with contextlib.suppress(ValueError):  # already gone (e.g. a `catch_warnings` block ended)
+                warnings.filters.remove(entry)
+        self._quiet_filters: list[Any] = []
+
+    def setup(self, stage: str) -> None:
+        """Add the filters (see the class docstring)."""
+        self._quiet_start()
+        super().setup(stage)  # type: ignore[misc]
+
+    def on_train_start(self) -> None:
+        """Remove the filters."""
+        self._quiet_stop()
+        super().on_train_start()  # type: ignore[misc]
+
+    def on_validation_start(self) -> None:
+        """Remove the filters, unless this is ``fit``'s sanity check (the loop starts after it)."""
+        if self.trainer.state.fn != TrainerFn.FITTING:
+            self._quiet_stop()
+        super().on_validation_start()  # type: ignore[misc]
+
+    def on_test_start(self) -> None:
+        """Remove the filters."""
+        self._quiet_stop()
+        super().on_test_start()  # type: ignore[misc]
+
+    def on_predict_start(self) -> None:
+        """Remove the filters."""
+        self._quiet_stop()
+        super().on_predict_start()  # type: ignore[misc]
+
+    def teardown(self, stage: str) -> None:
+        """Remove the filters."""
+        self._quiet_stop()
+        super().teardown(stage)  # type: ignore[misc]
 
 
 class _DropNoise(logging.Filter):

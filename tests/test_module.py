@@ -394,3 +394,97 @@ def test_teacher_trained_by_this_module_loads_as_teacher(tmp_path):
         assert torch.equal(module.teacher.state_dict()[key], value), key
     with pytest.raises(ValueError, match="teacher"):
         _module(teacher=TinyNet(hidden=32, seed=4), teacher_checkpoint=str(path), teacher_checkpoint_part="teacher")
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# what the steps hand to callbacks, and what a person sees
+
+
+class _Outputs(L.Callback):
+    """Keeps what each step returned, with the step's batch."""
+
+    def __init__(self):
+        self.seen = {"train": [], "val": [], "test": []}
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.seen["train"].append((outputs, batch))
+
+    def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        if not trainer.sanity_checking:
+            self.seen["val"].append((outputs, batch))
+
+    def on_test_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0):
+        self.seen["test"].append((outputs, batch))
+
+
+def test_steps_return_the_logits_of_the_step(tmp_path):
+    module, recorder = _module(), _Outputs()
+    calls = {"student": [], "teacher": []}
+    for role in calls:
+        getattr(module, role).register_forward_hook(lambda _m, _a, out, role=role: calls[role].append(out.detach()))
+    trainer = _trainer(tmp_path, callbacks=[recorder], limit_train_batches=2)
+    trainer.fit(module, _loader(), _loader(n=32))
+    trainer.test(module, _loader(n=32))
+    # every network ran once per step (2 train, 2 val, 2 test): the outputs are those very logits
+    assert len(calls["student"]) == len(calls["teacher"]) == 6
+    steps = recorder.seen["train"] + recorder.seen["val"] + recorder.seen["test"]
+    for i, (outputs, _batch) in enumerate(steps):
+        assert set(outputs) == {"loss", "student_logits", "teacher_logits"}
+        assert torch.equal(outputs["student_logits"], calls["student"][i])
+        assert torch.equal(outputs["teacher_logits"], calls["teacher"][i])
+        assert not outputs["student_logits"].requires_grad and outputs["loss"].ndim == 0
+    with torch.no_grad():  # evaluation steps ran in eval mode
+        x = recorder.seen["test"][0][1][0]
+        torch.testing.assert_close(recorder.seen["test"][0][0]["student_logits"], module.student.eval()(x))
+
+
+def test_steps_without_teacher_return_no_teacher_logits():
+    module = DistillationModule(TinyNet(), num_classes=C)
+    out = module.validation_step(next(iter(_loader())), 0)
+    assert out["teacher_logits"] is None and out["student_logits"].shape == (16, C)
+
+
+def test_model_summary_shows_one_row_for_all_metrics():
+    from lightning.pytorch.utilities.model_summary import ModelSummary
+
+    assert ModelSummary(_module(), max_depth=1).layer_names == ["student", "teacher", "losses", "epoch_metrics"]
+
+
+def test_teacher_line_reports_the_first_real_validation_epoch(tmp_path):
+    import logging
+
+    module, val = _module(), _loader(n=48, batch_size=16, seed=3)
+    x, y = next(iter(val))
+    with torch.no_grad():
+        sanity = float((module.teacher(x).argmax(1) == y).float().mean())
+    lines = []
+    handler = logging.Handler()
+    handler.emit = lambda record: lines.append(record.getMessage())
+    logger = logging.getLogger("lightning.pytorch.utilities.rank_zero")
+    logger.addHandler(handler)
+    try:
+        trainer = _trainer(tmp_path, num_sanity_val_steps=1, limit_train_batches=1)
+        trainer.fit(module, _loader(), val)
+    finally:
+        logger.removeHandler(handler)
+    epoch = float(trainer.callback_metrics["val/teacher_acc_top1"])
+    assert epoch != sanity  # the sanity check (one batch) and the epoch (three) differ on this data
+    (line,) = [line for line in lines if line.startswith("Teacher validation Top-1")]
+    assert line.startswith(f"Teacher validation Top-1: {100 * epoch:.2f}%")
+
+
+def test_lightning_start_noise_is_filtered_only_while_the_run_starts(tmp_path):
+    module = _module()  # its teacher is in eval mode: Lightning warns about it at the start of training
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        before = list(warnings.filters)
+        trainer = _trainer(tmp_path, limit_train_batches=1)
+        trainer.fit(module, _loader(), _loader(n=32))
+        trainer.test(module, _loader(n=32))
+        assert warnings.filters == before  # nothing of ours is left behind
+        warnings.warn("Found 3 module(s) in eval mode at the start of training.", UserWarning, stacklevel=1)
+    messages = [str(w.message) for w in caught]
+    assert not any("LeafSpec" in m for m in messages)
+    assert [m for m in messages if "module(s) in eval mode" in m] == [
+        "Found 3 module(s) in eval mode at the start of training."  # the user's own, after the run, still shows
+    ]
