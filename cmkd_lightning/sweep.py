@@ -71,10 +71,12 @@ class TrialConfigError(SweepError):
     """A trial's configuration does not build (e.g. a misspelled parameter key); the trial is recorded FAILED."""
 
 
-def _require_optuna() -> Any:
+def _require_optuna(integration: bool = False) -> Any:
     try:
         import optuna
-        from optuna_integration import PyTorchLightningPruningCallback  # noqa: F401
+
+        if integration:  # imports Lightning: only where trials run
+            from optuna_integration import PyTorchLightningPruningCallback  # noqa: F401
     except ImportError as err:  # pragma: no cover - exercised only without the extra
         raise ImportError(
             f"cmkd-sweep needs Optuna and its Lightning integration ({err.name} is missing): "
@@ -546,7 +548,7 @@ def run_sweep(
         SweepError: a space file, storage URL or trial configuration that cannot be used (the message names it);
             a trial whose configuration does not build is recorded FAILED with the reason first.
     """
-    optuna = _require_optuna()
+    optuna = _require_optuna(integration=True)
     from optuna.storages import fail_stale_trials
     from optuna.trial import TrialState
     from optuna_integration import PyTorchLightningPruningCallback

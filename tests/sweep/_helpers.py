@@ -27,14 +27,16 @@ def offline_runs(study_dir: Path) -> dict[str, dict]:
     """Every offline W&B run under ``<study_dir>/trial-<n>/wandb``: run id -> {trial folder, sweep config}.
 
     The run id is the suffix of W&B's ``offline-run-<time>-<id>`` folder (and of its ``run-<id>.wandb`` file); the
-    sweep's entry of the run config is the JSON W&B stores verbatim in that file (``None`` until it is written).
+    sweep's entry of the run config is the JSON W&B stores verbatim in that file (``None`` where a killed run never
+    wrote it).
     """
     runs: dict[str, dict] = {}
     for folder in sorted(study_dir.glob("trial-*/wandb/offline-run-*")):
         run_id = folder.name.rsplit("-", 1)[-1]
         if run_id in runs:
             raise AssertionError(f"run id {run_id} in both {runs[run_id]['trial_dir']} and {folder}")
-        data = (folder / f"run-{run_id}.wandb").read_bytes()
+        record = folder / f"run-{run_id}.wandb"
+        data = record.read_bytes() if record.is_file() else b""  # a run killed as it started may not have it yet
         found = _SWEEP_CONFIG.search(data)
         runs[run_id] = {
             "trial_dir": folder.parents[1].name,
