@@ -15,10 +15,14 @@ Example (1000 classes, 5 paired seeds)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
 import functools
+import hashlib
+import io
 import json
 import math
+import os
 import statistics
 import time
 import warnings
@@ -161,6 +165,57 @@ def resolve_methods(entries: Sequence[str | Method]) -> list[Method]:
     return methods
 
 
+def _atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Write ``path`` through ``write(temporary path)`` and ``os.replace``: readers see the old file or the new one.
+
+    A process killed mid-write leaves at most a hidden ``.<name>.tmp-<pid>`` file beside it, never a partial
+    ``path``.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        write(tmp)
+        with tmp.open("rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _atomic_write_text(path: Path, text: str) -> None:
+    _atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _sha256_json(value: Any) -> str:
+    return hashlib.sha256(json.dumps(value, sort_keys=True, default=repr).encode()).hexdigest()
+
+
+def data_fingerprint(data: ComposedDigitsDataModule) -> str:
+    """SHA-256 of the composed images and labels of every split (after ``setup()``) and the loader settings.
+
+    Two comparisons reuse each other's runs only if they trained and tested on the same tensors, whatever
+    produced them (the data module's arguments, scikit-learn's copy of the digits, the composition code).
+    """
+    digest = hashlib.sha256(json.dumps({"batch_size": data.batch_size, "seed": data.seed}).encode())
+    for split in sorted(data.datasets):
+        dataset = data.datasets[split]
+        tensors = getattr(dataset, "tensors", None) or (dataset.images, dataset.labels)
+        digest.update(split.encode())
+        for tensor in tensors:
+            digest.update(str(tuple(tensor.shape)).encode() + str(tensor.dtype).encode())
+            digest.update(tensor.contiguous().numpy().tobytes())
+    digest.update(json.dumps({"augment": bool(getattr(data, "augment", False))}).encode())
+    return digest.hexdigest()
+
+
 def _trainer(epochs: int, out: Path, progress: bool = False) -> L.Trainer:
     return L.Trainer(
         accelerator="cpu",
@@ -179,7 +234,11 @@ def _trainer(epochs: int, out: Path, progress: bool = False) -> L.Trainer:
 def train_teacher(
     data: ComposedDigitsDataModule, epochs: int, out: Path, arch: str = "digits_teacher", seed: int = 1234
 ) -> nn.Module:
-    """Train a teacher with cross-entropy (SGD lr 0.05, cosine), or load ``<out>/teacher-<arch>-<k>d-<E>ep.pt``."""
+    """Train a teacher with cross-entropy (SGD lr 0.05, cosine), or load ``<out>/teacher-<arch>-<k>d-<E>ep.pt``.
+
+    The file is written atomically (a killed run leaves no partial teacher); the students' cache key holds a hash
+    of its bytes, so a different teacher at this path retrains them.
+    """
     path = out / f"teacher-{arch}-{data.num_digits}d-{data.sizes['train']}-{epochs}ep.pt"
     teacher = create_model(arch, num_classes=data.num_classes, num_digits=data.num_digits)
     if path.is_file():
@@ -188,8 +247,7 @@ def train_teacher(
     L.seed_everything(seed, verbose=False)
     module = DistillationModule(teacher, num_classes=data.num_classes, lr_scheduler=WarmupCosine)
     _trainer(epochs, out).fit(module, data)
-    out.mkdir(parents=True, exist_ok=True)
-    torch.save(teacher.state_dict(), path)
+    _atomic_write(path, lambda tmp: torch.save(teacher.state_dict(), tmp))
     return teacher.eval()
 
 
@@ -236,32 +294,106 @@ def train_student(
     }
 
 
-def method_fingerprint(method: Method) -> str:
-    """What identifies a method's training: CE weight, loss weights, and every loss's class and scalar settings.
+def method_config(method: Method) -> dict[str, Any]:
+    """A method's resolved configuration: CE weight, loss weights, and every loss's class and scalar settings.
 
-    Runs cached under ``<out>/runs.jsonl`` are reused only when their fingerprint still matches, so a changed
-    default (e.g. of :class:`~cmkd_lightning.losses.CMKDLoss`) retrains instead of reusing a stale number.
+    Read from freshly built loss objects, so a changed default (e.g. of :class:`~cmkd_lightning.losses.CMKDLoss`) or
+    an edited YAML changes it; the method's name is not part of it.
+
+    Example:
+        >>> method_config(Method("x", lambda: [KDLoss(temperature=2.0)], [1.0]))["losses"][0]["settings"]["temperature"]
+        2.0
     """
-    parts = [f"ce={method.ce_weight!r}", f"w={method.loss_weights!r}"]
+    losses = []
     for loss in method.losses():
         settings = {k: v for k, v in sorted(vars(loss).items()) if isinstance(v, (bool, int, float, str, type(None)))}
         settings.pop("training", None)
-        parts.append(f"{type(loss).__module__}.{type(loss).__qualname__}{settings}")
-    return ";".join(parts)
+        losses.append({"class": f"{type(loss).__module__}.{type(loss).__qualname__}", "settings": settings})
+    return {"ce_weight": method.ce_weight, "loss_weights": list(method.loss_weights), "losses": losses}
 
 
-def _run_key(method: Method, seed: int, setting: dict[str, Any]) -> str:
-    return json.dumps({"method": method.name, "seed": seed, "fp": method_fingerprint(method), **setting})
+def method_fingerprint(method: Method) -> str:
+    """SHA-256 of :func:`method_config`: what identifies a method's training, whatever it is called."""
+    return _sha256_json(method_config(method))
 
 
-def _load_cache(path: Path) -> dict[str, dict[str, Any]]:
-    cache: dict[str, dict[str, Any]] = {}
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            if line.strip():
-                entry = json.loads(line)
-                cache[entry["key"]] = entry["row"]
-    return cache
+def teacher_fingerprint(teacher: nn.Module) -> str:
+    """SHA-256 of the teacher's weights (every state-dict entry's name, shape, dtype and bytes)."""
+    digest = hashlib.sha256()
+    for name, tensor in sorted(teacher.state_dict().items()):
+        tensor = tensor.detach().cpu().contiguous()
+        digest.update(f"{name}{tuple(tensor.shape)}{tensor.dtype}".encode())
+        digest.update(tensor.numpy().tobytes() if tensor.dtype != torch.bfloat16 else tensor.float().numpy().tobytes())
+    return digest.hexdigest()
+
+
+def run_keys(method: Method, seed: int, provenance: dict[str, Any]) -> tuple[str, str]:
+    """``(run key, config hash)`` of one student run, from what produced it (never a name or a path).
+
+    The config hash covers the method's resolved config (:func:`method_config`), the teacher's weights, the data
+    and the training settings in ``provenance``; the run key adds the seed.
+    """
+    config_hash = _sha256_json({"method": method_fingerprint(method), **provenance})
+    return _sha256_json({"config": config_hash, "seed": seed}), config_hash
+
+
+def read_runs(path: Path) -> list[dict[str, Any]]:
+    """The records of ``runs.jsonl`` (oldest first).
+
+    A truncated last line (a process killed while recording, by an older version that appended in place) is
+    skipped with a warning naming the file; a damaged line elsewhere raises ``ValueError``. Records written
+    before runs were keyed by config hash are skipped with a warning (their teacher is unknown).
+    """
+    if not path.is_file():
+        return []
+    lines = path.read_text().splitlines()
+    entries, old = [], 0
+    for i, line in enumerate(lines):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as err:
+            if i == len(lines) - 1:
+                warnings.warn(
+                    f"Skipped the truncated last line of {path} (line {i + 1}: {err.msg}); that run is not counted "
+                    "and is trained again by the next cmkd-compare.",
+                    stacklevel=2,
+                )
+                continue
+            raise ValueError(f"Expected line {i + 1} of {path} to be a JSON record, but it is not: {err}.") from None
+        if "config_hash" not in entry:
+            old += 1
+            continue
+        entries.append(entry)
+    if old:
+        warnings.warn(
+            f"Skipped {old} run(s) in {path} recorded before runs were keyed by the hash of their config, teacher and "
+            "data; they are trained again.",
+            stacklevel=2,
+        )
+    return entries
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Any:
+    import fcntl
+
+    with path.with_name(f"{path.name}.lock").open("a") as f:
+        fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _record_run(path: Path, entry: dict[str, Any]) -> None:
+    """Add one record to ``runs.jsonl``: under a file lock (several processes may share ``out``), atomically."""
+    with _locked(path):
+        text = path.read_text() if path.is_file() else ""
+        if text and not text.endswith("\n"):  # a truncated last line (already warned about when read): drop it
+            text = text[: text.rfind("\n") + 1]
+        _atomic_write_text(path, text + json.dumps(entry) + "\n")
 
 
 def summarize(rows: list[dict[str, Any]], methods: Sequence[str], reference: str | None) -> dict[str, Any]:
@@ -350,30 +482,59 @@ def format_tables(summary: dict[str, Any], teacher: dict[str, float] | None = No
 def plot(
     rows: list[dict[str, Any]], summary: dict[str, Any], path: Path, title: str, teacher_top1: float | None
 ) -> None:
-    """Bars of the means with std error bars and one dot per seed, for Top-1 and Spearman."""
+    """Top-1 and Spearman per method: mean bars with std error bars and one dot per seed.
+
+    One colour per method, the mean written above each bar, the legend (methods, seeds, teacher line) below the
+    panels, clear of the data. Written atomically.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
 
     names = list(summary["methods"])
-    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.6 * len(names) + 2), 3.8))
-    for ax, key, label in ((axes[0], "top1", "test Top-1 (%)"), (axes[1], "spearman", "Spearman(teacher, student)")):
+    colours = [plt.get_cmap("tab10")(i % 10) for i in range(len(names))]
+    fig, axes = plt.subplots(1, 2, figsize=(max(8.0, 1.6 * len(names) + 2), 4.6))
+    panels = ((axes[0], "top1", "test Top-1 (%)", 2), (axes[1], "spearman", "Spearman(teacher, student)", 3))
+    for ax, key, label, digits in panels:
         means = [summary["methods"][n][key]["mean"] for n in names]
         stds = [summary["methods"][n][key]["std"] for n in names]
-        ax.bar(names, means, yerr=stds, capsize=5, color="#8fb0d9", edgecolor="#4c72b0")
+        x = list(range(len(names)))
+        ax.bar(x, means, yerr=stds, capsize=5, color=colours, alpha=0.75, edgecolor="black", linewidth=0.6)
+        top = bottom = 0.0
         for i, n in enumerate(names):
             vals = [r[key] for r in rows if r["method"] == n]
             ax.scatter([i] * len(vals), vals, color="black", s=10, zorder=3)
+            high = max([means[i] + stds[i], *vals])
+            top, bottom = max(top, high), min([bottom, means[i] - stds[i], *vals])
+            ax.annotate(
+                f"{means[i]:.{digits}f}",
+                (i, high),
+                xytext=(0, 4),
+                textcoords="offset points",
+                ha="center",
+                va="bottom",
+                fontsize=8,
+            )
         if key == "top1" and teacher_top1 is not None:
-            ax.axhline(teacher_top1, color="black", ls="--", lw=1, label=f"teacher {teacher_top1:.1f}%")
-            ax.legend(loc="lower right", fontsize=8)
+            ax.axhline(teacher_top1, color="black", ls="--", lw=1)
+            top = max(top, teacher_top1)
+        span = (top - bottom) or 1.0
+        ax.set_ylim(bottom - 0.05 * span if bottom < 0 else 0, top + 0.12 * span)
+        ax.set_xticks(x, names, rotation=30, ha="right")
         ax.set_ylabel(label)
-        ax.tick_params(axis="x", rotation=30)
         ax.grid(axis="y", alpha=0.3)
+    handles = [Patch(facecolor=c, alpha=0.75, edgecolor="black", label=n) for n, c in zip(names, colours)]
+    handles.append(Line2D([], [], color="black", marker="o", ls="", markersize=3, label="one seed"))
+    if teacher_top1 is not None:
+        handles.append(Line2D([], [], color="black", ls="--", lw=1, label=f"teacher {teacher_top1:.2f}%"))
+    columns = min(len(handles), 8)
+    fig.legend(handles=handles, loc="lower center", ncol=columns, fontsize=8, frameon=False)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.tight_layout(rect=(0, 0.05 * math.ceil(len(handles) / columns), 1, 1))
+    _atomic_write(path, lambda tmp: fig.savefig(tmp, dpi=120, format="png"))
     plt.close(fig)
 
 
@@ -386,13 +547,17 @@ def _write_outputs(
     title: str,
     teacher_top1: float | None,
 ) -> None:
-    """``<stem>.json`` (everything), ``.csv`` (one row per run), ``.md`` (the tables) and ``.png`` (the plot)."""
-    stem.with_suffix(".json").write_text(json.dumps(result, indent=2))
-    with stem.with_suffix(".csv").open("w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
-    stem.with_suffix(".md").write_text(tables)
+    """``<stem>.json`` (everything), ``.csv`` (one row per run), ``.md`` (the tables) and ``.png`` (the plot).
+
+    Each file is written atomically (temporary file, then ``os.replace``).
+    """
+    _atomic_write_text(stem.with_suffix(".json"), json.dumps(result, indent=2))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(dict.fromkeys(k for r in rows for k in r)))
+    writer.writeheader()
+    writer.writerows(rows)
+    _atomic_write_text(stem.with_suffix(".csv"), buffer.getvalue())
+    _atomic_write_text(stem.with_suffix(".md"), tables)
     plot(rows, summary, stem.with_suffix(".png"), title, teacher_top1)
 
 
@@ -426,9 +591,10 @@ def compare(
         reference: the method the paired differences are taken against (default: the last method).
         out: output directory.
         threads: torch threads.
-        reuse: reuse runs recorded in ``<out>/runs.jsonl`` with the same method fingerprint, seed, data and
-            epochs (so an interrupted comparison resumes, and several processes with different ``seeds`` can
-            fill one directory before a last call summarises them all).
+        reuse: reuse runs recorded in ``<out>/runs.jsonl`` with the same key: a hash of the method's resolved
+            config, the teacher's weights, the data, the training settings and the seed (so an interrupted
+            comparison resumes, and several processes with different ``seeds`` can fill one directory before a
+            last call summarises them all); a changed YAML or teacher file retrains.
         verbose: print progress and the tables.
 
     Returns:
@@ -460,17 +626,21 @@ def compare(
         print(f"teacher: Top-1 {teacher_eval['top1']:.2f}% Top-5 {teacher_eval['top5']:.2f}%", flush=True)
     rows: list[dict[str, Any]] = []
     cache_path = out / "runs.jsonl"
-    setting = {"num_digits": num_digits, "train_size": train_size, "eval_size": eval_size, "epochs": epochs}
-    setting["teacher"] = str(Path(teacher_checkpoint).resolve()) if teacher_checkpoint else f"{teacher_epochs}ep"
+    training = {"num_digits": num_digits, "train_size": train_size, "eval_size": eval_size, "epochs": epochs}
+    training.update(student="digits_student", lr=0.05)
+    provenance = {"teacher": teacher_fingerprint(teacher), "data": data_fingerprint(data), "training": training}
     for seed in seeds:
         for method in resolved:
-            key = _run_key(method, seed, setting)
-            row = _load_cache(cache_path).get(key) if reuse else None
-            cached = row is not None
-            if row is None:
-                row = train_student(method, seed, data, teacher, epochs, out)
-                with cache_path.open("a") as f:
-                    f.write(json.dumps({"key": key, "row": row}) + "\n")
+            key, config_hash = run_keys(method, seed, provenance)
+            recorded = {e["key"]: e for e in read_runs(cache_path)} if reuse else {}
+            cached = key in recorded
+            if cached:  # the same config, teacher, data and seed, maybe under another name
+                row = {**recorded[key]["row"], "method": method.name}
+            else:
+                row = {**train_student(method, seed, data, teacher, epochs, out), "config_hash": config_hash}
+                entry = {"key": key, "config_hash": config_hash, "method_config": method_config(method), **provenance}
+                entry["teacher_eval"] = teacher_eval
+                _record_run(cache_path, {**entry, "row": row})
             rows.append(row)
             if verbose:
                 print(
@@ -520,42 +690,49 @@ def summarize_recorded(
 
     For comparisons filled by several processes (or over several sessions): every recorded run of the named
     ``methods`` (and ``seeds``, default all) is used; the latest record of a (method, seed) wins. All of them
-    must share the data, epochs and teacher, or this raises ``ValueError``.
+    must share the data, epochs and teacher, and each method's runs one config hash, or this raises ``ValueError``
+    (never a mean over different configurations under one name).
     """
     out = Path(out)
     path = out / "runs.jsonl"
     if not path.is_file():
         raise FileNotFoundError(f"Expected recorded runs in {path}, but it does not exist.")
-    chosen: dict[tuple[str, int], tuple[dict[str, Any], dict[str, Any]]] = {}
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        entry = json.loads(line)
-        key, row = json.loads(entry["key"]), entry["row"]
+    chosen: dict[tuple[str, int], dict[str, Any]] = {}
+    for entry in read_runs(path):
+        row = entry["row"]
         if row["method"] in methods and (seeds is None or row["seed"] in seeds):
-            chosen[(row["method"], row["seed"])] = (key, row)
+            chosen[(row["method"], row["seed"])] = entry
     if not chosen:
         raise ValueError(f"Expected recorded runs of {list(methods)} in {path}, but found none.")
-    settings = set()
-    for key, _ in chosen.values():
-        shared = {k: v for k, v in key.items() if k not in ("method", "seed", "fp")}
-        shared["teacher"] = Path(shared.get("teacher", "")).name  # same file, relative or absolute path
-        settings.add(json.dumps(shared, sort_keys=True))
+    for name in methods:
+        by_hash: dict[str, list[int]] = {}
+        for (m, seed), entry in sorted(chosen.items(), key=lambda item: item[0][1]):
+            if m == name:
+                by_hash.setdefault(entry["config_hash"], []).append(seed)
+        if len(by_hash) > 1:
+            found = "; ".join(f"config {h[:12]}: seeds {s}" for h, s in by_hash.items())
+            raise ValueError(
+                f"Expected the recorded runs of `{name}` in {path} to come from one configuration, but they come "
+                f"from {len(by_hash)} ({found}): its config, the teacher or the data changed between seeds. Rerun "
+                "cmkd-compare with the current config (it retrains the others) or summarise the seeds apart."
+            )
+    settings = {json.dumps({k: e[k] for k in ("teacher", "data", "training")}, sort_keys=True) for e in chosen.values()}
     if len(settings) != 1:
-        raise ValueError(f"Expected the recorded runs to share data, epochs and teacher, but found {sorted(settings)}.")
-    setting = json.loads(settings.pop())
+        raise ValueError(
+            f"Expected the recorded runs in {path} to share data, epochs and teacher, but found {len(settings)} "
+            f"different ones: {sorted(settings)}."
+        )
+    setting = json.loads(settings.pop())["training"]
     names = [m for m in methods if any(k[0] == m for k in chosen)]
     reference = names[-1] if reference is None else reference
-    rows = [chosen[k][1] for k in sorted(chosen, key=lambda k: (k[1], names.index(k[0])))]
+    rows = [chosen[k]["row"] for k in sorted(chosen, key=lambda k: (k[1], names.index(k[0])))]
     summary = summarize(rows, names, reference)
     n_seeds = len({r["seed"] for r in rows})
     title = (
         f"Composed digits x{setting['num_digits']} ({10 ** setting['num_digits']} classes), {setting['train_size']} "
         f"train images, {setting['epochs']} epochs, {n_seeds} paired seeds"
     )
-    teacher = None
-    if (out / "results.json").is_file():
-        teacher = json.loads((out / "results.json").read_text()).get("teacher")
+    teacher = next(iter(chosen.values())).get("teacher_eval")  # the teacher these runs were trained with
     tables = format_tables(summary, teacher, title)
     result = {"config": setting, "teacher": teacher, "runs": rows, "summary": summary}
     _write_outputs(out / "final", result, rows, summary, tables, title, teacher["top1"] if teacher else None)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from scipy import stats
 
@@ -16,9 +18,13 @@ from cmkd_lightning.compare import (
     main,
     method_from_config,
     resolve_methods,
+    run_keys,
     summarize,
+    summarize_recorded,
+    train_teacher,
 )
 from cmkd_lightning.losses import CMKDLoss, KDLoss
+from datamodules import ComposedDigitsDataModule
 
 
 def _rows():
@@ -115,26 +121,108 @@ def test_command_trains_paired_runs_and_writes_tables(tmp_path, capsys):
     assert again["runs"][0]["top1"] == result["runs"][0]["top1"]
 
 
-def _record(path, method, seed, top1, **setting):
-    key = {"method": method, "seed": seed, "fp": "x", "num_digits": 1, "train_size": 8, "eval_size": 4, "epochs": 1}
-    key.update({"teacher": "runs/t.pt", **setting})
+def _record(path, method, seed, top1, config="c1", **training):
+    """A runs.jsonl record as compare() writes it (config hash, provenance, row)."""
+    train = {"num_digits": 1, "train_size": 8, "eval_size": 4, "epochs": 1, "student": "digits_student", "lr": 0.05}
+    train.update(training)
     row = {"method": method, "seed": seed, "top1": top1, "top5": 100.0, "agreement": top1, "spearman": 0.5}
+    entry = {"key": f"{config}-{seed}", "config_hash": config, "teacher": "t", "data": "d", "training": train}
+    entry["teacher_eval"] = {"top1": 99.0, "top5": 100.0}
     with path.open("a") as f:
-        f.write(json.dumps({"key": json.dumps(key), "row": row}) + "\n")
+        f.write(json.dumps({**entry, "row": {**row, "config_hash": config}}) + "\n")
 
 
 def test_summarize_only_uses_every_recorded_run_and_refuses_mixed_settings(tmp_path, capsys):
     runs = tmp_path / "runs.jsonl"
     for seed, (a, b) in enumerate([(50.0, 52.0), (60.0, 61.0), (55.0, 55.5)]):
         _record(runs, "kd", seed, a)
-        _record(runs, "cmkd", seed, b, teacher=str(tmp_path / "runs" / "t.pt"))  # same teacher file, absolute path
+        _record(runs, "cmkd", seed, b, config="c2")
     _record(runs, "kd", 0, 51.0)  # a later record of the same run wins
     main(["--summarize-only", "--out", str(tmp_path), "--methods", "kd", "cmkd", "--seeds", "0", "1", "2"])
     result = json.loads((tmp_path / "final.json").read_text())
     d = result["summary"]["paired"]["kd"]["top1"]
     assert d["diffs"] == pytest.approx([51.0 - 52.0, 60.0 - 61.0, 55.0 - 55.5])
-    assert "Paired differences (method − cmkd)" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "Paired differences (method − cmkd)" in printed and "| teacher | 99.00 |" in printed
     assert (tmp_path / "final.png").stat().st_size > 0
     _record(runs, "kd", 3, 50.0, epochs=2)
     with pytest.raises(ValueError, match="share data, epochs and teacher"):
         main(["--summarize-only", "--out", str(tmp_path), "--methods", "kd", "cmkd"])
+
+
+def test_summarize_only_refuses_two_configs_under_one_name(tmp_path):
+    runs = tmp_path / "runs.jsonl"
+    _record(runs, "kd", 0, 50.0, config="t4")
+    _record(runs, "kd", 1, 70.0, config="t1")  # the method's YAML was edited between the seeds
+    with pytest.raises(
+        ValueError, match=r"`kd` in .*runs.jsonl to come from one configuration.*config t4: seeds \[0\]"
+    ):
+        main(["--summarize-only", "--out", str(tmp_path), "--methods", "kd"])
+    assert not (tmp_path / "final.json").exists()
+
+
+def test_truncated_last_line_is_skipped_with_a_warning_naming_the_file(tmp_path):
+    runs = tmp_path / "runs.jsonl"
+    _record(runs, "kd", 0, 50.0)
+    _record(runs, "kd", 1, 60.0)
+    runs.write_text(runs.read_text() + '{"key": "c1-2", "config_hash": "c1", "row": {"meth')  # killed mid-write
+    with pytest.warns(UserWarning, match=f"truncated last line of {runs}"):
+        result = summarize_recorded(tmp_path, ["kd"], verbose=False)
+    assert [r["seed"] for r in result["runs"]] == [0, 1]
+    runs.write_text('{"broken\n' + runs.read_text())
+    with pytest.raises(ValueError, match="line 1 of .*runs.jsonl to be a JSON record"):
+        summarize_recorded(tmp_path, ["kd"], verbose=False)
+
+
+def test_run_keys_follow_the_config_not_the_name():
+    provenance = {"teacher": "t", "data": "d", "training": {"epochs": 1}}
+    a = Method("a", lambda: [KDLoss(temperature=4.0)], [1.0])
+    b = Method("b", lambda: [KDLoss(temperature=4.0)], [1.0])
+    a_t1 = Method("a", lambda: [KDLoss(temperature=1.0)], [1.0])
+    assert run_keys(a, 0, provenance) == run_keys(b, 0, provenance)  # the name is not part of the key
+    assert run_keys(a, 0, provenance)[1] != run_keys(a_t1, 0, provenance)[1]  # the temperature is
+    assert run_keys(a, 0, provenance)[0] != run_keys(a, 1, provenance)[0]  # and the seed (not the config hash)
+    assert run_keys(a, 0, provenance)[1] == run_keys(a, 1, provenance)[1]
+    assert run_keys(a, 0, {**provenance, "teacher": "u"}) != run_keys(a, 0, provenance)
+
+
+def test_teacher_file_is_written_atomically(tmp_path, monkeypatch):
+    data = ComposedDigitsDataModule(num_digits=1, train_size=64, val_size=32, test_size=32, batch_size=32)
+    data.setup()
+
+    def killed_mid_write(obj, f):
+        Path(f).write_bytes(b"partial")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(torch, "save", killed_mid_write)
+    with pytest.raises(KeyboardInterrupt):
+        train_teacher(data, 1, tmp_path)
+    assert not list(tmp_path.glob("teacher-*.pt")) and not list(tmp_path.glob(".teacher-*"))
+
+
+@pytest.mark.slow
+def test_cache_is_keyed_by_the_config_and_the_teacher_bytes(tmp_path):
+    out = tmp_path / "cmp"
+    tiny = {"num_digits": 1, "train_size": 256, "eval_size": 64, "epochs": 1, "out": out, "verbose": False}
+    teacher = tmp_path / "teacher.pt"
+    data = ComposedDigitsDataModule(num_digits=1, train_size=256, val_size=64, test_size=64, batch_size=128)
+    data.setup()
+    torch.save(train_teacher(data, 1, tmp_path / "t1").state_dict(), teacher)
+    config = tmp_path / "kd4.yaml"
+    kd = {"class_path": "cmkd_lightning.losses.KDLoss", "init_args": {"temperature": 4.0}}
+    config.write_text(yaml.safe_dump({"model": {"init_args": {"losses": [kd]}}}))
+    first = compare([str(config)], [0], teacher_checkpoint=teacher, **tiny)
+    again = compare([str(config)], [0], teacher_checkpoint=teacher, **tiny)
+    assert again["runs"] == first["runs"]  # reused: same config, teacher bytes, data and seed
+    # the YAML edited between seeds: seed 1 runs T = 1, and a summary of both seeds under one name is refused
+    kd["init_args"]["temperature"] = 1.0
+    config.write_text(yaml.safe_dump({"model": {"init_args": {"losses": [kd]}}}))
+    compare([str(config)], [1], teacher_checkpoint=teacher, **tiny)
+    with pytest.raises(ValueError, match="`kd4` .* to come from one configuration"):
+        summarize_recorded(out, ["kd4"], verbose=False)
+    # another teacher at the same path: the student is trained again, not reported as cached
+    torch.save(train_teacher(data, 2, tmp_path / "t2").state_dict(), teacher)
+    retrained = compare([str(config)], [1], teacher_checkpoint=teacher, **tiny)
+    entries = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
+    assert len(entries) == 3 and len({e["teacher"] for e in entries}) == 2
+    assert retrained["runs"][0]["config_hash"] == entries[-1]["config_hash"]
