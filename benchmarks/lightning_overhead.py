@@ -16,15 +16,24 @@ here, not a library option): the gap between it and the full Lightning run is th
 
 from __future__ import annotations
 
+import argparse
 import cProfile
+import json
 import logging
+import os
 import pstats
 import statistics
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
-from _timing import now, paired_ratio
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script: the sibling _timing module
+from _timing import machine_info, now, paired_ratio  # noqa: E402
 from lightning import Callback, LightningModule, Trainer
 from torch.utils.data import DataLoader
 
@@ -212,3 +221,113 @@ def run(device: torch.device, quick: bool, threads: int, profile: bool) -> dict[
         if profile and (row["ratio"] < TARGET or not quick):
             result["profiles"][loss] = _profile_lightning(loss, loader, steps, device)
     return result
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# before / after: the same measurement on several revisions of the repository, side by side
+
+
+_KEYS = ("ratio", "ratio_lo", "ratio_hi", "plain_step_ms", "lightning_step_ms", "logging_ms_per_step")
+
+
+def _measure_tree(tree: Path, device: str, quick: bool, threads: int, small: bool) -> dict[str, Any]:
+    """One :func:`run` of ``tree``'s own copy of this file, on ``tree``'s package, in a fresh process.
+
+    ``small``: batch 32 and the student's network as the teacher too, so a step costs a few milliseconds and the
+    per-step cost of Lightning and the module is a visible part of it (the digits teacher alone takes tens of ms
+    per batch of 128 on one CPU thread).
+    """
+    patch = (
+        "bench.BATCH = 32\n"
+        "bench.digits_teacher = lambda n: bench.digits_student(n)\n"
+        if small
+        else ""
+    )
+    code = (
+        "import json, sys, torch\n"
+        f"sys.path[:0] = [{str(tree / 'benchmarks')!r}, {str(tree)!r}]\n"
+        "import lightning_overhead as bench\n"
+        f"{patch}"
+        f"result = bench.run(torch.device({device!r}), {quick!r}, {threads}, False)\n"
+        f"rows = {{loss: {{k: row[k] for k in {_KEYS!r}}} for loss, row in result['runs'].items()}}\n"
+        "print('RESULT ' + json.dumps(rows))\n"
+    )
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tree, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"The benchmark of {tree} failed:\n{proc.stderr[-4000:]}")
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("RESULT ")]
+    return json.loads(line.removeprefix("RESULT "))
+
+
+def compare(
+    revisions: list[str], device: str, quick: bool, threads: int, rounds: int, small: bool = False
+) -> dict[str, Any]:
+    """Section C on each git revision (``"."``: this checkout as it is), alternating revisions round by round.
+
+    Each revision runs its own copy of this benchmark on its own package (a ``git archive`` of it), so a ratio is
+    always "that revision's module under Trainer" over "the same plain loop", measured back to back; the rounds
+    alternate the revisions so that a change in the machine's load hits all of them alike.
+    """
+    repo = Path(__file__).resolve().parents[1]
+    with tempfile.TemporaryDirectory() as tmp:
+        trees: dict[str, Path] = {}
+        for rev in revisions:
+            if rev == ".":
+                trees[rev] = repo
+                continue
+            commit = subprocess.run(
+                ["git", "rev-parse", "--short", rev], cwd=repo, capture_output=True, text=True, check=True
+            ).stdout.strip()
+            trees[f"{rev} ({commit})"] = tree = Path(tmp) / commit
+            tree.mkdir()
+            archive = subprocess.run(["git", "archive", commit], cwd=repo, capture_output=True, check=True).stdout
+            subprocess.run(["tar", "-x", "-C", str(tree)], input=archive, check=True)
+        per_round: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+        names = list(trees)
+        for r in range(rounds):
+            for name in names[r % len(names) :] + names[: r % len(names)]:
+                per_round[name].append(_measure_tree(trees[name], device, quick, threads, small))
+    summary = {
+        name: {
+            loss: {key: statistics.median(row[loss][key] for row in rows) for key in _KEYS}
+            for loss in rows[0]
+        }
+        for name, rows in per_round.items()
+    }
+    return {
+        "rounds": rounds,
+        "quick": quick,
+        "small": small,
+        "threads": threads,
+        "summary": summary,
+        "per_round": per_round,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python benchmarks/lightning_overhead.py --revisions <rev> . [--quick] [--rounds N] [--out FILE]``."""
+    parser = argparse.ArgumentParser(description=compare.__doc__.splitlines()[0])
+    parser.add_argument("--revisions", nargs="+", default=["."], help="git revisions; '.' is this checkout")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--quick", action="store_true", help="40 steps x 3 rounds per revision and round")
+    parser.add_argument("--small", action="store_true", help="batch 32, student-sized teacher: a few ms per step")
+    parser.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
+    args = parser.parse_args(argv)
+    result = compare(args.revisions, args.device, args.quick, args.threads, args.rounds, args.small)
+    result["machine"] = machine_info(torch.device(args.device), args.threads)
+    for name, losses in result["summary"].items():
+        for loss, row in losses.items():
+            print(
+                f"{name:>28}  {loss:<4}  Lightning/plain throughput {row['ratio']:.3f} "
+                f"[{row['ratio_lo']:.3f}, {row['ratio_hi']:.3f}]  plain {row['plain_step_ms']:.2f} ms/step  "
+                f"Lightning {row['lightning_step_ms']:.2f} ms/step  of which self.log {row['logging_ms_per_step']:.2f}"
+            )
+    if args.out is not None:
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
