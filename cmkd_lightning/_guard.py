@@ -5,7 +5,10 @@ from __future__ import annotations
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
+
+from cmkd_lightning.errors import LabelRangeError, NonFiniteError
 
 
 def check_every(check_finite: Any) -> int:
@@ -34,6 +37,24 @@ def add_extra_terms(terms: dict[str, Tensor], extra: dict[str, Tensor], owner: s
     return terms
 
 
+def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
+    """``F.cross_entropy``, with a label outside ``[0, C)`` reported as :class:`LabelRangeError` (on CPU).
+
+    On CUDA such a label stops the process with a device-side assertion before any Python code can see it.
+    """
+    try:
+        return F.cross_entropy(logits, targets)
+    except IndexError as err:
+        num_classes = logits.shape[-1]
+        low, high = int(targets.min()), int(targets.max())  # the failure path only: one read
+        bad = high if high >= num_classes else low
+        raise LabelRangeError(
+            f"Expected every label in [0, {num_classes - 1}] (the model's num_classes = {num_classes}), but the batch "
+            f"holds label {bad} (labels from {low} to {high}). The data's labels and `num_classes` disagree: give "
+            "the model and the data module the data's class count, or fix the labels."
+        ) from err
+
+
 def where(stage: str, batch_idx: int, global_step: int, epoch: int) -> str:
     """The step a guard error names."""
     if stage == "train":
@@ -41,8 +62,24 @@ def where(stage: str, batch_idx: int, global_step: int, epoch: int) -> str:
     return f"{stage} batch {batch_idx} (global step {global_step}, epoch {epoch})"
 
 
-def raise_if_not_finite(terms: dict[str, Tensor], stage: str, student_logits: Tensor, where: str) -> None:
-    """Raise ``FloatingPointError`` naming what is NaN/Inf; one host-device sync (a single flag) otherwise."""
+def _finite(t: Tensor | None) -> bool:
+    return t is None or not t.is_floating_point() or bool(torch.isfinite(t.detach()).all())
+
+
+def raise_if_not_finite(
+    terms: dict[str, Tensor],
+    stage: str,
+    student_logits: Tensor,
+    where: str,
+    inputs: Any = None,
+    teacher_logits: Tensor | None = None,
+    first_step: bool = False,
+) -> None:
+    """Raise :class:`NonFiniteError` naming what is NaN/Inf and its likely cause; one flag read otherwise.
+
+    Only on failure are the ``inputs`` and ``teacher_logits`` inspected, to tell bad data or a bad teacher (cache)
+    from a diverging optimisation.
+    """
     flags = [torch.isfinite(t.detach()).all() for t in terms.values()]
     flags.append(torch.isfinite(student_logits.detach()).all())
     if bool(torch.stack(flags).all()):
@@ -52,13 +89,29 @@ def raise_if_not_finite(terms: dict[str, Tensor], stage: str, student_logits: Te
         if stage == "train"
         else f"The weights reached {stage} non-finite or produce non-finite outputs on this batch."
     )
+    if isinstance(inputs, Tensor) and not _finite(inputs):
+        raise NonFiniteError(
+            f"Non-finite input at {where}: the batch's images hold NaN/Inf, so every loss is NaN. {after} Fix the "
+            "data (or its transforms); the learning rate is not the cause."
+        )
+    if not _finite(teacher_logits):
+        raise NonFiniteError(
+            f"Non-finite teacher logits at {where}: the teacher (or the teacher-logit cache it is read from) gives "
+            f"NaN/Inf. {after} Check the teacher checkpoint, or rebuild the cache."
+        )
     if not bool(torch.isfinite(student_logits.detach()).all()):
-        raise FloatingPointError(
+        raise NonFiniteError(
             f"Non-finite student logits at {where}: the student's forward pass produced NaN/Inf before any loss. "
             f"{after} Lower the learning rate or check the data."
         )
     bad = [k for k, v in terms.items() if not bool(torch.isfinite(v.detach()).all())]
-    raise FloatingPointError(
-        f"Non-finite loss at {where}: {', '.join(f'{stage}/{k}' for k in bad)} is NaN/Inf. {after} Lower the "
-        "learning rate, check the data or the teacher checkpoint."
+    names = ", ".join(f"{stage}/{k}" for k in bad)
+    if first_step:  # finite inputs, teacher and student at the first step: the loss's own settings overflow
+        raise NonFiniteError(
+            f"Non-finite loss at {where}, the first step, with finite inputs and logits: {names} is NaN/Inf. {after} "
+            "The loss's settings overflow (e.g. an extreme temperature or weight); the learning rate is not the cause."
+        )
+    raise NonFiniteError(
+        f"Non-finite loss at {where}: {names} is NaN/Inf. {after} Lower the learning rate, check the data or the "
+        "teacher checkpoint."
     )

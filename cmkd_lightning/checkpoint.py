@@ -19,12 +19,15 @@ from __future__ import annotations
 import os
 import pickle
 import re
+import zipfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import torch
 from torch import Tensor, nn
+
+from cmkd_lightning.errors import CheckpointReadError, UnsafeCheckpointError
 
 __all__ = ["load_state_dict_file", "load_weights"]
 
@@ -83,17 +86,45 @@ _CODE_MODULES = frozenset(
 _UNREADABLE = (EOFError, RuntimeError, KeyError, ValueError, UnicodeDecodeError, OSError, IndexError)
 
 
-def _unreadable(path: Path, err: BaseException, detail: str | None = None) -> ValueError:
+def _kind_of_file(path: Path) -> str:
+    """What the first bytes of an unreadable checkpoint say it is: the cause a person can act on."""
+    try:
+        with open(path, "rb") as handle:
+            head = handle.read(4)
+    except OSError:
+        return "unreadable"
+    if not head:
+        return "empty"
+    if head.startswith(b"PK\x03\x04") and not zipfile.is_zipfile(path):
+        return "truncated"  # torch.save's zip format without its end: cut off while being written or copied
+    if head[:1] == b"\x80" and not zipfile.is_zipfile(path):
+        return "plain pickle"  # pickle.dump's output, not torch.save's
+    return "other"
+
+
+def _unreadable(path: Path, err: BaseException, detail: str | None = None) -> CheckpointReadError:
     """The error for a file that is not a readable checkpoint (empty, truncated or not a checkpoint at all)."""
     size = path.stat().st_size if path.exists() else 0
-    what = "is empty (0 bytes)" if size == 0 else f"is damaged or not a PyTorch checkpoint ({size} bytes)"
     if detail is None:
         detail = " ".join(str(err).split()).split(". This is an internal miniz error")[0]
     reason = f"{type(err).__name__}: {detail}" if detail else type(err).__name__
-    return ValueError(
-        f"Could not read the checkpoint '{path}': the file {what}; torch.load said {reason}. "
-        "It was probably cut off while being written or copied, or is another kind of file: write or download "
-        "it again."
+    kind = _kind_of_file(path)
+    if kind == "plain pickle":
+        return CheckpointReadError(
+            f"Could not read the checkpoint '{path}': it is a plain pickle file (written by pickle.dump, {size} "
+            "bytes), not a torch.save checkpoint. Load it in Python and save it again with torch.save(obj, path)."
+        )
+    what = {
+        "empty": "is empty (0 bytes)",
+        "truncated": f"is truncated ({size} bytes of a zip archive whose end is missing)",
+    }.get(kind, f"is damaged or not a PyTorch checkpoint ({size} bytes)")
+    cause = (
+        "It was cut off while being written or copied: write or download it again."
+        if kind in ("empty", "truncated")
+        else "It is another kind of file or was damaged: write or download it again."
+    )
+    return CheckpointReadError(
+        f"Could not read the checkpoint '{path}': the file {what}; torch.load said {reason}. {cause}"
     )
 
 
@@ -110,11 +141,11 @@ def _read(path: Path, weights_only: bool) -> Any:
         name = found.group(1)
         module = name.rsplit(".", 1)[0]
         if module in _CODE_MODULES or module.split(".")[0] in _CODE_MODULES:
-            raise pickle.UnpicklingError(
+            raise UnsafeCheckpointError(
                 f"Refused to load '{path}': it refers to `{name}`, which can run code when the file is loaded. "
                 "A checkpoint of weights never needs it; do not load this file."
             ) from err
-        raise pickle.UnpicklingError(
+        raise UnsafeCheckpointError(
             f"Could not load '{path}' with the safe loader (weights_only=True): it stores a `{name}` object, which "
             "is not a tensor or plain container. If the file is a checkpoint from a source you trust, pass "
             "`weights_only=False` (that can run arbitrary code stored in the file)."

@@ -8,6 +8,8 @@ traceback for ``--verbose``.
 
 from __future__ import annotations
 
+import pickle
+
 __all__ = [
     "CMKDError",
     "CheckpointNotFoundError",
@@ -15,10 +17,12 @@ __all__ = [
     "ConfigFileError",
     "DataError",
     "LabelRangeError",
+    "NonFiniteError",
     "OutputExistsError",
     "PreemptedError",
     "RunMismatchError",
     "TrainingDeviceError",
+    "UnsafeCheckpointError",
     "WandbSetupError",
 ]
 
@@ -32,12 +36,16 @@ class CMKDError(Exception):
     """
 
 
-class CheckpointReadError(CMKDError, OSError):
+class CheckpointReadError(CMKDError, OSError, ValueError):
     """A checkpoint file is missing, empty, truncated, not a checkpoint, or would need unsafe unpickling."""
 
 
 class CheckpointNotFoundError(CheckpointReadError, FileNotFoundError):
     """A checkpoint file that does not exist (yet): e.g. a student's teacher that has not been trained."""
+
+
+class UnsafeCheckpointError(CheckpointReadError, pickle.UnpicklingError):
+    """A checkpoint that refers to Python objects which loading would execute (``weights_only`` refuses it)."""
 
 
 class RunMismatchError(CMKDError, ValueError):
@@ -54,6 +62,10 @@ class DataError(CMKDError, ValueError):
 
 class LabelRangeError(DataError, IndexError):
     """A label lies outside ``[0, num_classes)``."""
+
+
+class NonFiniteError(CMKDError, FloatingPointError):
+    """A loss term, the logits or the inputs of a step are NaN or infinite (the ``check_finite`` guard)."""
 
 
 class OutputExistsError(CMKDError, FileExistsError):

@@ -105,8 +105,12 @@ def _has_teacher_checkpoint(rel: str) -> bool:
     return False
 
 
-def smoke_overrides(rel: str, device: str, precision: str | None = None, small: bool | None = None) -> list[str]:
+def smoke_overrides(
+    rel: str, device: str, precision: str | None = None, small: bool | None = None, keep_logger: bool = False
+) -> list[str]:
     """CLI overrides that run ``rel`` on synthetic data on one ``device`` without files, logger or teacher weights.
+
+    ``keep_logger`` keeps the config's own logger (W&B for the shipped configs), as a user's run has it.
 
     ``small`` (default: on CPU) shrinks batches and ImageNet images so a step takes well under a second on CPU;
     on a GPU the configs' own batch sizes and image sizes are kept. The trainer strategy is the config's (DDP for
@@ -115,7 +119,7 @@ def smoke_overrides(rel: str, device: str, precision: str | None = None, small: 
     small = device == "cpu" if small is None else small
     dataset = rel.split("/")[0]
     args = [
-        "--trainer.logger=false",
+        *([] if keep_logger else ["--trainer.logger=false"]),
         f"--trainer.accelerator={'gpu' if device == 'cuda' else 'cpu'}",
         "--trainer.devices=1",
         "--trainer.num_nodes=1",
@@ -196,6 +200,7 @@ def run_config(
     steps: int = 2,
     timeout_s: int | None = None,
     small: bool | None = None,
+    keep_logger: bool = False,
 ) -> dict[str, Any]:
     """Build ``rel`` through the ``cmkd`` CLI in this process and run ``stages`` on synthetic data.
 
@@ -208,7 +213,7 @@ def run_config(
     from cmkd_lightning.cli import build_cli
 
     _memoise_subclass_scan()
-    args = [*config_files(rel), *smoke_overrides(rel, device, precision, small)]
+    args = [*config_files(rel), *smoke_overrides(rel, device, precision, small, keep_logger)]
     if fast_dev_run:
         args.append("--trainer.fast_dev_run=true")
     else:

@@ -41,7 +41,7 @@ from cmkd_lightning.cli.resume import (
     versioned_arguments,
 )
 from cmkd_lightning.cli.wandb_mode import ensure_wandb_mode
-from cmkd_lightning.errors import CMKDError
+from cmkd_lightning.errors import CMKDError, DataError
 from cmkd_lightning.module import DistillationModule
 from cmkd_lightning.runtime import CPU_THREADS_ENV, quiet_lightning, set_cpu_threads
 
@@ -215,6 +215,17 @@ class DistillationCLI(LightningCLI):
                 kwargs.setdefault("logger", logger)
         return super().instantiate_trainer(**kwargs)
 
+    def after_fit(self) -> None:
+        """Refuse a ``fit`` that trained nothing because the training data is empty (Lightning only warns)."""
+        trainer = self.trainer
+        if trainer.num_training_batches == 0 and trainer.limit_train_batches not in (0, 0.0):
+            data = type(self.datamodule).__name__ if self.datamodule is not None else "the data"
+            raise DataError(
+                f"Expected training batches from {data}, but its train_dataloader() yields none (an empty dataset, or "
+                "fewer samples than one batch with drop_last=True): nothing was trained. Check the data path and "
+                "split sizes."
+            )
+
     def _logger_config(self) -> Any:
         """The trainer's logger as configured (``class_path`` + ``init_args``), or None for several / none."""
         logger = self._subcommand_config().trainer.get("logger")
@@ -338,8 +349,20 @@ def _first_line(obj: Any) -> str:
     return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
 
 
+def _finish_wandb() -> None:
+    """End a W&B run the failed run left open, so wandb's own shutdown output comes before our message."""
+    wandb = sys.modules.get("wandb")
+    if wandb is None or getattr(wandb, "run", None) is None:
+        return
+    try:
+        wandb.finish(exit_code=1, quiet=True)
+    except Exception:  # noqa: BLE001 - a W&B problem (e.g. a full disk) must not hide the run's own error
+        pass
+
+
 def _report(err: BaseException) -> None:
     """Print a library error as the last lines a person reads: where the traceback is, then the message."""
+    _finish_wandb()
     message = str(err).strip() or type(err).__name__
     if not message.startswith("cmkd: error"):
         message = f"cmkd: error; full traceback: add --verbose or set {VERBOSE_ENV}=1.\n{message}"

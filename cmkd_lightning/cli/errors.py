@@ -110,7 +110,8 @@ def _config_key(config: Any, cls: type, prefix: str = "") -> str | None:
 def describe_build_error(error: BaseException, config: Any, config_files: list[str]) -> BuildError:
     """A :class:`BuildError` naming the class, its config key and the config files, ending with the root message."""
     chain = _chain(error)
-    root = next((e for e in reversed(chain) if _raised_by_project(e)), chain[-1])
+    root = next((e for e in reversed(chain) if isinstance(e, CMKDError) and not isinstance(e, BuildError)), None)
+    root = root or next((e for e in reversed(chain) if _raised_by_project(e)), chain[-1])
     cls = _built_class(chain)
     where = "the model and data"
     if cls is not None:
