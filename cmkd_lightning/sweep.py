@@ -40,6 +40,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
+import logging
 import math
 import os
 import socket
@@ -380,7 +381,9 @@ def build_trial_cli(config: dict[str, Any]) -> Any:
 
     ensure_wandb_mode()
     try:
-        return build_cli(config, run=False, parser_kwargs={"exit_on_error": False})
+        with warnings.catch_warnings():  # the config is the trial's, whatever the sweep's own command line holds
+            warnings.filterwarnings("ignore", message=r"LightningCLI's args parameter is intended")
+            return build_cli(config, run=False, parser_kwargs={"exit_on_error": False})
     except (argparse.ArgumentError, SystemExit, ValueError, TypeError, KeyError, ImportError) as err:
         raise TrialConfigError(_short_reason(err)) from err
 
@@ -550,7 +553,6 @@ def run_sweep(
     """
     optuna = _require_optuna(integration=True)
     from optuna.storages import fail_stale_trials
-    from optuna.trial import TrialState
     from optuna_integration import PyTorchLightningPruningCallback
     from sqlalchemy.engine import make_url
 
@@ -645,6 +647,36 @@ def run_sweep(
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 fail_stale_trials(study)
 
+    with _without_config_tracebacks():
+        _optimize(study, objective, trials, grid, fail_stale)
+    fail_stale()
+    _link_best_trial(study)
+    return study
+
+
+class _DropConfigTracebacks(logging.Filter):
+    """Drop Optuna's log record of a trial that failed with :class:`TrialConfigError` (cmkd-sweep says it once)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], TrialConfigError))
+
+
+@contextlib.contextmanager
+def _without_config_tracebacks() -> Iterator[None]:
+    handlers = logging.getLogger("optuna").handlers
+    drop = _DropConfigTracebacks()
+    for handler in handlers:
+        handler.addFilter(drop)
+    try:
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(drop)
+
+
+def _optimize(study: Any, objective: Any, trials: int, grid: bool, fail_stale: Any) -> None:
+    from optuna.trial import TrialState
+
     for _ in range(trials):
         fail_stale()
         if grid and not study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
@@ -653,9 +685,6 @@ def run_sweep(
             study.optimize(objective, n_trials=1, catch=())
         except _GridExhausted:
             break
-    fail_stale()
-    _link_best_trial(study)
-    return study
 
 
 def _link_best_trial(study: Any) -> None:
