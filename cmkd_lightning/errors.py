@@ -21,6 +21,8 @@ __all__ = [
     "OutputExistsError",
     "PreemptedError",
     "RunMismatchError",
+    "TeacherCacheError",
+    "TeacherCacheWriteError",
     "TrainingDeviceError",
     "UnsafeCheckpointError",
     "WandbSetupError",
@@ -94,3 +96,11 @@ class PreemptedError(CMKDError, SystemExit):
 
     def __str__(self) -> str:
         return self.message
+
+
+class TeacherCacheError(CMKDError, ValueError):
+    """A teacher-logit cache that cannot be used: bound to other weights or data, unfinished, damaged, or busy."""
+
+
+class TeacherCacheWriteError(CMKDError, OSError):
+    """A teacher-logit cache that cannot be written: a read-only or missing folder, a full disk."""
