@@ -106,9 +106,10 @@ def raise_if_not_finite(
         )
     bad = [k for k, v in terms.items() if not bool(torch.isfinite(v.detach()).all())]
     names = ", ".join(f"{stage}/{k}" for k in bad)
-    if first_step:  # finite inputs, teacher and student at the first step: the loss's own settings overflow
+    if first_step:  # finite inputs, teacher and student before any update: the loss's own settings overflow
         raise NonFiniteError(
-            f"Non-finite loss at {where}, the first step, with finite inputs and logits: {names} is NaN/Inf. {after} "
+            f"Non-finite loss at {where}, before any update, with finite inputs and logits: {names} is NaN/Inf. "
+            f"{after} "
             "The loss's settings overflow (e.g. an extreme temperature or weight); the learning rate is not the cause."
         )
     raise NonFiniteError(

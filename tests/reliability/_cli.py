@@ -98,3 +98,20 @@ def _cli_error(capsys, args: list[str]) -> tuple[int, list[str]]:
     return info.value.code, [line for line in err.splitlines() if line.strip()]
 
 
+
+
+class WaitForSignal(Callback):
+    """Test helper: after batch ``batch`` of ``epoch`` write ``marker``, then wait (at most 120 s) for a signal.
+
+    The step then ends normally, so a pre-emption signal stops the run at this step boundary.
+    """
+
+    def __init__(self, marker: str, epoch: int = 1, batch: int = 1) -> None:
+        self.marker, self.epoch, self.batch = marker, epoch, batch
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        if trainer.current_epoch == self.epoch and batch_idx == self.batch:
+            Path(self.marker).write_text(str(trainer.global_step))
+            deadline = time.monotonic() + 120
+            while not trainer.received_sigterm and time.monotonic() < deadline:
+                time.sleep(0.05)

@@ -1,0 +1,60 @@
+"""The first smoke test a Lightning user runs: ``--trainer.fast_dev_run=true``, with the config's own logger.
+
+Lightning swaps the logger for a stand-in under ``fast_dev_run``; code that reads a real logger's attributes
+crashed every config (issue 23). The digits configs run as a user types them (``cmkd fit -c ...``, W&B offline, real
+offline data); every shipped config runs the same way on synthetic data through the GPU-check driver.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+import torch
+
+from cmkd_lightning.cli import main
+from tests.reliability._cli import DIGITS, REPO
+
+
+def _driver():
+    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules.setdefault("gpu_check", module)
+    spec.loader.exec_module(module)
+    return module
+
+
+gpu_check = _driver()
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", sorted(p.name for p in DIGITS.glob("*.yaml")))
+def test_digits_config_fast_dev_run_with_its_wandb_logger(tmp_path, monkeypatch, capsys, config):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    args = ["fit", "-c", str(DIGITS / config), "--trainer.fast_dev_run=true", "--data.init_args.train_size=64"]
+    if config != "teacher.yaml":
+        args.append("--model.init_args.teacher_checkpoint=null")
+    main(args)  # returns (exit 0) or raises
+    out = capsys.readouterr().out
+    assert "cmkd fit finished: 1 epoch(s)" in out
+    assert not list(tmp_path.rglob("*.ckpt"))  # a smoke test writes no checkpoint and publishes none
+
+
+@pytest.mark.slow
+def test_every_shipped_config_fast_dev_runs_with_its_own_logger():
+    failures = []
+    for rel in gpu_check.all_configs():
+        result = gpu_check.run_config(rel, device="cpu", fast_dev_run=True, keep_logger=True)
+        if result["status"] != "pass":
+            failures.append(f"{rel}: {result['error']}")
+    assert not failures, "\n".join(failures)
