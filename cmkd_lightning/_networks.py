@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Sequence
 from typing import Any, NamedTuple
 
 import torch
@@ -10,10 +11,63 @@ from torch import Tensor, nn
 
 
 class Features(NamedTuple):
-    """Penultimate features of a step (``capture_features = True``): ``(N, D_s)`` and ``(N, D_t)`` or ``None``."""
+    """Features of a step.
 
-    student: Tensor
+    ``student`` / ``teacher``: the penultimate features (``capture_features = True``), ``(N, D_s)`` and ``(N, D_t)``
+    or ``None``. ``student_layers`` / ``teacher_layers``: the intermediate features the feature losses asked for,
+    keyed by layer spec (:func:`~cmkd_lightning.models.extract_named_features`), or ``None``.
+    """
+
+    student: Tensor | None
     teacher: Tensor | None
+    student_layers: dict[str, Tensor] | None = None
+    teacher_layers: dict[str, Tensor] | None = None
+
+
+class FeatureLayers(NamedTuple):
+    """The layer specs the feature losses read from each network (union over the losses)."""
+
+    student: list[str]
+    teacher: list[str]
+
+
+def build_feature_losses(
+    losses: Sequence[nn.Module], student: nn.Module, teacher: nn.Module | None, teacher_cache: Any
+) -> FeatureLayers | None:
+    """Build the connectors of every feature loss from both networks; ``None`` when no loss reads features."""
+    from cmkd_lightning.losses.feature import FeatureDistillationLoss
+
+    feature_losses = [loss for loss in losses if isinstance(loss, FeatureDistillationLoss)]
+    if not feature_losses:
+        return None
+    names = [type(loss).__name__ for loss in feature_losses]
+    if teacher is None:
+        raise ValueError(f"Expected a `teacher` for the feature losses {names}, but got teacher=None.")
+    if teacher_cache is not None:
+        raise ValueError(
+            f"Expected no `teacher_cache` with the feature losses {names} (they read the teacher's intermediate "
+            "features, which the cache does not hold), but got one."
+        )
+    for loss in feature_losses:
+        loss.build(student, teacher)
+    return FeatureLayers(
+        list(dict.fromkeys(s for loss in feature_losses for s in loss.student_specs)),
+        list(dict.fromkeys(s for loss in feature_losses for s in loss.teacher_specs)),
+    )
+
+
+def feature_inputs(loss: nn.Module, features: Features | None, batch: Any) -> dict[str, Any]:
+    """The keyword arguments of a feature loss: its features (float32) and, for CRD, the batch's indices."""
+    if features is None or features.student_layers is None or features.teacher_layers is None:
+        raise RuntimeError(f"Expected the step to have captured the features of {type(loss).__name__}, but it did not.")
+    inputs: dict[str, Any] = {
+        "student_features": [features.student_layers[s].float() for s in loss.student_specs],
+        "teacher_features": [features.teacher_layers[s].detach().float() for s in loss.teacher_specs],
+    }
+    if loss.requires_indices and isinstance(batch, (list, tuple)):
+        inputs["indices"] = batch[2] if len(batch) > 2 else None
+        inputs["contrast_indices"] = batch[3] if len(batch) > 3 else None
+    return inputs
 
 
 def no_autocast(device_type: str) -> contextlib.AbstractContextManager:

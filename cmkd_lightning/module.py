@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Sequence
+from contextlib import nullcontext
 from typing import Any, ClassVar, Literal
 
 import torch
@@ -18,7 +19,8 @@ from cmkd_lightning._aggregate import EpochLogging, epoch_metrics
 from cmkd_lightning._checkpointing import CheckpointHooks
 from cmkd_lightning._networks import Features, no_autocast
 from cmkd_lightning.losses.base import DistillationLoss
-from cmkd_lightning.models import extract_features, freeze
+from cmkd_lightning.losses.feature import FeatureDistillationLoss
+from cmkd_lightning.models import extract_features, feature_hooks, freeze
 from cmkd_lightning.runtime import QuietStart
 from cmkd_lightning.schedules import StepOrCosine
 
@@ -130,6 +132,7 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
             # An instance-level hook: only a module with a cache overrides it, so Lightning's "overridden in the
             # LightningModule but a LightningDataModule was passed" notice does not fire for every other run.
             self.on_before_batch_transfer = self._attach_cached_teacher
+        self._feature_layers = _networks.build_feature_losses(self.losses, self.student, self.teacher, teacher_cache)
         _networks.prepare([self.student, self.teacher], channels_last=channels_last, compile=compile)
         self.epoch_metrics = epoch_metrics(self.num_classes, self._epoch_keys())
         self.best_val_top1 = 0.0
@@ -157,9 +160,17 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
 
     # ------------------------------------------------------------------ losses
     def compute_losses(
-        self, student_logits: Tensor, teacher_logits: Tensor | None, targets: Tensor
+        self,
+        student_logits: Tensor,
+        teacher_logits: Tensor | None,
+        targets: Tensor,
+        features: Features | None = None,
+        batch: Any = None,
     ) -> dict[str, Tensor]:
         """Cross-entropy plus every weighted distillation loss, in float32 outside autocast.
+
+        Feature losses (:class:`~cmkd_lightning.losses.FeatureDistillationLoss`) also receive the step's
+        ``features`` (and the ``batch``'s sample indices for CRD); a ``training_only`` one is skipped outside training.
 
         Returns:
             ``{"loss": total, "ce": ..., "<name>/loss": weighted loss, "<name>/<component>": ...}``.
@@ -173,7 +184,12 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
             if teacher_logits is not None and len(self.losses):
                 zt = teacher_logits.detach().float()
                 for name, loss, weight in zip(self._loss_names, self.losses, self.loss_weights):
-                    terms = loss(zs, zt, targets)
+                    if isinstance(loss, FeatureDistillationLoss):
+                        if loss.training_only and not self.training:
+                            continue
+                        terms = loss(zs, zt, targets, **_networks.feature_inputs(loss, features, batch))
+                    else:
+                        terms = loss(zs, zt, targets)
                     factor = loss.warmup_factor(self.current_epoch)
                     weighted = weight * factor * terms["loss"]
                     total = total + weighted
@@ -207,16 +223,21 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
     def _forward(self, batch: Any, stage: str) -> tuple[Tensor, Tensor | None, Features | None]:
         x, y = batch[0], batch[1]
         grab = extract_features if self.capture_features else (lambda net, inputs: (None, net(inputs)))
-        fs, zs = grab(self.student, x)
-        ft = zt = None
+        layers = self._feature_layers
+        hooks = feature_hooks if layers is not None else (lambda *_: nullcontext())
+        with hooks(self.student, layers.student if layers else None) as named_s:
+            fs, zs = grab(self.student, x)
+        ft = zt = named_t = None
         if self._teacher_cache is not None and stage == "train":
             zt = self._teacher_cache.batch_logits(batch, y)
         elif self.teacher is not None:
-            with torch.no_grad():
+            with torch.no_grad(), hooks(self.teacher, layers.teacher if layers else None) as named_t:
                 ft, zt = grab(self.teacher, x)
         for role, logits in (("student", zs), ("teacher", zt)):
             if logits is not None:
                 _networks.check_logits(logits, role, y, self.num_classes)
+        if layers is not None:
+            return zs, zt, Features(fs, ft, named_s, named_t)
         return zs, zt, (Features(fs, ft) if self.capture_features else None)
 
     def _epoch_keys(self) -> list[str]:
@@ -238,7 +259,7 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
         """
         y = batch[1]
         student_logits, teacher_logits, features = self._forward(batch, stage)
-        terms = self.compute_losses(student_logits, teacher_logits, y)
+        terms = self.compute_losses(student_logits, teacher_logits, y, features, batch)
         extra = self.extra_losses(batch, student_logits, teacher_logits, features)
         terms = _guard.add_extra_terms(terms, extra, type(self).__name__) if extra else terms
         step = self.global_step if stage == "train" else batch_idx

@@ -1,11 +1,33 @@
 """Distillation losses as ``nn.Module``: thin wrappers over :mod:`cmkd_lightning.functional`."""
 
+from cmkd_lightning.losses.at import ATLoss
 from cmkd_lightning.losses.base import DistillationLoss
 from cmkd_lightning.losses.cmkd import CMKDLoss
+from cmkd_lightning.losses.crd import CRDLoss
 from cmkd_lightning.losses.dist import DISTLoss
 from cmkd_lightning.losses.dkd import DKDLoss
+from cmkd_lightning.losses.feature import FeatureDistillationLoss
+from cmkd_lightning.losses.fitnet import FitNetLoss
 from cmkd_lightning.losses.kd import KDLoss
 from cmkd_lightning.losses.lskd import LSKDLoss
 from cmkd_lightning.losses.nkd import NKDLoss
+from cmkd_lightning.losses.ofd import OFDLoss
+from cmkd_lightning.losses.reviewkd import ReviewKDLoss
+from cmkd_lightning.losses.rkd import RKDLoss
 
-__all__ = ["CMKDLoss", "DISTLoss", "DKDLoss", "DistillationLoss", "KDLoss", "LSKDLoss", "NKDLoss"]
+__all__ = [
+    "ATLoss",
+    "CMKDLoss",
+    "CRDLoss",
+    "DISTLoss",
+    "DKDLoss",
+    "DistillationLoss",
+    "FeatureDistillationLoss",
+    "FitNetLoss",
+    "KDLoss",
+    "LSKDLoss",
+    "NKDLoss",
+    "OFDLoss",
+    "RKDLoss",
+    "ReviewKDLoss",
+]
