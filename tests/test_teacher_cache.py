@@ -10,8 +10,12 @@ Tolerances (stated once, used below):
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 import pickle
 import re
+import struct
 
 import lightning as L
 import numpy as np
@@ -23,10 +27,12 @@ from torch import nn
 from torchvision import transforms
 
 from cmkd_lightning import DistillationModule
+from cmkd_lightning.errors import CMKDError
 from cmkd_lightning.losses import CMKDLoss, KDLoss
 from cmkd_lightning.teacher_cache import (
     IDENTITY_VIEW,
     NUM_VIEWS,
+    CorruptTeacherCacheError,
     StaleTeacherCacheError,
     TeacherLogitCache,
     build_cache,
@@ -37,6 +43,8 @@ from cmkd_lightning.teacher_cache import (
     view_params,
 )
 from cmkd_lightning.teacher_cache import build as build_module
+from cmkd_lightning.teacher_cache import store as store_module
+from cmkd_lightning.teacher_cache.store import HEADER_BYTES
 from datamodules import CIFAR100_MEAN, CIFAR100_STD, CIFAR100DataModule
 from datamodules.cifar100 import cifar100_images
 from tests._fakes import write_fake_cifar100
@@ -365,7 +373,9 @@ def test_a_file_of_another_teacher_is_not_overwritten_without_asking(train_split
     images, targets = train_split
     path = tmp_path / "c.tlc"
     _build(path, tiny_net(0), images, targets)
-    with pytest.raises(StaleTeacherCacheError, match="Pass `overwrite=True` \\(`--overwrite`\\)"):
+    with pytest.raises(
+        StaleTeacherCacheError, match=r"holds another \(weights_sha256: .*\). Pass --overwrite \(`overwrite=True`\)"
+    ):
         _build(path, tiny_net(2), images, targets)
     cache = _build(path, tiny_net(2), images, targets, overwrite=True)
     cache.check_teacher(tiny_net(2))
@@ -405,3 +415,95 @@ def test_command_line_build_from_configs_and_info(data_dir, tmp_path, capsys):
     assert out.stat().st_size == 4096 + 2 * 162 * 100 * 2
     main(["info", str(out)])
     assert '"weights_sha256"' in capsys.readouterr().out
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# checksums: the logits and the header hash to what the build recorded
+
+
+def _new_process(monkeypatch):
+    """Forget which files this process verified, as a new process would."""
+    monkeypatch.setattr(store_module, "_VERIFIED", {})
+    monkeypatch.setattr(store_module, "_WARNED_UNCHECKED", set())
+
+
+def test_logits_overwritten_with_finite_garbage_are_refused(train_split, tmp_path, monkeypatch):
+    images, targets = train_split
+    path = tmp_path / "c.tlc"
+    built = _build(path, tiny_net(), images, targets)
+    header = read_header(path)
+    assert header["logits_sha256"] == hashlib.sha256(np.ascontiguousarray(built.array).tobytes()).hexdigest()
+    _new_process(monkeypatch)
+    TeacherLogitCache(path)  # intact: opens
+    offset = HEADER_BYTES + 7 * NUM_VIEWS * 100 * 2 + 4000  # somewhere inside image 7
+    with open(path, "r+b") as file:
+        file.seek(offset)
+        rows = np.frombuffer(file.read(64), "<f2")
+        garbage = (rows + np.float16(0.5)).astype("<f2")
+        assert np.isfinite(garbage).all() and not np.array_equal(garbage, rows)
+        file.seek(offset)
+        file.write(garbage.tobytes())
+    _new_process(monkeypatch)
+    with pytest.raises(
+        CorruptTeacherCacheError, match=re.escape(str(path)) + r".* the file was changed or damaged"
+    ) as e:
+        TeacherLogitCache(path)
+    assert f"cmkd-teacher-cache build --overwrite --output {path}" in str(e.value)
+    assert isinstance(e.value, CMKDError) and isinstance(e.value, ValueError)
+    with open(path, "r+b") as file:  # the original bytes back: accepted again
+        file.seek(offset)
+        file.write(rows.tobytes())
+    _new_process(monkeypatch)
+    assert torch.equal(TeacherLogitCache(path).lookup(torch.tensor([7]), torch.tensor([12])),
+                       built.lookup(torch.tensor([7]), torch.tensor([12])))  # fmt: skip
+
+
+def test_logits_are_hashed_once_per_file_state_and_never_after_unpickling(train_split, tmp_path, monkeypatch):
+    images, targets = train_split
+    path = tmp_path / "c.tlc"
+    _build(path, tiny_net(), images, targets)
+    _new_process(monkeypatch)
+    calls = []
+    real = store_module.logits_sha256
+    monkeypatch.setattr(store_module, "logits_sha256", lambda p: calls.append(p) or real(p))
+    cache = TeacherLogitCache(path)
+    TeacherLogitCache(path)
+    pickle.loads(pickle.dumps(cache)).lookup(torch.tensor([0]), torch.tensor([0]))
+    assert len(calls) == 1
+    st = path.stat()
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # the file changed: hashed again
+    TeacherLogitCache(path)
+    assert len(calls) == 2
+    cache.verify(force=True)
+    assert len(calls) == 3
+
+
+def test_a_cache_without_a_checksum_is_used_with_one_warning_to_rebuild(train_split, tmp_path, monkeypatch):
+    images, targets = train_split
+    path = tmp_path / "c.tlc"
+    reference = _build(path, tiny_net(), images, targets)
+    header = read_header(path)
+    del header["logits_sha256"]
+    blob = json.dumps(header, sort_keys=True).encode()  # the header as the builder wrote it before checksums
+    with open(path, "r+b") as file:
+        file.write(b"CMKDTLC1" + struct.pack("<Q", len(blob)) + blob.ljust(HEADER_BYTES - 16, b" "))
+    _new_process(monkeypatch)
+    with pytest.warns(UserWarning, match=f"{re.escape(str(path))} has no checksum .* --overwrite") as record:
+        cache = TeacherLogitCache(path)
+        TeacherLogitCache(path)
+    assert len(record) == 1
+    assert np.array_equal(cache.array, reference.array)
+
+
+def test_a_damaged_header_that_still_parses_is_refused(train_split, tmp_path, monkeypatch):
+    images, targets = train_split
+    path = tmp_path / "c.tlc"
+    _build(path, tiny_net(), images, targets)
+    raw = bytearray(path.read_bytes()[:HEADER_BYTES])
+    at = raw.index(b'"images_done": 10')
+    raw[at + len(b'"images_done": ') : at + len(b'"images_done": 10')] = b"99"  # still valid JSON
+    with open(path, "r+b") as file:
+        file.write(raw)
+    _new_process(monkeypatch)
+    with pytest.raises(CorruptTeacherCacheError, match="header of the teacher-logit cache .* was damaged"):
+        TeacherLogitCache(path)

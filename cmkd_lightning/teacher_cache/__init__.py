@@ -8,11 +8,14 @@ it to the teacher's weights, the data, the transform, the split and the class co
 Design and measurements: ``docs/TEACHER_CACHE.md``.
 """
 
-from cmkd_lightning.teacher_cache.build import build_cache, main
+from cmkd_lightning.teacher_cache.build import TeacherCacheBusyError, build_cache, main
 from cmkd_lightning.teacher_cache.store import (
+    CorruptTeacherCacheError,
     StaleTeacherCacheError,
+    TeacherCacheNotFoundError,
     TeacherLogitCache,
     data_sha256,
+    logits_sha256,
     read_header,
     state_dict_sha256,
 )
@@ -28,10 +31,14 @@ from cmkd_lightning.teacher_cache.views import (
 __all__ = [
     "IDENTITY_VIEW",
     "NUM_VIEWS",
+    "CorruptTeacherCacheError",
     "StaleTeacherCacheError",
+    "TeacherCacheBusyError",
+    "TeacherCacheNotFoundError",
     "TeacherLogitCache",
     "build_cache",
     "data_sha256",
+    "logits_sha256",
     "main",
     "read_header",
     "render_all_views",

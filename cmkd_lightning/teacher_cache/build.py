@@ -9,17 +9,26 @@ Command line (``cmkd-teacher-cache`` or ``python -m cmkd_lightning.teacher_cache
     cmkd-teacher-cache info caches/resnet32x4.tlc
 
 The build runs in ``torch.inference_mode`` at a large batch, shows its progress, and records its progress in the
-file's header: run the same command again after an interruption and it resumes where it stopped.
+file's header: run the same command again after an interruption and it resumes where it stopped. The file is
+preallocated before the first logit is computed (a full disk is an error naming the folder, the bytes needed and
+free, not a crash), written under a lock (a second build of the same file is refused while the first runs), and
+ends with the SHA-256 of its logits in the header. Bad input ends in two lines on stderr and exit code 1;
+``--verbose`` or ``CMKD_VERBOSE=1`` shows the traceback.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as _dt
+import errno
+import fcntl
 import math
+import os
+import shutil
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -27,16 +36,20 @@ import numpy as np
 import torch
 from torch import nn
 
+from cmkd_lightning.errors import CMKDError, TeacherCacheError, TeacherCacheWriteError
 from cmkd_lightning.teacher_cache.store import (
     DTYPES,
     FORMAT_VERSION,
     HEADER_BYTES,
     StaleTeacherCacheError,
     TeacherLogitCache,
+    _differences,
     binding,
-    create_file,
+    data_bytes,
     data_sha256,
+    logits_sha256,
     read_header,
+    remember_verified,
     state_dict_sha256,
     write_header,
 )
@@ -48,6 +61,204 @@ _CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 _SPLITS = ("train", "test")
 #: Seconds between progress records in the header (what a resumed build skips).
 _SAVE_EVERY_S = 10.0
+#: ``posix_fallocate`` errors that mean "not supported here": the builder writes zeros instead.
+_NO_FALLOCATE = frozenset({errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS, errno.EINVAL})
+_NO_SPACE = frozenset({errno.ENOSPC, errno.EDQUOT})
+_ZEROS_CHUNK = 1 << 24
+VERBOSE_ENV = "CMKD_VERBOSE"
+
+
+class TeacherCacheBusyError(TeacherCacheError):
+    """Another process is building the same teacher-logit cache file (it holds the file's lock)."""
+
+
+def _bytes_text(n: int | None) -> str:
+    if n is None:
+        return "an unknown number of bytes"
+    return f"{n:,} bytes ({n / 2**20:,.1f} MiB)"
+
+
+def _reason(err: OSError) -> str:
+    name = errno.errorcode.get(err.errno, "") if err.errno is not None else ""
+    text = err.strerror or str(err)
+    return f"{text} ({name})" if name else text
+
+
+def _folder_error(output: Path, err: OSError) -> TeacherCacheWriteError:
+    """The folder of ``output`` cannot be created: name the part of the path that is in the way."""
+    folder = output.parent
+    blocker = next((p for p in (folder, *folder.parents) if p.exists() or p.is_symlink()), None)
+    if blocker is not None and not blocker.is_dir():
+        why = f"{blocker} is a file, not a folder"
+    else:
+        why = f"creating it failed: {_reason(err)}"
+    return TeacherCacheWriteError(
+        f"Expected the folder {folder} of the teacher-logit cache (--output {output}) to exist or be creatable, "
+        f"but {why}. Choose another --output."
+    )
+
+
+def _write_error(output: Path, err: OSError, *, needed: int, kept: int | None) -> TeacherCacheWriteError:
+    """A failed write of ``output``: a full disk (bytes needed and free), or a folder that refuses writes.
+
+    ``kept`` is the number of images an unfinished file that stays behind holds, or ``None`` if it was removed.
+    """
+    folder = output.parent
+    if err.errno in _NO_SPACE:
+        try:
+            free: int | None = shutil.disk_usage(folder).free
+        except OSError:
+            free = None
+        left = (
+            "Nothing was left behind"
+            if kept is None
+            else f"The file stays, marked unfinished ({kept} images done), so nothing will read it as complete"
+        )
+        again = "run the same command again" + (" to resume" if kept is not None else "")
+        return TeacherCacheWriteError(
+            f"Expected {_bytes_text(needed)} free in {folder} for the teacher-logit cache {output.name}, but the "
+            f"disk is full ({_bytes_text(free)} free; {_reason(err)}). {left}: free space (or choose --output on "
+            f"a larger disk) and {again}."
+        )
+    return TeacherCacheWriteError(
+        f"Expected to write the teacher-logit cache {output}, but the folder {folder} refuses it ({_reason(err)}). "
+        "Make the folder writable or choose another --output."
+    )
+
+
+@contextlib.contextmanager
+def _folder_lock(folder: Path) -> Iterator[None]:
+    """Hold an exclusive lock on ``folder`` while a build checks and creates its file (released on exit).
+
+    Where directories cannot be locked (some network file systems) the exclusive create and the file lock still
+    keep two builds apart; only their error message may then name a half-written header.
+    """
+    try:
+        fd = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+    except OSError:
+        yield
+        return
+    try:
+        with contextlib.suppress(OSError):
+            fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
+
+
+def _busy(output: Path) -> TeacherCacheBusyError:
+    return TeacherCacheBusyError(
+        f"Expected to be the only build writing {output}, but another process is building it now (it holds the "
+        "file's lock). Wait for it to finish and run this command again (it reuses or resumes that file), or "
+        "choose another --output."
+    )
+
+
+def _open_output(output: Path, header: dict[str, Any], overwrite: bool) -> tuple[int | None, dict[str, Any], int, bool]:
+    """Open ``output`` for the build, locked: ``(fd, header, images already done, created now)``.
+
+    ``fd`` is ``None`` when ``output`` already holds this complete cache. A file bound to anything else is refused
+    unless ``overwrite``, which unlinks it (a run reading the old file keeps its own copy of the inode) and creates a
+    new one. A file another build holds is refused.
+    """
+    folder = output.parent
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise _folder_error(output, err) from err
+    if output.is_dir():
+        raise TeacherCacheWriteError(
+            f"Expected --output {output} to name a file, but it is a folder. Give a file name, e.g. "
+            f"{output / 'teacher.tlc'}."
+        )
+    with _folder_lock(folder):
+        if output.exists():
+            try:
+                fd = os.open(output, os.O_RDWR)
+            except OSError as err:
+                raise _write_error(output, err, needed=HEADER_BYTES + data_bytes(header), kept=None) from err
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise _busy(output) from None
+            if not overwrite and os.fstat(fd).st_size > 0:
+                try:
+                    old = read_header(output)
+                    diffs = _differences(_short(binding(header)), _short(binding(old)))
+                except (StaleTeacherCacheError, KeyError, TypeError) as err:
+                    old, diffs = None, [f"not a readable cache ({' '.join(str(err).split())[:200]})"]
+                if diffs:
+                    os.close(fd)
+                    raise StaleTeacherCacheError(
+                        f"Expected {output} to be absent or a cache of this teacher, data, transform and dtype (to "
+                        f"resume it), but it holds another ({'; '.join(diffs)[:400]}). Pass --overwrite "
+                        "(`overwrite=True`) to replace it, or choose another --output."
+                    )
+                if old["complete"]:
+                    os.close(fd)
+                    return None, old, int(old["images_done"]), False
+                return fd, old, int(old["images_done"]), False
+            try:
+                os.unlink(output)  # replaced, not truncated: readers of the old file keep their inode
+            except OSError as err:
+                raise _write_error(output, err, needed=HEADER_BYTES + data_bytes(header), kept=None) from err
+            finally:
+                os.close(fd)
+        try:
+            fd = os.open(output, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
+        except FileExistsError:
+            raise _busy(output) from None  # only without the folder lock: another build created it just now
+        except OSError as err:
+            raise _write_error(output, err, needed=HEADER_BYTES + data_bytes(header), kept=None) from err
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            write_header(fd, header)
+        except OSError as err:
+            os.close(fd)
+            _remove(output)
+            raise _write_error(output, err, needed=HEADER_BYTES + data_bytes(header), kept=None) from err
+        return fd, header, 0, True
+
+
+def _short(value: Any) -> Any:
+    """``value`` with hex digests cut to 12 characters, for messages."""
+    if isinstance(value, Mapping):
+        return {k: _short(v) for k, v in value.items()}
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12] + "..."
+    return value
+
+
+def _remove(path: Path) -> None:
+    with contextlib.suppress(OSError):
+        path.unlink()
+
+
+def _preallocate(fd: int, start: int, total: int) -> None:
+    """Reserve the file's ``total`` bytes on disk, so that a full disk fails here and not in the middle of a write.
+
+    ``posix_fallocate`` where the file system supports it; elsewhere zeros are written from ``start`` on (the bytes
+    before it hold logits already) and flushed.
+    """
+    try:
+        os.posix_fallocate(fd, 0, total)
+        return
+    except OSError as err:
+        if err.errno not in _NO_FALLOCATE:
+            raise
+    zeros = bytes(min(_ZEROS_CHUNK, max(total - start, 1)))
+    offset = start
+    while offset < total:
+        offset += os.pwrite(fd, zeros[: total - offset], offset)
+    os.fsync(fd)
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        written = os.pwrite(fd, view, offset)
+        view, offset = view[written:], offset + written
 
 
 class _Progress:
@@ -120,7 +331,12 @@ def build_cache(
 
     Raises:
         ValueError: on bad arguments.
+        TeacherCacheError: if ``device`` does not exist on this machine.
         StaleTeacherCacheError: if ``output`` holds a cache bound to something else and ``overwrite`` is False.
+        TeacherCacheBusyError: if another process is building ``output`` now.
+        TeacherCacheWriteError: if the folder cannot be created or written, or the disk is full (the error names the
+            folder and the bytes needed and free; a file created by this call is removed, a resumed one stays
+            marked unfinished).
     """
     if dtype not in DTYPES:
         raise ValueError(f"Expected `dtype` to be one of {tuple(DTYPES)}, but got {dtype!r}.")
@@ -136,9 +352,15 @@ def build_cache(
         )
     if len(targets) != len(images):
         raise ValueError(f"Expected one target per image ({len(images)}), but got {len(targets)}.")
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    try:
+        device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        teacher = teacher.to(device).eval()
+    except (RuntimeError, AssertionError, ValueError) as err:  # torch: no driver / not compiled with CUDA
+        raise TeacherCacheError(
+            f"Expected `device` (--device) to be a device of this machine, but got {str(device)!r}: "
+            f"{' '.join(str(err).split())[:200]} Use --device cpu or another device."
+        ) from err
     output = Path(output).expanduser()
-    teacher = teacher.to(device).eval()
     with torch.inference_mode():
         probe = teacher(render_all_views(images[:1], mean, std)[:1].to(device))
     num_classes = int(probe.shape[-1])
@@ -163,48 +385,65 @@ def build_cache(
         "build_seconds": 0.0,
         "created": _dt.datetime.now(_dt.UTC).isoformat(timespec="seconds"),
     }
-    start = 0
-    if output.exists() and not overwrite:
-        try:
-            old = read_header(output)
-            same = binding(old) == binding(header)
-        except (StaleTeacherCacheError, KeyError, TypeError):
-            old, same = None, False
-        if not same:
-            raise StaleTeacherCacheError(
-                f"Expected {output} to be absent or a cache of this teacher, data, transform and dtype (to resume), "
-                "but it holds another cache or another file. Pass `overwrite=True` (`--overwrite`) to replace it."
-            )
-        header = old
-        if header["complete"]:
-            return TeacherLogitCache(output)
-        start = int(header["images_done"])
-    else:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        create_file(output, header)
+    fd, header, start, created = _open_output(output, header, overwrite)
+    if fd is None:
+        return TeacherLogitCache(output)
+    try:
+        _fill(fd, output, header, start, created, teacher, images, mean, std, device, batch_size, progress)
+    finally:
+        os.close(fd)  # releases the file's lock
+    return TeacherLogitCache(output)
 
+
+def _fill(
+    fd: int,
+    output: Path,
+    header: dict[str, Any],
+    start: int,
+    created: bool,
+    teacher: nn.Module,
+    images: np.ndarray,
+    mean: Sequence[float],
+    std: Sequence[float],
+    device: torch.device,
+    batch_size: int,
+    progress: bool,
+) -> None:
+    """Preallocate ``fd``, write the logits of images ``start`` on, then the checksum and ``complete`` in the header."""
+    dtype, (num_images, num_views, num_classes) = header["dtype"], header["shape"]
+    total = HEADER_BYTES + data_bytes(header)
+    row_bytes = num_views * num_classes * DTYPES[dtype].itemsize
+    try:
+        _preallocate(fd, HEADER_BYTES + start * row_bytes, total)
+    except OSError as err:
+        if created:
+            _remove(output)  # nothing computed yet: leave nothing behind
+        raise _write_error(output, err, needed=total, kept=None if created else start) from err
     per_chunk = max(1, batch_size // NUM_VIEWS)
-    logits = np.memmap(output, dtype=DTYPES[dtype], mode="r+", offset=HEADER_BYTES, shape=tuple(header["shape"]))
-    bar = _Progress(len(images), start, progress)
+    bar = _Progress(num_images, start, progress)
     t0, last_save = time.perf_counter(), time.perf_counter()
     seconds_before = float(header.get("build_seconds", 0.0))
-    with torch.inference_mode():
-        for begin in range(start, len(images), per_chunk):
-            end = min(begin + per_chunk, len(images))
-            views = render_all_views(images[begin:end], mean, std).to(device)
-            out = teacher(views).float().reshape(end - begin, NUM_VIEWS, num_classes)
-            logits[begin:end] = out.to(torch.float16 if dtype == "float16" else torch.float32).cpu().numpy()
-            if time.perf_counter() - last_save >= _SAVE_EVERY_S or end == len(images):
-                logits.flush()  # the logits reach the file before the header counts them
-                header["images_done"] = end
-                header["build_seconds"] = seconds_before + time.perf_counter() - t0
-                write_header(output, header)
-                last_save = time.perf_counter()
-            bar.update(end, final=end == len(images))
-    del logits
-    header["complete"] = True
-    write_header(output, header)
-    return TeacherLogitCache(output)
+    try:
+        with torch.inference_mode():
+            for begin in range(start, num_images, per_chunk):
+                end = min(begin + per_chunk, num_images)
+                views = render_all_views(images[begin:end], mean, std).to(device)
+                out = teacher(views).float().reshape(end - begin, NUM_VIEWS, num_classes)
+                rows = out.to(torch.float16 if dtype == "float16" else torch.float32).cpu().numpy()
+                _pwrite_all(fd, rows.astype(DTYPES[dtype], copy=False).tobytes(), HEADER_BYTES + begin * row_bytes)
+                if time.perf_counter() - last_save >= _SAVE_EVERY_S or end == num_images:
+                    os.fsync(fd)  # the logits reach the disk before the header counts them
+                    header["images_done"] = end
+                    header["build_seconds"] = seconds_before + time.perf_counter() - t0
+                    write_header(fd, header)
+                    last_save = time.perf_counter()
+                bar.update(end, final=end == num_images)
+        header["logits_sha256"] = logits_sha256(output)
+        header["complete"] = True
+        write_header(fd, header)
+    except OSError as err:
+        raise _write_error(output, err, needed=total, kept=int(header["images_done"])) from err
+    remember_verified(output, header["logits_sha256"])
 
 
 # ---------------------------------------------------------------------------------------------------------------- CLI
@@ -220,15 +459,45 @@ def _merged_configs(paths: Sequence[str]) -> dict[str, Any]:
 
     out: dict[str, Any] = {}
     for path in paths:
-        with open(path, encoding="utf-8") as file:
-            out = merge(out, yaml.safe_load(file) or {})
+        try:
+            with open(path, encoding="utf-8") as file:
+                loaded = yaml.safe_load(file) or {}
+        except OSError as err:
+            raise TeacherCacheError(
+                f"Expected -c/--config {path} to be a readable YAML file, but {_reason(err)}. Check the path."
+            ) from err
+        except (UnicodeDecodeError, yaml.YAMLError) as err:
+            first = " ".join(str(err).split())[:200]
+            raise TeacherCacheError(
+                f"Expected -c/--config {path} to be a UTF-8 YAML file, but reading it failed: {first}. Fix the file."
+            ) from err
+        if not isinstance(loaded, Mapping):
+            raise TeacherCacheError(
+                f"Expected -c/--config {path} to hold a YAML mapping (model:, data:, ...), but it holds a "
+                f"{type(loaded).__name__}."
+            )
+        out = merge(out, loaded)
     return out
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1, but got {text!r}")
+    return value
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="cmkd-teacher-cache", description=__doc__.splitlines()[0])
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--verbose", action="store_true", help=f"show the full traceback of an error ({VERBOSE_ENV}=1)")
     sub = parser.add_subparsers(dest="command", required=True)
-    b = sub.add_parser("build", help="build (or resume) a cache for a teacher and the CIFAR-100 training split")
+    b = sub.add_parser(
+        "build", parents=[common], help="build (or resume) a cache for a teacher and the CIFAR-100 training split"
+    )
     b.add_argument(
         "-c",
         "--config",
@@ -241,10 +510,10 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     b.add_argument("--teacher", help="model-zoo name of the teacher (e.g. resnet32x4)")
     b.add_argument("--teacher-checkpoint", help="the teacher's weights file")
     b.add_argument("--teacher-checkpoint-part", choices=("student", "teacher"), default=None)
-    b.add_argument("--num-classes", type=int, default=None, help="default: 100")
+    b.add_argument("--num-classes", type=_positive_int, default=None, help="default: 100")
     b.add_argument("--data-dir", help="directory holding cifar-100-python/ (default: data)")
     b.add_argument("--synthetic", action="store_true", default=None, help="the data module's synthetic images")
-    b.add_argument("--synthetic-size", type=int, default=None)
+    b.add_argument("--synthetic-size", type=_positive_int, default=None)
     b.add_argument("--split", choices=_SPLITS, default="train")
     b.add_argument("--output", "-o", required=True, help="the cache file to write")
     b.add_argument(
@@ -253,13 +522,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         default="float16",
         help="float16: 1.62 GB for CIFAR-100's 50,000 images; float32: 3.24 GB (default: %(default)s)",
     )
-    b.add_argument("--batch-size", type=int, default=1024, help="views per forward (default: %(default)s)")
+    b.add_argument("--batch-size", type=_positive_int, default=1024, help="views per forward (default: %(default)s)")
     b.add_argument("--device", default=None, help="cpu, cuda, cuda:1, ... (default: cuda when available)")
-    b.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    b.add_argument("--threads", type=_positive_int, default=None, help="torch CPU threads (default: torch's)")
     b.add_argument("--overwrite", action="store_true", help="replace an existing file bound to something else")
     b.add_argument("--no-progress", action="store_true")
-    i = sub.add_parser("info", help="print a cache's header")
+    i = sub.add_parser("info", parents=[common], help="print a cache's header")
     i.add_argument("path")
+    v = sub.add_parser(
+        "verify", parents=[common], help="check a cache's header and hash its logits against the recorded SHA-256"
+    )
+    v.add_argument("path")
     return parser.parse_args(argv)
 
 
@@ -276,14 +549,9 @@ def _build_from_args(a: argparse.Namespace) -> TeacherLogitCache:
     part = a.teacher_checkpoint_part or model.get("teacher_checkpoint_part")
     num_classes = a.num_classes or model.get("num_classes") or 100
     if not isinstance(name, str):
-        raise SystemExit(
-            f"cmkd-teacher-cache: expected a teacher model-zoo name (--teacher or model.init_args.teacher in a "
-            f"config), but got {name!r}."
-        )
-    if ckpt is None:
-        print(
-            "cmkd-teacher-cache: no teacher checkpoint given: the teacher keeps its random initial weights.",
-            file=sys.stderr,
+        raise TeacherCacheError(
+            f"Expected a teacher model-zoo name (--teacher, or model.init_args.teacher in a -c config), but got "
+            f"{name!r}. Pass e.g. --teacher resnet32x4 (`cmkd list models` lists them)."
         )
     synthetic = a.synthetic if a.synthetic is not None else bool(data.get("synthetic", False))
     size = a.synthetic_size or data.get("synthetic_size") or 1024
@@ -291,10 +559,27 @@ def _build_from_args(a: argparse.Namespace) -> TeacherLogitCache:
     if a.threads is not None:
         torch.set_num_threads(a.threads)
     torch.manual_seed(0)
-    teacher = create_model(name, num_classes=num_classes)
-    if ckpt is not None:
-        load_weights(teacher, ckpt, part=part)
-    images, targets = cifar100_images(data_dir, train=a.split == "train", synthetic=synthetic, synthetic_size=size)
+    try:
+        teacher = create_model(name, num_classes=num_classes)
+    except (ValueError, TypeError, KeyError) as err:
+        raise TeacherCacheError(f"--teacher {name!r}: {' '.join(str(err).split())}") from err
+    if ckpt is None:
+        print(
+            "cmkd-teacher-cache: no teacher checkpoint given: the teacher keeps its random initial weights.",
+            file=sys.stderr,
+        )
+    else:
+        try:
+            load_weights(teacher, ckpt, part=part)
+        except (OSError, ValueError, RuntimeError) as err:
+            fix = " Train the teacher first, or pass its weights file." if isinstance(err, FileNotFoundError) else ""
+            raise TeacherCacheError(
+                f"--teacher-checkpoint {ckpt} (teacher {name}): {' '.join(str(err).split())[:600]}{fix}"
+            ) from err
+    try:
+        images, targets = cifar100_images(data_dir, train=a.split == "train", synthetic=synthetic, synthetic_size=size)
+    except (OSError, ValueError) as err:
+        raise TeacherCacheError(f"--data-dir {data_dir}: {' '.join(str(err).split())[:600]}") from err
     return build_cache(
         teacher, images, targets, a.output, split=a.split, mean=CIFAR100_MEAN, std=CIFAR100_STD, dtype=a.dtype,
         batch_size=a.batch_size, device=a.device, teacher_name=name, checkpoint=ckpt, synthetic=synthetic,
@@ -302,13 +587,18 @@ def _build_from_args(a: argparse.Namespace) -> TeacherLogitCache:
     )  # fmt: skip
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-    """Console entry point of ``cmkd-teacher-cache``."""
-    a = _parse(argv)
+def _run(a: argparse.Namespace) -> None:
     if a.command == "info":
         import json
 
         print(json.dumps(read_header(a.path), indent=1, sort_keys=True))
+        return
+    if a.command == "verify":
+        t0 = time.perf_counter()
+        cache = TeacherLogitCache(a.path)
+        if "logits_sha256" in cache.header:
+            cache.verify(force=True)
+            print(f"{cache.path}: logits match their SHA-256 ({time.perf_counter() - t0:.1f} s).")
         return
     t0 = time.perf_counter()
     cache = _build_from_args(a)
@@ -321,4 +611,30 @@ def main(argv: Sequence[str] | None = None) -> None:
     )
 
 
-__all__ = ["build_cache", "main"]
+def main(argv: Sequence[str] | None = None) -> None:
+    """Console entry point of ``cmkd-teacher-cache``.
+
+    A library error (:class:`~cmkd_lightning.errors.CMKDError`: a cache of other data, a build of the same file
+    already running, a missing checkpoint, a read-only folder, a full disk) ends the process with exit code 1 and
+    two lines on stderr, the second naming the file or argument, what was expected and the fix; ``--verbose`` or
+    ``CMKD_VERBOSE=1`` raises it with its traceback instead. Ctrl-C exits with 130 and says how to resume.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    verbose = "--verbose" in args or os.environ.get(VERBOSE_ENV, "") not in ("", "0")
+    a = _parse([arg for arg in args if arg != "--verbose"])
+    hint = f"cmkd-teacher-cache: error; full traceback: add --verbose or set {VERBOSE_ENV}=1."
+    try:
+        _run(a)
+    except CMKDError as err:
+        if verbose:
+            raise
+        sys.stderr.write(f"{hint}\n{' '.join(str(err).split()) or type(err).__name__}\n")
+        raise SystemExit(1) from None
+    except KeyboardInterrupt:
+        if verbose:
+            raise
+        sys.stderr.write("cmkd-teacher-cache: interrupted; run the same command again to resume the build.\n")
+        raise SystemExit(130) from None
+
+
+__all__ = ["TeacherCacheBusyError", "build_cache", "main"]

@@ -1,10 +1,13 @@
-"""The teacher-logit cache file: header, fingerprints, validation and memory-mapped lookup.
+r"""The teacher-logit cache file: header, fingerprints, validation and memory-mapped lookup.
 
 Layout of one file (little-endian):
 
 - bytes ``[0, 8)``: the magic ``b"CMKDTLC1"``; bytes ``[8, 16)``: the header length ``L`` (uint64);
 - bytes ``[16, 16 + L)``: the header, UTF-8 JSON (teacher weights hash, data hash, transform, split, class count,
-  dtype, shape, build progress); the header area is ``HEADER_BYTES`` long, so progress is rewritten in place;
+  dtype, shape, build progress, and once complete the SHA-256 of the logits); the header area is ``HEADER_BYTES``
+  long, so progress is rewritten in place; padded with spaces;
+- the last ``TRAILER_BYTES`` of the header area: ``b"\n#header-sha256:"`` and the hex SHA-256 of everything before
+  it in the area (files written before this trailer existed have spaces there and are read without the check);
 - from ``HEADER_BYTES`` on: the logits, a C-ordered ``(num_images, num_views, num_classes)`` array of ``float16``
   or ``float32``; row ``[i, v]`` is the teacher's output on view ``v`` of image ``i``.
 """
@@ -15,6 +18,7 @@ import hashlib
 import json
 import os
 import struct
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -23,14 +27,47 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from cmkd_lightning.errors import TeacherCacheError
+
 MAGIC = b"CMKDTLC1"
 HEADER_BYTES = 4096
 FORMAT_VERSION = 1
 DTYPES = {"float16": np.dtype("<f2"), "float32": np.dtype("<f4")}
+TRAILER_TAG = b"\n#header-sha256:"
+TRAILER_BYTES = len(TRAILER_TAG) + 64
+#: Bytes read per step when hashing the logits.
+HASH_CHUNK = 1 << 24
+#: (device, inode, size, mtime_ns) of files whose logits this process hashed, with the hash they had.
+_VERIFIED: dict[tuple[int, int, int, int], str] = {}
+#: Files without a logits checksum that this process already warned about.
+_WARNED_UNCHECKED: set[str] = set()
 
 
-class StaleTeacherCacheError(ValueError):
-    """A teacher-logit cache that does not belong to this teacher, data, transform or class count, or is unfinished."""
+class StaleTeacherCacheError(TeacherCacheError):
+    """A teacher-logit cache that does not belong to this teacher, data, transform or class count, or is unfinished.
+
+    A :class:`~cmkd_lightning.errors.CMKDError` (``cmkd`` prints it in a few lines) and a ``ValueError``.
+    """
+
+
+class CorruptTeacherCacheError(StaleTeacherCacheError):
+    """A teacher-logit cache whose logits or header no longer hash to what its build recorded."""
+
+
+class TeacherCacheNotFoundError(StaleTeacherCacheError, FileNotFoundError):
+    """A teacher-logit cache path where there is no file."""
+
+
+def rebuild_hint(path: str | os.PathLike[str], header: Mapping[str, Any] | None = None) -> str:
+    """The command that replaces a damaged or stale cache, with what the header says it was built from."""
+    fix = f"Rebuild it with `cmkd-teacher-cache build --overwrite --output {path}`"
+    if not header:
+        return fix + " and the teacher and data it is for."
+    teacher = header.get("teacher") or {}
+    dataset = header.get("dataset") or {}
+    source = f"teacher {teacher.get('name')!r}, checkpoint {teacher.get('checkpoint')!r}"
+    source += f", {dataset.get('name')} {dataset.get('split')!r} split, {header.get('dtype')}"
+    return f"{fix} and the teacher and data it was built from ({source})."
 
 
 def state_dict_sha256(model: nn.Module | Mapping[str, Tensor]) -> str:
@@ -86,10 +123,15 @@ def cache_id(header: Mapping[str, Any]) -> str:
 
 
 def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
-    """Read and parse a cache file's header (no check of its content; see :class:`TeacherLogitCache`)."""
+    """Read and parse a cache file's header (no check of its logits; see :class:`TeacherLogitCache`).
+
+    Raises:
+        TeacherCacheNotFoundError: if ``path`` is not a file (also a ``FileNotFoundError``).
+        StaleTeacherCacheError: if the file is not a cache, its header is damaged, or of another format version.
+    """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise TeacherCacheNotFoundError(
             f"Expected a teacher-logit cache at {path}, but there is no such file. Build it with "
             "`cmkd-teacher-cache build ... --output " + str(path) + "`."
         )
@@ -102,10 +144,20 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     (length,) = struct.unpack("<Q", head[8:16])
     if length > HEADER_BYTES - 16 or len(head) < 16 + length:
         raise StaleTeacherCacheError(f"Expected {path} to hold a complete header, but the file is truncated in it.")
+    trailer = head[HEADER_BYTES - TRAILER_BYTES :]
+    if len(head) == HEADER_BYTES and trailer.startswith(TRAILER_TAG):
+        recorded = trailer[len(TRAILER_TAG) :].decode("ascii", "replace")
+        if hashlib.sha256(head[: HEADER_BYTES - TRAILER_BYTES]).hexdigest() != recorded:
+            raise CorruptTeacherCacheError(
+                f"Expected the header of the teacher-logit cache {path} to hash to its recorded SHA-256, but it does "
+                f"not: it was damaged (e.g. the machine stopped while it was rewritten). {rebuild_hint(path)}"
+            )
     try:
         header = json.loads(head[16 : 16 + length].decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise StaleTeacherCacheError(f"Expected {path} to hold a JSON header, but reading it failed: {err}.") from err
+        raise StaleTeacherCacheError(
+            f"Expected {path} to hold a JSON header, but reading it failed: {err}. {rebuild_hint(path)}"
+        ) from err
     if header.get("version") != FORMAT_VERSION:
         raise StaleTeacherCacheError(
             f"Expected a teacher-logit cache of format version {FORMAT_VERSION}, but {path} has version "
@@ -114,13 +166,31 @@ def read_header(path: str | os.PathLike[str]) -> dict[str, Any]:
     return header
 
 
-def write_header(path: str | os.PathLike[str], header: Mapping[str, Any]) -> None:
-    """Write ``header`` into the header area of ``path`` (the file must exist), flushed to disk."""
+def encode_header(header: Mapping[str, Any]) -> bytes:
+    """The ``HEADER_BYTES`` bytes of the header area: magic, length, JSON, space padding, the trailer checksum."""
     blob = json.dumps(header, sort_keys=True).encode("utf-8")
-    if len(blob) > HEADER_BYTES - 16:
-        raise ValueError(f"Expected the cache header to fit in {HEADER_BYTES - 16} bytes, but it has {len(blob)}.")
-    with open(path, "r+b") as file:
-        file.write(MAGIC + struct.pack("<Q", len(blob)) + blob.ljust(HEADER_BYTES - 16, b" "))
+    room = HEADER_BYTES - 16 - TRAILER_BYTES
+    if len(blob) > room:
+        raise ValueError(f"Expected the cache header to fit in {room} bytes, but it has {len(blob)}.")
+    body = MAGIC + struct.pack("<Q", len(blob)) + blob.ljust(room, b" ")
+    return body + TRAILER_TAG + hashlib.sha256(body).hexdigest().encode("ascii")
+
+
+def write_header(target: str | os.PathLike[str] | int, header: Mapping[str, Any]) -> None:
+    """Write ``header`` into the header area of a cache file (a path, or a file descriptor open for writing).
+
+    One page-aligned write of the whole ``HEADER_BYTES`` area, then ``fsync``: the header is replaced in place (the
+    file's other bytes are untouched) and is on disk when this returns. A write torn by a crash fails the header's
+    own checksum and is refused when read (``docs/TEACHER_CACHE.md``, "Crash safety").
+    """
+    data = encode_header(header)
+    if isinstance(target, int):
+        if os.pwrite(target, data, 0) != len(data):
+            raise OSError(f"Expected to write the {len(data)}-byte cache header in one call, but the write was short.")
+        os.fsync(target)
+        return
+    with open(target, "r+b") as file:
+        file.write(data)
         file.flush()
         os.fsync(file.fileno())
 
@@ -130,11 +200,27 @@ def data_bytes(header: Mapping[str, Any]) -> int:
     return int(np.prod(header["shape"])) * DTYPES[header["dtype"]].itemsize
 
 
-def create_file(path: str | os.PathLike[str], header: Mapping[str, Any]) -> None:
-    """Create ``path`` with ``header`` and a zero-filled (sparse) logits area of the described size."""
-    with open(path, "wb") as file:
-        file.truncate(HEADER_BYTES + data_bytes(header))
-    write_header(path, header)
+def logits_sha256(path: str | os.PathLike[str]) -> str:
+    """SHA-256 of a cache file's logits: every byte from ``HEADER_BYTES`` to the end, read in 16 MiB steps."""
+    digest = hashlib.sha256()
+    buffer = bytearray(HASH_CHUNK)
+    view = memoryview(buffer)
+    with open(path, "rb", buffering=0) as file:
+        file.seek(HEADER_BYTES)
+        while count := file.readinto(buffer):
+            digest.update(view[:count])
+    return digest.hexdigest()
+
+
+def file_key(path: str | os.PathLike[str]) -> tuple[int, int, int, int]:
+    """``(device, inode, size, mtime_ns)``: what a verified file's memo is keyed on (any rewrite changes it)."""
+    st = os.stat(path)
+    return (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns)
+
+
+def remember_verified(path: str | os.PathLike[str], sha256: str) -> None:
+    """Record that ``path``, as it is now, holds logits with ``sha256`` (the builder, which just hashed them)."""
+    _VERIFIED[file_key(path)] = sha256
 
 
 def _differences(expected: Mapping[str, Any], got: Mapping[str, Any], prefix: str = "") -> list[str]:
@@ -151,17 +237,21 @@ def _differences(expected: Mapping[str, Any], got: Mapping[str, Any], prefix: st
 class TeacherLogitCache:
     """A built teacher-logit cache, memory-mapped on first lookup (per process: each DDP rank maps the file).
 
-    Opening checks the header, that the build completed and that the file has the size the header describes; the
-    ``check_*`` methods refuse a cache bound to other weights, data, transform, split or class count. Lookups read
-    only the requested rows from the page cache (no copy of the file into memory). Pickling (DataLoader workers,
-    DDP spawn) carries the path and header, never the mapping.
+    Opening checks the header, that the build completed, that the file has the size the header describes, and that
+    the logits hash to the SHA-256 the build recorded (once per file and process: the result is remembered for the
+    file's device, inode, size and modification time; a cache built before checksums existed is used with a
+    one-time warning to rebuild it). The ``check_*`` methods refuse a cache bound to other weights, data, transform,
+    split or class count. Lookups read only the requested rows from the page cache (no copy of the file into
+    memory). Pickling (DataLoader workers, DDP spawn) carries the path and header, never the mapping, and the
+    unpickled copy does not hash the file again.
 
     Args:
         path: the file written by ``cmkd-teacher-cache build``.
 
     Raises:
-        FileNotFoundError: if ``path`` does not exist.
+        TeacherCacheNotFoundError: if ``path`` does not exist (also a ``FileNotFoundError``).
         StaleTeacherCacheError: if the file is not a cache, its build is unfinished, or it is truncated.
+        CorruptTeacherCacheError: if its logits or header do not hash to what was recorded.
 
     Example:
         >>> import tempfile
@@ -193,6 +283,42 @@ class TeacherLogitCache:
                 "--overwrite`."
             )
         self._array: np.memmap | None = None
+        self.verify()
+
+    def verify(self, force: bool = False) -> None:
+        """Hash the logits and refuse the cache unless they match the SHA-256 recorded by its build.
+
+        Skipped when this process already verified the file in its current state (same device, inode, size and
+        modification time), unless ``force``. A cache without a recorded checksum (built by an earlier version)
+        is accepted with a warning, once per file and process.
+
+        Raises:
+            CorruptTeacherCacheError: if the logits were changed after the build.
+        """
+        want = self.header.get("logits_sha256")
+        if want is None:
+            name = str(self.path.resolve())
+            if name not in _WARNED_UNCHECKED:
+                _WARNED_UNCHECKED.add(name)
+                warnings.warn(
+                    f"The teacher-logit cache {self.path} has no checksum of its logits (it was built by an earlier "
+                    "version of cmkd-lightning), so damage to them cannot be detected. "
+                    f"{rebuild_hint(self.path, self.header)}",
+                    UserWarning,
+                    stacklevel=3,
+                )
+            return
+        key = file_key(self.path)
+        if not force and _VERIFIED.get(key) == want:
+            return
+        got = logits_sha256(self.path)
+        if got != want:
+            raise CorruptTeacherCacheError(
+                f"Expected the logits in the teacher-logit cache {self.path} to hash to the SHA-256 its build "
+                f"recorded ({want[:12]}...), but they hash to {got[:12]}...: the file was changed or damaged after "
+                f"the build. {rebuild_hint(self.path, self.header)}"
+            )
+        _VERIFIED[key] = want
 
     # ------------------------------------------------------------------ properties
     @property
@@ -392,10 +518,15 @@ __all__ = [
     "DTYPES",
     "HEADER_BYTES",
     "MAGIC",
+    "CorruptTeacherCacheError",
     "StaleTeacherCacheError",
+    "TeacherCacheNotFoundError",
     "TeacherLogitCache",
     "cache_id",
     "data_sha256",
+    "logits_sha256",
     "read_header",
+    "rebuild_hint",
     "state_dict_sha256",
+    "write_header",
 ]
