@@ -101,6 +101,7 @@ def tiny_zoo(monkeypatch, tmp_path):
     specs = {
         "t_grid": zoo.TeacherSpec("t_grid", 2, widths=(4, 8), schedule_epochs=1, description="tiny grid"),
         "t_fact": zoo.TeacherSpec("t_fact", 2, head="factorised", widths=(4, 8), schedule_epochs=1),
+        "t_sharp": zoo.TeacherSpec("t_sharp", 2, base="t_grid", logit_scale=8.0),
     }
     monkeypatch.setattr(zoo, "ZOO", specs)
     zoo.build(list(specs), tmp_path / "zoo", verbose=False)
@@ -119,7 +120,7 @@ def test_build_caches_measures_and_retrains_a_changed_spec(tiny_zoo, monkeypatch
     changed = zoo.TeacherSpec("t_grid", 2, widths=(4, 8), schedule_epochs=1, label_smoothing=0.1)
     assert zoo.load(changed, tiny_zoo) is None
     records = zoo.table(tiny_zoo)
-    assert set(records) == {"t_grid", "t_fact"}
+    assert set(records) == {"t_grid", "t_fact", "t_sharp"}
     text = (tiny_zoo / "zoo_stats.md").read_text()
     assert "| t_fact | 100 |" in text and "| t_grid | 100 | tiny grid |" in text
 
@@ -151,6 +152,20 @@ def test_compare_zoo_pairs_runs_per_teacher_and_pooled_and_resumes(tiny_zoo, tmp
     monkeypatch.setattr(compare_zoo, "train_student", no_training)
     compare_zoo.main(args)  # everything is read back from runs.jsonl
     assert len((out / "runs.jsonl").read_text().splitlines()) == 12
+
+
+@pytest.mark.slow
+def test_a_scaled_teacher_is_its_base_times_the_scale(tiny_zoo):
+    base, sharp = (json.loads((tiny_zoo / f"{n}.json").read_text())["test"] for n in ("t_grid", "t_sharp"))
+    assert not (tiny_zoo / "t_sharp.pt").exists()  # nothing trained or stored: the base's weights
+    assert sharp["top1"] == base["top1"] and sharp["top_z"] == pytest.approx(base["top_z"])
+    assert sharp["logit_std"] == pytest.approx(8.0 * base["logit_std"])
+    assert sharp["p_top_zscored"] == pytest.approx(base["p_top_zscored"])  # z-scoring removes the scale
+    net, base_net = zoo.load(zoo.ZOO["t_sharp"], tiny_zoo), zoo.load(zoo.ZOO["t_grid"], tiny_zoo)
+    x = torch.randn(3, 1, 8, 16)
+    with torch.no_grad():
+        assert torch.allclose(net(x), 8.0 * base_net(x))
+    assert zoo.ZOO["t_sharp"].fingerprint() != zoo.TeacherSpec("t_sharp", 2, base="t_grid", logit_scale=4.0).fingerprint()
 
 
 def test_margin_table_is_reference_minus_the_best_baseline():

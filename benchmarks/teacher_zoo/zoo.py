@@ -62,6 +62,9 @@ class TeacherSpec:
         weight_decay: SGD weight decay.
         lr: SGD learning rate.
         seed: initial weights.
+        logit_scale: with ``base``, the teacher is ``base``'s network with its logits multiplied by this (an
+            over- or under-confident teacher with the same ranking and accuracy); nothing is trained.
+        base: name of the trained zoo teacher a scaled teacher wraps; ``None`` for a trained teacher.
         description: one line for the table.
     """
 
@@ -75,6 +78,8 @@ class TeacherSpec:
     weight_decay: float = 5e-4
     lr: float = 0.05
     seed: int = 1234
+    logit_scale: float = 1.0
+    base: str | None = None
     description: str = ""
 
     @property
@@ -88,14 +93,39 @@ class TeacherSpec:
         return self.schedule_epochs if self.stop_epoch is None else self.stop_epoch
 
     def fingerprint(self) -> str:
-        """A short hash of every training setting (not the description) and the data sizes."""
+        """A short hash of every training setting (not the description) and the data sizes (and the base's)."""
         settings = {k: v for k, v in dataclasses.asdict(self).items() if k != "description"}
+        if self.base is None:  # trained teachers keep the hash they had before scaled teachers existed
+            settings.pop("logit_scale")
+            settings.pop("base")
+        else:
+            settings["base_fingerprint"] = ZOO[self.base].fingerprint()
         settings.update(train_size=TRAIN_SIZE, batch_size=BATCH_SIZE)
         return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
 
     def build(self) -> DigitsCNN:
-        """The untrained network."""
-        return DigitsCNN(self.num_classes, widths=self.widths, num_digits=self.num_digits, head=self.head)
+        """The untrained network (of ``base`` for a scaled teacher)."""
+        spec = ZOO[self.base] if self.base is not None else self
+        return DigitsCNN(spec.num_classes, widths=spec.widths, num_digits=spec.num_digits, head=spec.head)
+
+
+class ScaledLogits(nn.Module):
+    """``net``'s logits times ``scale``: the same ranking and accuracy, a sharper (> 1) or flatter (< 1) softmax.
+
+    Example:
+        >>> net = ScaledLogits(nn.Linear(3, 4), 8.0)
+        >>> x = torch.randn(2, 3)
+        >>> torch.allclose(net(x), 8.0 * net.net(x))
+        True
+    """
+
+    def __init__(self, net: nn.Module, scale: float) -> None:
+        super().__init__()
+        self.net, self.scale = net, scale
+
+    def forward(self, x: Tensor) -> Tensor:
+        """``scale * net(x)``."""
+        return self.net(x) * self.scale
 
 
 def _specs(num_digits: int) -> list[TeacherSpec]:
@@ -125,8 +155,23 @@ def _specs(num_digits: int) -> list[TeacherSpec]:
         TeacherSpec(
             f"{d}_early",
             num_digits,
-            stop_epoch=2,
-            description="grid head, stopped after 2 of 15 cosine epochs (early stopping)",
+            stop_epoch=1,
+            description="grid head, stopped after 1 of 15 cosine epochs (early stopping)",
+        ),
+        TeacherSpec(
+            f"{d}_factorised_long",
+            num_digits,
+            head="factorised",
+            schedule_epochs=20,
+            weight_decay=0.0,
+            description="factorised head, 20 epochs, no weight decay",
+        ),
+        TeacherSpec(
+            f"{d}_sharp",
+            num_digits,
+            base=f"{d}_grid",
+            logit_scale=8.0,
+            description=f"{d}_grid's logits x 8 (an over-confident teacher: same ranking and accuracy)",
         ),
         TeacherSpec(
             f"{d}_global",
@@ -240,8 +285,14 @@ def logit_statistics(logits: Tensor, labels: Tensor, temperature: float = 4.0, b
 
 
 def load(spec: TeacherSpec, out: str | Path) -> nn.Module | None:
-    """The cached teacher of ``spec`` under ``out``, or ``None`` when absent or trained from another spec."""
+    """The cached teacher of ``spec`` under ``out``, or ``None`` when absent or trained from another spec.
+
+    A scaled teacher (``spec.base``) is its base's cached network wrapped in :class:`ScaledLogits`.
+    """
     out = Path(out)
+    if spec.base is not None:
+        base = load(ZOO[spec.base], out)
+        return None if base is None else ScaledLogits(base, spec.logit_scale).eval()
     meta_path, weights = out / f"{spec.name}.json", out / f"{spec.name}.pt"
     if not (meta_path.is_file() and weights.is_file()):
         return None
@@ -275,15 +326,21 @@ def build(
             data[spec.num_digits] = data_module(spec.num_digits)
         dm = data[spec.num_digits]
         net = load(spec, out)
-        if net is not None:
-            records[name] = json.loads((out / f"{name}.json").read_text())
+        meta = out / f"{name}.json"
+        if net is not None and meta.is_file() and json.loads(meta.read_text())["fingerprint"] == spec.fingerprint():
+            records[name] = json.loads(meta.read_text())
             if verbose:
                 print(f"{name}: cached", flush=True)
             continue
-        if verbose:
-            print(f"{name}: training {spec.description}", flush=True)
         start = time.perf_counter()
-        net = train(spec, dm, verbose)
+        if spec.base is not None:  # nothing to train: the base's network, scaled
+            if net is None:
+                build([spec.base], out, threads, verbose)
+                net = load(spec, out)
+        else:
+            if verbose:
+                print(f"{name}: training {spec.description}", flush=True)
+            net = train(spec, dm, verbose)
         seconds = time.perf_counter() - start
         record = {
             "spec": dataclasses.asdict(spec),
@@ -293,7 +350,8 @@ def build(
             "test": logit_statistics(*logits_of(net, dm.test_dataloader())),
             "val": logit_statistics(*logits_of(net, dm.val_dataloader())),
         }
-        torch.save(net.state_dict(), out / f"{name}.pt")
+        if spec.base is None:
+            torch.save(net.state_dict(), out / f"{name}.pt")
         (out / f"{name}.json").write_text(json.dumps(record, indent=2))
         records[name] = record
         if verbose:
@@ -330,7 +388,9 @@ def table(out: str | Path, names: list[str] | None = None, verbose: bool = True)
     for name in names or list(ZOO):
         path = out / f"{name}.json"
         if path.is_file() and load(ZOO[name], out) is not None:
-            records[name] = json.loads(path.read_text())
+            record = json.loads(path.read_text())
+            if record["fingerprint"] == ZOO[name].fingerprint():
+                records[name] = record
     if not records:
         raise FileNotFoundError(f"Expected cached zoo teachers under {out}, but found none; run `build` first.")
     text = format_table(records)
