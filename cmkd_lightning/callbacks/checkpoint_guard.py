@@ -8,8 +8,10 @@ finishes with exit code 0 and no checkpoint. :class:`CheckpointGuard` closes tha
 
 from __future__ import annotations
 
+import errno
 import glob
 import os
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -102,12 +104,9 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
                 file.flush()
                 os.fsync(file.fileno())
             os.replace(partial, target)
-        except OSError as err:
+        except (OSError, RuntimeError) as err:  # torch.save reports a short write (a full disk) as RuntimeError
             partial.unlink(missing_ok=True)
-            raise CheckpointWriteError(
-                f"Could not write the checkpoint '{target}': {err.strerror or err}. Make the folder writable (or "
-                "choose another with the ModelCheckpoint's `dirpath`) and run again; nothing was saved."
-            ) from err
+            raise CheckpointWriteError(_write_failure(target, err)) from err
         except BaseException:
             partial.unlink(missing_ok=True)
             raise
@@ -119,6 +118,27 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
         from lightning.fabric.utilities.cloud_io import get_filesystem
 
         return bool(get_filesystem(path).exists(str(path)))
+
+
+def _write_failure(target: Path, err: BaseException) -> str:
+    """Why writing ``target`` failed, in words a person can act on: a full disk, a read-only folder, ..."""
+    free = None
+    try:
+        free = shutil.disk_usage(target.parent if target.parent.exists() else Path.cwd()).free
+    except OSError:
+        pass
+    errno_ = getattr(err, "errno", None)
+    if errno_ == errno.ENOSPC or (free is not None and free < 1 << 20 and not isinstance(err, PermissionError)):
+        return (
+            f"Could not write the checkpoint '{target}': the disk is full ({free if free is not None else 0} bytes "
+            "free). Free some space (or choose another folder with the ModelCheckpoint's `dirpath`) and run again; "
+            "the checkpoints saved before this one are intact."
+        )
+    reason = getattr(err, "strerror", None) or " ".join(str(err).split())[:200]
+    return (
+        f"Could not write the checkpoint '{target}': {reason}. Make the folder writable (or choose another with the "
+        "ModelCheckpoint's `dirpath`) and run again; nothing was saved."
+    )
 
 
 def remove_stale_partials(target: Path) -> list[Path]:

@@ -355,7 +355,7 @@ def _finish_wandb() -> None:
     if wandb is None or getattr(wandb, "run", None) is None:
         return
     try:
-        wandb.finish(exit_code=1, quiet=True)
+        wandb.finish(exit_code=1)
     except Exception:  # noqa: BLE001 - a W&B problem (e.g. a full disk) must not hide the run's own error
         pass
 
