@@ -11,11 +11,13 @@ import importlib
 import importlib.util
 from types import ModuleType
 
+from cmkd_lightning.errors import CMKDError
+
 # The distribution to install when the import name differs from it.
 _DISTRIBUTIONS = {"sklearn": "scikit-learn", "PIL": "Pillow", "yaml": "PyYAML"}
 
 
-class MissingExtraError(ImportError):
+class MissingExtraError(CMKDError, ImportError):
     """An optional dependency is not installed; the message names the extra that installs it."""
 
 

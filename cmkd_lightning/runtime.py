@@ -23,6 +23,9 @@ DEFAULT_CPU_THREADS = 1
 # Lightning messages that carry no information for a cmkd user (see docs in README "Quiet output").
 _NOISE_LOGS = (re.compile(r"^💡 Tip: For seamless cloud logging"),)
 _NOISE_WARNINGS = (
+    # A mid-epoch resume: the Preemption callback makes the repository's samplers skip the batches already trained
+    # (and warns itself where a sampler cannot), so Lightning's generic advice does not apply.
+    r"You're resuming from a checkpoint that ended before the epoch ended.*",
     # Lightning's own pytree helper under torch >= 2.10; nothing a user can change.
     r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
     # DistillationModule all-reduces its epoch metrics itself (torchmetrics) and logs the reduced values, so
