@@ -47,6 +47,10 @@ from datamodules import ComposedDigitsDataModule
 METRICS = ("top1", "top5", "agreement", "spearman")
 
 
+class _InputError(ValueError):
+    """Recorded runs or arguments that cannot be used as given; ``cmkd-compare`` prints the message as one line."""
+
+
 @dataclass
 class Method:
     """One way of training the student: distillation losses, their weights and the cross-entropy weight.
@@ -156,12 +160,12 @@ def resolve_methods(entries: Sequence[str | Method]) -> list[Method]:
         elif str(entry).endswith((".yaml", ".yml")):
             methods.append(method_from_config(entry))
         else:
-            raise ValueError(
+            raise _InputError(
                 f"Expected each method to be one of {sorted(BUILTIN_METHODS)} or a .yaml config, but got {entry!r}."
             )
     names = [m.name for m in methods]
     if len(set(names)) != len(names):
-        raise ValueError(f"Expected unique method names, but got {names}.")
+        raise _InputError(f"Expected unique method names, but got {names}.")
     return methods
 
 
@@ -361,7 +365,7 @@ def read_runs(path: Path) -> list[dict[str, Any]]:
                     stacklevel=2,
                 )
                 continue
-            raise ValueError(f"Expected line {i + 1} of {path} to be a JSON record, but it is not: {err}.") from None
+            raise _InputError(f"Expected line {i + 1} of {path} to be a JSON record, but it is not: {err}.") from None
         if "config_hash" not in entry:
             old += 1
             continue
@@ -607,7 +611,7 @@ def compare(
     names = [m.name for m in resolved]
     reference = names[-1] if reference is None else reference
     if reference not in names:
-        raise ValueError(f"Expected `reference` to be one of the methods {names}, but got {reference!r}.")
+        raise _InputError(f"Expected `reference` to be one of the methods {names}, but got {reference!r}.")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     data = ComposedDigitsDataModule(
@@ -703,7 +707,7 @@ def summarize_recorded(
         if row["method"] in methods and (seeds is None or row["seed"] in seeds):
             chosen[(row["method"], row["seed"])] = entry
     if not chosen:
-        raise ValueError(f"Expected recorded runs of {list(methods)} in {path}, but found none.")
+        raise _InputError(f"Expected recorded runs of {list(methods)} in {path}, but found none.")
     for name in methods:
         by_hash: dict[str, list[int]] = {}
         for (m, seed), entry in sorted(chosen.items(), key=lambda item: item[0][1]):
@@ -711,14 +715,14 @@ def summarize_recorded(
                 by_hash.setdefault(entry["config_hash"], []).append(seed)
         if len(by_hash) > 1:
             found = "; ".join(f"config {h[:12]}: seeds {s}" for h, s in by_hash.items())
-            raise ValueError(
+            raise _InputError(
                 f"Expected the recorded runs of `{name}` in {path} to come from one configuration, but they come "
                 f"from {len(by_hash)} ({found}): its config, the teacher or the data changed between seeds. Rerun "
                 "cmkd-compare with the current config (it retrains the others) or summarise the seeds apart."
             )
     settings = {json.dumps({k: e[k] for k in ("teacher", "data", "training")}, sort_keys=True) for e in chosen.values()}
     if len(settings) != 1:
-        raise ValueError(
+        raise _InputError(
             f"Expected the recorded runs in {path} to share data, epochs and teacher, but found {len(settings)} "
             f"different ones: {sorted(settings)}."
         )
@@ -771,13 +775,17 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> None:
     """Console entry point (returns None, so the process exits 0 after success)."""
     a = _parse(argv)
-    if a.summarize_only:
-        summarize_recorded(a.out, a.methods, a.seeds, a.reference)
-        return
-    from cmkd_lightning.runtime import quiet_lightning
+    try:
+        if a.summarize_only:
+            summarize_recorded(a.out, a.methods, a.seeds, a.reference)
+            return
+        resolve_methods(a.methods)  # a bad name or config file: one line, before the teacher trains
+        from cmkd_lightning.runtime import quiet_lightning
 
-    with quiet_lightning():  # Lightning's known noise, for this run only
-        _compare_from_args(a)
+        with quiet_lightning():  # Lightning's known noise, for this run only
+            _compare_from_args(a)
+    except (_InputError, FileNotFoundError) as err:
+        raise SystemExit(f"cmkd-compare: error: {err}") from None
 
 
 def _compare_from_args(a: argparse.Namespace) -> None:

@@ -146,7 +146,7 @@ def test_summarize_only_uses_every_recorded_run_and_refuses_mixed_settings(tmp_p
     assert "Paired differences (method − cmkd)" in printed and "| teacher | 99.00 |" in printed
     assert (tmp_path / "final.png").stat().st_size > 0
     _record(runs, "kd", 3, 50.0, epochs=2)
-    with pytest.raises(ValueError, match="share data, epochs and teacher"):
+    with pytest.raises(SystemExit, match="cmkd-compare: error: .* to share data, epochs and teacher"):
         main(["--summarize-only", "--out", str(tmp_path), "--methods", "kd", "cmkd"])
 
 
@@ -155,7 +155,7 @@ def test_summarize_only_refuses_two_configs_under_one_name(tmp_path):
     _record(runs, "kd", 0, 50.0, config="t4")
     _record(runs, "kd", 1, 70.0, config="t1")  # the method's YAML was edited between the seeds
     with pytest.raises(
-        ValueError, match=r"`kd` in .*runs.jsonl to come from one configuration.*config t4: seeds \[0\]"
+        SystemExit, match=r"`kd` in .*runs.jsonl to come from one configuration.*config t4: seeds \[0\]"
     ):
         main(["--summarize-only", "--out", str(tmp_path), "--methods", "kd"])
     assert not (tmp_path / "final.json").exists()
