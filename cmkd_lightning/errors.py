@@ -19,7 +19,7 @@ __all__ = [
     "LabelRangeError",
     "NonFiniteError",
     "OutputExistsError",
-    "PreemptedError",
+    "OutputWriteError",
     "RunMismatchError",
     "TeacherCacheError",
     "TeacherCacheWriteError",
@@ -74,28 +74,16 @@ class OutputExistsError(CMKDError, FileExistsError):
     """A file the run would replace is not one of its own (e.g. a regular file where a link is published)."""
 
 
+class OutputWriteError(CMKDError, OSError):
+    """An output file (a figure, a table) could not be written: a full disk, a read-only folder."""
+
+
 class TrainingDeviceError(CMKDError, RuntimeError):
     """The accelerator asked for does not exist on this machine."""
 
 
 class WandbSetupError(CMKDError, RuntimeError):
     """W&B was asked to log online but has no credentials or cannot reach its server."""
-
-
-class PreemptedError(CMKDError, SystemExit):
-    """The run was stopped by a signal (SIGTERM, SIGUSR1) after saving a resumable checkpoint.
-
-    A ``SystemExit`` whose code is ``128 + signal number`` (143 for SIGTERM), so a scheduler records the job as
-    interrupted, not as succeeded.
-    """
-
-    def __init__(self, message: str, signum: int) -> None:
-        super().__init__(message)
-        self.code = 128 + int(signum)
-        self.message = message
-
-    def __str__(self) -> str:
-        return self.message
 
 
 class TeacherCacheError(CMKDError, ValueError):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -10,6 +11,8 @@ from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.loggers import TensorBoardLogger, WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from PIL import Image
+
+from cmkd_lightning.errors import OutputWriteError
 
 if TYPE_CHECKING:  # matplotlib is the `figures` extra; the callbacks that draw import it
     from matplotlib.figure import Figure
@@ -86,13 +89,22 @@ def describe_method(pl_module: LightningModule) -> str:
 
 
 def save_figure(fig: Figure, path: Path, dpi: int) -> Path:
-    """Write ``fig`` as a PNG to ``path`` (folders created) and return ``path``.
+    """Write ``fig`` as a PNG to ``path`` (folders created, atomically) and return ``path``.
 
     Figures are built with :class:`matplotlib.figure.Figure` (the Agg canvas), never ``pyplot``: no global
     backend switch, no window, nothing left open.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi, bbox_inches="tight", facecolor="white")
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(partial, dpi=dpi, bbox_inches="tight", facecolor="white", format="png")
+        os.replace(partial, path)  # a reader never sees half a file; a failed write leaves the old one
+    except OSError as err:
+        partial.unlink(missing_ok=True)
+        raise OutputWriteError(
+            f"Could not write the figure '{path}': {err.strerror or err}. Free some space or make the folder "
+            "writable (the callback's `dirpath`) and run again."
+        ) from err
     return path
 
 
