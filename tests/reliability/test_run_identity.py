@@ -136,3 +136,16 @@ class _WritesAFile:
 
     def __reduce__(self):
         return (Path(self.path).touch, ())
+
+
+def test_ckpt_path_last_names_a_truncated_last_checkpoint_as_unreadable(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    base = _fit("ce.yaml", "--trainer.logger=false")
+    main(base)
+    last = tmp_path / "checkpoints" / "last.ckpt"
+    last.write_bytes(last.read_bytes()[:2000])
+    code, lines = _cli_error(capsys, [*base, "--ckpt_path=last"])
+    assert code == 1
+    assert lines[-1].startswith("Expected a checkpoint to resume (`--ckpt_path last`), but the newest in")
+    assert "checkpoints/last.ckpt, cannot be read: it is truncated or damaged" in lines[-1]
+    assert "other runs" not in lines[-1]
