@@ -112,8 +112,8 @@ class DistillationCLI(LightningCLI):
       logger run (same W&B id, same CSV/TensorBoard version); a new run without a fixed version gets a version
       folder of its own.
 
-    Everything goes through LightningCLI's public hooks (``before_instantiate_classes``, ``instantiate_trainer``,
-    ``before_fit``) and the loggers' constructor arguments.
+    Everything goes through LightningCLI's public hooks (``parse_arguments``, ``before_instantiate_classes``,
+    ``instantiate_trainer``, ``after_fit``) and the loggers' constructor arguments.
     """
 
     _ckpt_path: str | None = None  # an explicit --ckpt_path file, set aside by `parse_arguments`
@@ -173,8 +173,7 @@ class DistillationCLI(LightningCLI):
         if uses_wandb:  # name the extra before Lightning's own ImportError
             require("wandb", extra="wandb", purpose="trainer.logger WandbLogger")
         model_args = (config.get("model") or Namespace()).get("init_args") or Namespace()
-        if self.subcommand in (None, "fit", "validate", "test", "predict"):
-            check_teacher_checkpoint(model_args.get("teacher_checkpoint"), self._config_files())
+        check_teacher_checkpoint(model_args.get("teacher_checkpoint"), self._config_files())
         ensure_wandb_mode(uses_wandb and not trainer.get("fast_dev_run"))
 
     @override
