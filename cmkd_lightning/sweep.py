@@ -264,13 +264,20 @@ def _storage_lock(url: str) -> Iterator[None]:
     """
     from sqlalchemy import create_engine, text
     from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import OperationalError
     from sqlalchemy.pool import NullPool
 
     parsed = make_url(url)
     if parsed.get_backend_name() == "postgresql":
         engine = create_engine(url, poolclass=NullPool)
         try:
-            with engine.connect() as conn:
+            try:
+                conn = engine.connect()
+            except OperationalError as err:
+                reason = str(err.orig).strip().splitlines()[0] if err.orig is not None else str(err).splitlines()[0]
+                shown = parsed.render_as_string(hide_password=True)
+                raise SweepError(f"Expected to open the study database {shown}, but it failed: {reason}") from None
+            with conn:
                 conn.execute(text("SELECT pg_advisory_lock(:k)"), {"k": _LOCK_ID})
                 try:
                     yield

@@ -113,3 +113,16 @@ def test_misspelled_parameter_key_on_the_command_line(tmp_path, capsys, monkeypa
     err = capsys.readouterr().err.strip()
     assert exc.value.code == 2 and len(err.splitlines()) <= 3, err
     assert "trainer.max_epoch=1" in err and "does not accept option 'max_epoch'" in err
+
+
+def test_a_database_that_does_not_answer_is_one_line(tmp_path, capsys):
+    pytest.importorskip("psycopg")
+    import socket
+
+    with socket.socket() as s:  # a free port: nothing listens there once it is closed
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    space = ROOT / "examples" / "sweeps" / "cmkd_beta_fig8.yaml"
+    url = f"postgresql://me:secret@127.0.0.1:{port}/studies"
+    err = _fails(capsys, "--space", str(space), "--storage", url, "--out", str(tmp_path))
+    assert "Expected to open the study database" in err and "Connection refused" in err and "secret" not in err
