@@ -16,6 +16,8 @@ from typing import Any, Literal
 import torch
 from torch import Tensor
 
+from cmkd_lightning.errors import ArgumentTypeError, InvalidArgumentError
+
 Reduction = Literal["mean", "sum", "none"]
 _REDUCTIONS = ("mean", "sum", "none")
 
@@ -32,18 +34,20 @@ def check_logits(x: Tensor, name: str = "logits", validate_args: bool = True) ->
         ValueError: if ``x`` is not 2-D, has fewer than 2 classes, no rows, or NaN/Inf entries.
     """
     if not isinstance(x, Tensor):
-        raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(x).__name__}.")
+        raise ArgumentTypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(x).__name__}.")
     if not x.is_floating_point():
-        raise TypeError(f"Expected `{name}` to be a floating-point tensor of logits, but got dtype {x.dtype}.")
+        raise ArgumentTypeError(f"Expected `{name}` to be a floating-point tensor of logits, but got dtype {x.dtype}.")
     if x.ndim != 2:
-        raise ValueError(f"Expected `{name}` to be 2-D with shape (N, C), but got {x.ndim}-D shape {tuple(x.shape)}.")
+        raise InvalidArgumentError(
+            f"Expected `{name}` to be 2-D with shape (N, C), but got {x.ndim}-D shape {tuple(x.shape)}."
+        )
     if x.shape[0] < 1:
-        raise ValueError(f"Expected `{name}` to hold at least one sample, but got shape {tuple(x.shape)}.")
+        raise InvalidArgumentError(f"Expected `{name}` to hold at least one sample, but got shape {tuple(x.shape)}.")
     if x.shape[1] < 2:
-        raise ValueError(f"Expected `{name}` to have at least 2 classes (C >= 2), but got C = {x.shape[1]}.")
+        raise InvalidArgumentError(f"Expected `{name}` to have at least 2 classes (C >= 2), but got C = {x.shape[1]}.")
     if validate_args and not torch.isfinite(x).all():
         bad = int((~torch.isfinite(x)).sum())
-        raise ValueError(f"Expected `{name}` to be finite, but got {bad} NaN/Inf entries.")
+        raise InvalidArgumentError(f"Expected `{name}` to be finite, but got {bad} NaN/Inf entries.")
 
 
 def check_pair(student_logits: Tensor, teacher_logits: Tensor, validate_args: bool = True) -> None:
@@ -51,7 +55,7 @@ def check_pair(student_logits: Tensor, teacher_logits: Tensor, validate_args: bo
     check_logits(student_logits, "student_logits", validate_args)
     check_logits(teacher_logits, "teacher_logits", validate_args)
     if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
+        raise InvalidArgumentError(
             "Expected `student_logits` and `teacher_logits` to have the same shape, but got "
             f"{tuple(student_logits.shape)} and {tuple(teacher_logits.shape)}."
         )
@@ -67,19 +71,21 @@ def check_targets(targets: Tensor | None, logits: Tensor, name: str = "targets",
         TypeError: if ``targets`` is not an integer tensor.
     """
     if targets is None:
-        raise ValueError(f"This loss needs `{name}` (class indices of shape (N,)), but got None.")
+        raise InvalidArgumentError(f"This loss needs `{name}` (class indices of shape (N,)), but got None.")
     if not isinstance(targets, Tensor):
-        raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(targets).__name__}.")
+        raise ArgumentTypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(targets).__name__}.")
     if targets.is_floating_point() or targets.is_complex() or targets.dtype == torch.bool:
-        raise TypeError(f"Expected `{name}` to be an integer tensor of class indices, but got dtype {targets.dtype}.")
+        raise ArgumentTypeError(
+            f"Expected `{name}` to be an integer tensor of class indices, but got dtype {targets.dtype}."
+        )
     n, c = logits.shape
     if targets.shape != (n,):
-        raise ValueError(f"Expected `{name}` to have shape ({n},), but got {tuple(targets.shape)}.")
+        raise InvalidArgumentError(f"Expected `{name}` to have shape ({n},), but got {tuple(targets.shape)}.")
     # int64 whatever the integer dtype (int32, int16, uint8, ...): gather and one_hot take int64 only, and
     # min/max are not implemented for uint16/32/64; a device-side cast, no host read
     targets = targets.long()
     if validate_args and targets.numel() and (int(targets.min()) < 0 or int(targets.max()) >= c):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `{name}` to be class indices in [0, {c}), but got values in "
             f"[{int(targets.min())}, {int(targets.max())}]."
         )
@@ -89,19 +95,19 @@ def check_targets(targets: Tensor | None, logits: Tensor, name: str = "targets",
 def check_reduction(reduction: str) -> None:
     """Raise ``ValueError`` unless ``reduction`` is one of ``"mean"``, ``"sum"``, ``"none"``."""
     if reduction not in _REDUCTIONS:
-        raise ValueError(f"Expected `reduction` to be one of {_REDUCTIONS}, but got {reduction!r}.")
+        raise InvalidArgumentError(f"Expected `reduction` to be one of {_REDUCTIONS}, but got {reduction!r}.")
 
 
 def check_positive(value: float, name: str) -> None:
     """Raise ``ValueError`` unless ``value`` is a finite number > 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value > 0 or value == float("inf"):
-        raise ValueError(f"Expected `{name}` to be a finite number > 0, but got {value!r}.")
+        raise InvalidArgumentError(f"Expected `{name}` to be a finite number > 0, but got {value!r}.")
 
 
 def check_non_negative(value: float, name: str) -> None:
     """Raise ``ValueError`` unless ``value`` is a finite number >= 0."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0 or value == float("inf"):
-        raise ValueError(f"Expected `{name}` to be a finite number >= 0, but got {value!r}.")
+        raise InvalidArgumentError(f"Expected `{name}` to be a finite number >= 0, but got {value!r}.")
 
 
 def reduce(per_sample: Tensor, reduction: str) -> Tensor:
@@ -125,7 +131,7 @@ def check_result(loss: Tensor, name: str, *logits: Tensor) -> Tensor:
     if bool(torch.isfinite(loss).all()):
         return loss
     largest = max(float(x.detach().abs().max()) for x in logits) if logits else float("nan")
-    raise ValueError(
+    raise InvalidArgumentError(
         f"Expected `{name}` to be finite for finite logits, but it overflowed to NaN/Inf: the logits reach "
         f"|z| = {largest:.3g}, so the true loss exceeds the range of {loss.dtype}. Logits this large come from a "
         "diverged network; lower the learning rate or pass float64 logits."
@@ -161,9 +167,9 @@ def check_int(value: Any, name: str, *, minimum: int | None = None, maximum: int
     else:
         expected = f"an int in [{minimum}, {maximum}]"
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"Expected `{name}` to be {expected}, but got {type(value).__name__} {value!r}.")
+        raise ArgumentTypeError(f"Expected `{name}` to be {expected}, but got {type(value).__name__} {value!r}.")
     if (minimum is not None and value < minimum) or (maximum is not None and value > maximum):
-        raise ValueError(f"Expected `{name}` to be {expected}, but got {value!r}.")
+        raise InvalidArgumentError(f"Expected `{name}` to be {expected}, but got {value!r}.")
     return value
 
 
@@ -171,9 +177,9 @@ def check_positive_int(value: Any, name: str, *, or_none: bool = False) -> int:
     """Return ``value`` if it is an ``int >= 1`` (not ``bool``), else raise ``TypeError`` / ``ValueError``."""
     expected = "an int >= 1" + (" or None" if or_none else "")
     if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"Expected `{name}` to be {expected}, but got {type(value).__name__} {value!r}.")
+        raise ArgumentTypeError(f"Expected `{name}` to be {expected}, but got {type(value).__name__} {value!r}.")
     if value < 1:
-        raise ValueError(f"Expected `{name}` to be {expected}, but got {value!r}.")
+        raise InvalidArgumentError(f"Expected `{name}` to be {expected}, but got {value!r}.")
     return value
 
 
@@ -192,37 +198,37 @@ def check_non_negative_int(value: Any, name: str) -> int:
 def check_positive_float(value: Any, name: str) -> float:
     """Return ``value`` as a float if it is a finite number ``> 0`` (not ``bool``), else raise."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"Expected `{name}` to be a number > 0, but got {type(value).__name__} {value!r}.")
+        raise ArgumentTypeError(f"Expected `{name}` to be a number > 0, but got {type(value).__name__} {value!r}.")
     if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"Expected `{name}` to be a finite number > 0, but got {value!r}.")
+        raise InvalidArgumentError(f"Expected `{name}` to be a finite number > 0, but got {value!r}.")
     return float(value)
 
 
 def check_fraction(value: Any, name: str) -> float:
     """Return ``value`` as a float if it is a number strictly between 0 and 1, else raise ``ValueError``."""
     if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 < value < 1.0:
-        raise ValueError(f"Expected `{name}` to be a number in (0, 1), but got {value!r}.")
+        raise InvalidArgumentError(f"Expected `{name}` to be a number in (0, 1), but got {value!r}.")
     return float(value)
 
 
 def check_bool(value: Any, name: str) -> bool:
     """Return ``value`` if it is a ``bool``, else raise ``TypeError``."""
     if not isinstance(value, bool):
-        raise TypeError(f"Expected `{name}` to be a bool, but got {type(value).__name__} {value!r}.")
+        raise ArgumentTypeError(f"Expected `{name}` to be a bool, but got {type(value).__name__} {value!r}.")
     return value
 
 
 def check_optional_bool(value: Any, name: str) -> bool | None:
     """Return ``value`` if it is a ``bool`` or ``None``, else raise ``TypeError``."""
     if value is not None and not isinstance(value, bool):
-        raise TypeError(f"Expected `{name}` to be a bool or None, but got {type(value).__name__} {value!r}.")
+        raise ArgumentTypeError(f"Expected `{name}` to be a bool or None, but got {type(value).__name__} {value!r}.")
     return value
 
 
 def check_str(value: Any, name: str) -> str:
     """Return ``value`` if it is a ``str``, else raise ``TypeError``."""
     if not isinstance(value, str):
-        raise TypeError(f"Expected `{name}` to be a str, but got {type(value).__name__} {value!r}.")
+        raise ArgumentTypeError(f"Expected `{name}` to be a str, but got {type(value).__name__} {value!r}.")
     return value
 
 
@@ -237,12 +243,14 @@ def check_path(value: Any, name: str) -> Path:
         True
     """
     if not isinstance(value, (str, os.PathLike)):
-        raise TypeError(f"Expected `{name}` to be a str or os.PathLike, but got {type(value).__name__} {value!r}.")
+        raise ArgumentTypeError(
+            f"Expected `{name}` to be a str or os.PathLike, but got {type(value).__name__} {value!r}."
+        )
     text = os.fspath(value)
     if not isinstance(text, str):
-        raise TypeError(f"Expected `{name}` to be a str path, but got bytes {text!r}.")
+        raise ArgumentTypeError(f"Expected `{name}` to be a str path, but got bytes {text!r}.")
     if text == "":
-        raise ValueError(f"Expected `{name}` to be a non-empty path, but got {value!r}.")
+        raise InvalidArgumentError(f"Expected `{name}` to be a non-empty path, but got {value!r}.")
     return Path(text).expanduser()
 
 
@@ -257,5 +265,7 @@ def check_filename(value: Any, name: str, suffix: str) -> str:
     """Return ``value`` if it is a plain file name (no folder) ending in ``suffix``, else raise."""
     check_str(value, name)
     if not value.endswith(suffix) or len(value) <= len(suffix) or Path(value).name != value:
-        raise ValueError(f"Expected `{name}` to be a file name ending in {suffix!r} (no folder), but got {value!r}.")
+        raise InvalidArgumentError(
+            f"Expected `{name}` to be a file name ending in {suffix!r} (no folder), but got {value!r}."
+        )
     return value

@@ -11,11 +11,13 @@ from __future__ import annotations
 import pickle
 
 __all__ = [
+    "ArgumentTypeError",
     "CMKDError",
     "CheckpointNotFoundError",
     "CheckpointReadError",
     "ConfigFileError",
     "DataError",
+    "InvalidArgumentError",
     "LabelRangeError",
     "NonFiniteError",
     "OutputExistsError",
@@ -36,6 +38,14 @@ class CMKDError(Exception):
         >>> issubclass(RunMismatchError, CMKDError)
         True
     """
+
+
+class InvalidArgumentError(CMKDError, ValueError):
+    """An argument has a value outside what it accepts (a negative temperature, an unknown option, ...)."""
+
+
+class ArgumentTypeError(CMKDError, TypeError):
+    """An argument has the wrong type."""
 
 
 class CheckpointReadError(CMKDError, OSError, ValueError):
