@@ -220,12 +220,12 @@ def data_fingerprint(data: ComposedDigitsDataModule) -> str:
     return digest.hexdigest()
 
 
-def _trainer(epochs: int, out: Path, progress: bool = False) -> L.Trainer:
+def _trainer(epochs: int, out: Path, progress: bool = False, logger: Any = False) -> L.Trainer:
     return L.Trainer(
         accelerator="cpu",
         devices=1,
         max_epochs=epochs,
-        logger=False,
+        logger=logger,
         enable_checkpointing=False,
         enable_model_summary=False,
         enable_progress_bar=progress,
@@ -264,8 +264,12 @@ def fit_student(
     out: Path,
     arch: str = "digits_student",
     lr: float = 0.05,
+    logger: Any = False,
 ) -> DistillationModule:
-    """Train one student: ``seed`` fixes its initial weights, the data module fixes the batch order."""
+    """Train one student: ``seed`` fixes its initial weights, the data module fixes the batch order.
+
+    ``logger``: the Lightning logger of the run (default: none).
+    """
     L.seed_everything(seed, verbose=False)
     student = create_model(arch, num_classes=data.num_classes, num_digits=data.num_digits)
     losses = method.losses()
@@ -279,23 +283,53 @@ def fit_student(
         optimizer=functools.partial(torch.optim.SGD, lr=lr, momentum=0.9, weight_decay=5e-4),
         lr_scheduler=WarmupCosine,
     )
-    _trainer(epochs, out).fit(module, data)
+    _trainer(epochs, out, logger=logger).fit(module, data)
     return module
 
 
 def train_student(
-    method: Method, seed: int, data: ComposedDigitsDataModule, teacher: nn.Module, epochs: int, out: Path
+    method: Method,
+    seed: int,
+    data: ComposedDigitsDataModule,
+    teacher: nn.Module,
+    epochs: int,
+    out: Path,
+    wandb: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """:func:`fit_student`, then the test metrics (Top-1, Top-5, agreement and Spearman with the teacher)."""
+    """:func:`fit_student`, then the test metrics (Top-1, Top-5, agreement and Spearman with the teacher).
+
+    ``wandb``: ``{"project": ..., "group": ..., "config": {...}}`` logs the run as a W&B run of its own
+    (``<method>-seed<seed>``, the config given, the test metrics in its summary), finished before this returns.
+    """
+    logger: Any = False
+    if wandb is not None:
+        from lightning.pytorch.loggers import WandbLogger
+
+        from cmkd_lightning.cli import ensure_wandb_mode
+
+        ensure_wandb_mode()
+        logger = WandbLogger(
+            project=wandb["project"],
+            group=wandb["group"],
+            name=f"{method.name}-seed{seed}",
+            save_dir=str(out),
+            config={"method": method.name, "seed": seed, **wandb.get("config", {})},
+        )
     start = time.perf_counter()
-    module = fit_student(method, seed, data, teacher, epochs, out)
-    seconds = time.perf_counter() - start
-    return {
-        "method": method.name,
-        "seed": seed,
-        **_evaluate(module, teacher, data.test_dataloader()),
-        "seconds": seconds,
-    }
+    try:
+        module = fit_student(method, seed, data, teacher, epochs, out, logger=logger)
+        seconds = time.perf_counter() - start
+        row = {"method": method.name, "seed": seed, **_evaluate(module, teacher, data.test_dataloader())}
+        row["seconds"] = seconds
+    except BaseException:
+        if logger:
+            logger.experiment.finish(exit_code=1)
+        raise
+    if logger:
+        row["wandb_run_id"] = str(logger.experiment.id)
+        logger.experiment.summary.update({f"test/{k}": row[k] for k in METRICS if k in row})
+        logger.experiment.finish()
+    return row
 
 
 def method_config(method: Method) -> dict[str, Any]:
@@ -580,6 +614,7 @@ def compare(
     threads: int = 1,
     reuse: bool = True,
     verbose: bool = True,
+    wandb_project: str | None = None,
 ) -> dict[str, Any]:
     """Train every method over paired seeds on composed digits and compare them (the Python API of the command).
 
@@ -600,6 +635,8 @@ def compare(
             comparison resumes, and several processes with different ``seeds`` can fill one directory before a
             last call summarises them all); a changed YAML or teacher file retrains.
         verbose: print progress and the tables.
+        wandb_project: log every student trained here as a W&B run of its own in this project (grouped by the
+            ``out`` folder's name; runs reused from ``runs.jsonl`` are not logged again).
 
     Returns:
         ``{"teacher": ..., "runs": [...], "summary": ..., "config": ...}`` (also written to ``results.json``).
@@ -641,7 +678,11 @@ def compare(
             if cached:  # the same config, teacher, data and seed, maybe under another name
                 row = {**recorded[key]["row"], "method": method.name}
             else:
-                row = {**train_student(method, seed, data, teacher, epochs, out), "config_hash": config_hash}
+                wandb = None
+                if wandb_project is not None:
+                    wandb = {"project": wandb_project, "group": out.resolve().name}
+                    wandb["config"] = {"config_hash": config_hash, "method_config": method_config(method), **provenance}
+                row = {**train_student(method, seed, data, teacher, epochs, out, wandb), "config_hash": config_hash}
                 entry = {"key": key, "config_hash": config_hash, "method_config": method_config(method), **provenance}
                 entry["teacher_eval"] = teacher_eval
                 _record_run(cache_path, {**entry, "row": row})
@@ -761,6 +802,11 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-reuse", action="store_true", help="retrain runs already recorded in <out>/runs.jsonl")
     p.add_argument(
+        "--wandb-project",
+        default=None,
+        help="log each student trained as its own W&B run in this project, grouped by --out's name (default: no W&B)",
+    )
+    p.add_argument(
         "--summarize-only",
         action="store_true",
         help="train nothing: tables and final.{json,csv,md,png} from the runs recorded in <out>/runs.jsonl",
@@ -802,6 +848,7 @@ def _compare_from_args(a: argparse.Namespace) -> None:
         out=a.out,
         threads=a.threads,
         reuse=not a.no_reuse,
+        wandb_project=a.wandb_project,
     )
 
 

@@ -226,3 +226,18 @@ def test_cache_is_keyed_by_the_config_and_the_teacher_bytes(tmp_path):
     entries = [json.loads(line) for line in (out / "runs.jsonl").read_text().splitlines()]
     assert len(entries) == 3 and len({e["teacher"] for e in entries}) == 2
     assert retrained["runs"][0]["config_hash"] == entries[-1]["config_hash"]
+
+
+@pytest.mark.slow
+def test_each_student_is_its_own_wandb_run(tmp_path, monkeypatch):
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    out = tmp_path / "cmp"
+    tiny = {"num_digits": 1, "train_size": 128, "eval_size": 64, "epochs": 1, "teacher_epochs": 1, "out": out}
+    result = compare(["ce", "kd"], [0], verbose=False, wandb_project="cmkd-tests", **tiny)
+    folders = sorted((out / "wandb").glob("offline-run-*"))
+    ids = [f.name.rsplit("-", 1)[-1] for f in folders]
+    assert len(set(ids)) == 2  # one run per student, not one run for the comparison
+    assert sorted(r["wandb_run_id"] for r in result["runs"]) == sorted(ids)
+    again = compare(["ce", "kd"], [0], verbose=False, wandb_project="cmkd-tests", **tiny)
+    assert len(list((out / "wandb").glob("offline-run-*"))) == 2  # reused runs are not logged again
+    assert again["runs"] == result["runs"]
