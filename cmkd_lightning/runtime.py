@@ -22,17 +22,19 @@ DEFAULT_CPU_THREADS = 1
 
 # Lightning messages that carry no information for a cmkd user (see docs in README "Quiet output").
 _NOISE_LOGS = (re.compile(r"^💡 Tip: For seamless cloud logging"),)
+# Lightning's own pytree helper under torch >= 2.10; nothing a user can change.
+_LEAFSPEC = r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"
+# DistillationModule keeps its frozen teacher in eval mode on purpose.
+_EVAL_MODE = r"Found \d+ module\(s\) in eval mode at the start of training.*"
 _NOISE_WARNINGS = (
     # A mid-epoch resume: the Preemption callback makes the repository's samplers skip the batches already trained
     # (and warns itself where a sampler cannot), so Lightning's generic advice does not apply.
     r"You're resuming from a checkpoint that ended before the epoch ended.*",
-    # Lightning's own pytree helper under torch >= 2.10; nothing a user can change.
-    r".*isinstance\(treespec, LeafSpec\)` is deprecated.*",
+    _LEAFSPEC,
     # DistillationModule all-reduces its epoch metrics itself (torchmetrics) and logs the reduced values, so
     # Lightning's advice to add `sync_dist=True` does not apply to its `train/`, `val/`, `test/` keys.
     r"It is recommended to use `self\.log\('(train|val|test)/.*', \.\.\., sync_dist=True\)`.*",
-    # DistillationModule keeps its frozen teacher in eval mode on purpose.
-    r"Found \d+ module\(s\) in eval mode at the start of training.*",
+    _EVAL_MODE,
     # A module with a teacher cache attaches the cached logits in its own batch hook, on purpose.
     r"You have overridden `on_before_batch_transfer` in `LightningModule` but have passed in a `LightningDataModule`.*",
 )
@@ -88,7 +90,7 @@ def set_cpu_threads(value: int | str | None = None) -> int:
 # Warnings Lightning gives every DistillationModule run between the `setup` hook and the start of the loop, from
 # its own code (no hook of ours is on the stack): its pytree helper under torch >= 2.10, and the frozen teacher that
 # stays in eval mode on purpose.
-_START_NOISE = (_NOISE_WARNINGS[0], _NOISE_WARNINGS[2])
+_START_NOISE = (_LEAFSPEC, _EVAL_MODE)
 
 
 class QuietStart:
