@@ -117,11 +117,11 @@ def _write_error(output: Path, err: OSError, *, needed: int, kept: int | None) -
         again = "run the same command again" + (" to resume" if kept is not None else "")
         return TeacherCacheWriteError(
             f"Expected {_bytes_text(needed)} free in {folder} for the teacher-logit cache {output.name}, but the "
-            f"disk is full ({_bytes_text(free)} free; {_reason(err)}). {left}: free space (or choose --output on "
+            f"disk is full: {_bytes_text(free)} free, {_reason(err)}. {left}: free space (or choose --output on "
             f"a larger disk) and {again}."
         )
     return TeacherCacheWriteError(
-        f"Expected to write the teacher-logit cache {output}, but the folder {folder} refuses it ({_reason(err)}). "
+        f"Expected to write the teacher-logit cache {output}, but the folder {folder} refuses it: {_reason(err)}. "
         "Make the folder writable or choose another --output."
     )
 
@@ -146,11 +146,20 @@ def _folder_lock(folder: Path) -> Iterator[None]:
         os.close(fd)  # releases the lock
 
 
-def _busy(output: Path) -> TeacherCacheBusyError:
+def _busy(output: Path, header: Mapping[str, Any]) -> TeacherCacheBusyError:
+    """Another build holds ``output``: say whether it builds this same cache (wait) or another one (other path)."""
+    try:
+        diffs = _differences(_short(binding(header)), _short(binding(read_header(output))))
+    except (StaleTeacherCacheError, KeyError, TypeError):
+        diffs = None
+    if diffs == []:
+        what, fix = "the same cache", "Wait for it to finish: running this command again then reuses its file."
+    else:
+        what = "a cache of another teacher or data" + (f" ({'; '.join(diffs)[:300]})" if diffs else "")
+        fix = "Choose another --output, or wait for it to finish and replace its file with --overwrite."
     return TeacherCacheBusyError(
-        f"Expected to be the only build writing {output}, but another process is building it now (it holds the "
-        "file's lock). Wait for it to finish and run this command again (it reuses or resumes that file), or "
-        "choose another --output."
+        f"Expected to be the only build writing {output}, but another process is building {what} there now (it "
+        f"holds the file's lock). {fix}"
     )
 
 
@@ -181,7 +190,7 @@ def _open_output(output: Path, header: dict[str, Any], overwrite: bool) -> tuple
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
                 os.close(fd)
-                raise _busy(output) from None
+                raise _busy(output, header) from None
             if not overwrite and os.fstat(fd).st_size > 0:
                 try:
                     old = read_header(output)
@@ -208,7 +217,7 @@ def _open_output(output: Path, header: dict[str, Any], overwrite: bool) -> tuple
         try:
             fd = os.open(output, os.O_RDWR | os.O_CREAT | os.O_EXCL, 0o644)
         except FileExistsError:
-            raise _busy(output) from None  # only without the folder lock: another build created it just now
+            raise _busy(output, header) from None  # only without the folder lock: another build created it just now
         except OSError as err:
             raise _write_error(output, err, needed=HEADER_BYTES + data_bytes(header), kept=None) from err
         fcntl.flock(fd, fcntl.LOCK_EX)

@@ -89,9 +89,12 @@ def test_a_second_build_of_a_file_being_built_is_refused(tmp_path, capsys):
     try:
         fcntl.flock(fd, fcntl.LOCK_EX)
         code, lines = _cache_cli(capsys, *BUILD, "--teacher", "resnet14", "--output", str(out), "--overwrite")
+        same_code, same_lines = _cache_cli(capsys, *BUILD, "--output", str(out))
     finally:
         os.close(fd)
-    _assert_short(code, lines, str(out), "another process is building it now", "run this command again")
+    _assert_short(same_code, same_lines, str(out), "building the same cache there now", "Wait for it to finish")
+    _assert_short(code, lines, str(out), "another process is building a cache of another teacher or data")
+    assert "weights_sha256: cache has" in lines[-1] and "Choose another --output" in lines[-1]
     assert TeacherLogitCache(out).header["teacher"]["name"] == "resnet8"  # the first build's cache, whole
 
 
@@ -181,8 +184,11 @@ def test_a_full_disk_at_preallocation_names_folder_and_bytes_and_leaves_nothing(
     code, lines = _cache_cli(capsys, *BUILD, "--output", str(out))
     free = shutil.disk_usage(tmp_path).free
     _assert_short(code, lines, f"Expected {SIZE:,} bytes", f"free in {tmp_path} for the teacher-logit cache c.tlc")
-    assert re.search(r"the disk is full \(([\d,]+) bytes .* free; No space left on device \(ENOSPC\)\)", lines[-1])
-    reported = int(re.search(r"full \(([\d,]+) bytes", lines[-1]).group(1).replace(",", ""))
+    found = re.search(
+        r"the disk is full: ([\d,]+) bytes \([\d.,]+ MiB\) free, No space left on device \(ENOSPC\)\.", lines[-1]
+    )
+    assert found, lines[-1]
+    reported = int(found.group(1).replace(",", ""))
     assert abs(reported - free) < 2**30  # what shutil.disk_usage said (other jobs write to this disk meanwhile)
     assert "Nothing was left behind" in lines[-1]
     assert not out.exists()
@@ -292,7 +298,7 @@ def test_two_builds_racing_with_different_teachers_leave_one_whole_cache(tmp_pat
     loser = next(t for t, c in codes.items() if c == 1)
     lines = [line for line in results[loser][1].splitlines() if line.strip()]
     assert len(lines) <= 3 and str(out) in lines[-1], lines
-    assert "another process is building it now" in lines[-1] or "holds another" in lines[-1], lines
+    assert "another process is building a cache of another" in lines[-1] or "holds another" in lines[-1], lines
     winner = next(t for t, c in codes.items() if c == 0)
     store_module._VERIFIED.clear()
     cache = TeacherLogitCache(out)  # whole, and its logits hash to the recorded SHA-256
