@@ -12,6 +12,7 @@ from torchvision.datasets import CIFAR100
 
 from cmkd_lightning._validation import check_path
 from datamodules._cifar import _CIFARDataModule, _SafeCIFARDataset, test_transform, train_transform
+from datamodules._contrastive import check_negatives, with_contrast
 
 #: Per-channel mean and std of the CIFAR-100 training images (the values of the reference repos).
 CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
@@ -136,6 +137,10 @@ class CIFAR100DataModule(_CIFARDataModule):
             RandomCrop + flip) and its cached teacher logits are row ``[sample_index, view_index]``. The cache is
             refused at ``setup`` when it was built on other images, another split, another transform or class
             count. Give the same file to ``DistillationModule(teacher_cache=...)``.
+        contrastive_negatives: for CRD (:class:`~cmkd_lightning.losses.CRDLoss`): training batches become
+            ``(images, targets, sample_index, contrast_index)`` with ``K`` negatives of other classes per sample
+            (:class:`~datamodules._contrastive.ContrastiveSampleDataset`; the reference's 16,384). Not with
+            ``teacher_cache``.
 
     Attributes:
         num_classes: 100.
@@ -157,9 +162,11 @@ class CIFAR100DataModule(_CIFARDataModule):
         synthetic: bool = False,
         synthetic_size: int = 1024,
         teacher_cache: str | Path | None = None,
+        contrastive_negatives: int | None = None,
     ) -> None:
         super().__init__(data_dir, download, batch_size, num_workers, pin_memory, augment, synthetic, synthetic_size)
         self.teacher_cache = None if teacher_cache is None else check_path(teacher_cache, "teacher_cache")
+        self.contrastive_negatives = check_negatives(contrastive_negatives, teacher_cache)
         self.logit_cache: Any = None  # the opened TeacherLogitCache after setup("fit")
 
     def setup(self, stage: str | None = None) -> None:
@@ -167,6 +174,7 @@ class CIFAR100DataModule(_CIFARDataModule):
         if self.teacher_cache is not None and stage in (None, "fit") and self.train_set is None:
             self.train_set = self._cached_view_train_set()
         super().setup(stage)
+        self.train_set = with_contrast(self.train_set, self.contrastive_negatives)
 
     def _cached_view_train_set(self) -> Dataset:
         """The training split as (image, target, sample_index, view_index), checked against the teacher cache."""

@@ -12,6 +12,7 @@ from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
 from cmkd_lightning._validation import check_bool, check_int, check_optional_bool, check_path
+from datamodules._contrastive import check_negatives, with_contrast
 from datamodules._io import SplitLoaders
 from datamodules._synthetic import SyntheticImageDataset
 
@@ -89,6 +90,9 @@ class ImageNetDataModule(SplitLoaders, LightningDataModule):
         synthetic: serve deterministic random images of the real size through the real transforms instead of
             files (no download, no data directory); for smoke tests and device checks.
         synthetic_size: number of synthetic samples per split.
+        contrastive_negatives: for CRD (:class:`~cmkd_lightning.losses.CRDLoss`): training batches become
+            ``(images, targets, sample_index, contrast_index)`` with ``K`` negatives of other classes per sample
+            (:class:`~datamodules._contrastive.ContrastiveSampleDataset`; the reference's 16,384).
 
     Attributes:
         num_classes: as given (1000 by default).
@@ -114,8 +118,10 @@ class ImageNetDataModule(SplitLoaders, LightningDataModule):
         augment: bool = True,
         synthetic: bool = False,
         synthetic_size: int = 1024,
+        contrastive_negatives: int | None = None,
     ) -> None:
         super().__init__()
+        self.contrastive_negatives = check_negatives(contrastive_negatives)
         self.data_dir = check_path(data_dir, "data_dir")
         self.batch_size = check_int(batch_size, "batch_size", minimum=1)
         self.num_workers = check_int(num_workers, "num_workers", minimum=0)
@@ -146,6 +152,7 @@ class ImageNetDataModule(SplitLoaders, LightningDataModule):
         """Index ``train`` (for ``fit``) and ``val`` (for every stage) and check their class folders."""
         if self.synthetic:
             self._setup_synthetic(stage)
+            self.train_set = with_contrast(self.train_set, self.contrastive_negatives)
             return
         val_classes = self._checked_classes("val")
         if stage in (None, "fit") and self.train_set is None:
@@ -158,7 +165,7 @@ class ImageNetDataModule(SplitLoaders, LightningDataModule):
                     f"folders, but got {only_train} only in train and {only_val} only in val (first 5 shown)."
                 )
             train_tf = imagenet_train_transform(self.image_size) if self.augment else self._eval_transform()
-            self.train_set = _image_folder(self.data_dir / "train", train_tf)
+            self.train_set = with_contrast(_image_folder(self.data_dir / "train", train_tf), self.contrastive_negatives)
         if self.val_set is None:
             self.val_set = _image_folder(self.data_dir / "val", self._eval_transform())
 
