@@ -662,10 +662,10 @@ def run_sweep(
 
 
 class _DropConfigTracebacks(logging.Filter):
-    """Drop Optuna's log record of a trial that failed with :class:`TrialConfigError` (cmkd-sweep says it once)."""
+    """Drop Optuna's traceback of a trial that did not build (cmkd-sweep says why once) or found no grid point left."""
 
     def filter(self, record: logging.LogRecord) -> bool:
-        return not (record.exc_info and isinstance(record.exc_info[1], TrialConfigError))
+        return not (record.exc_info and isinstance(record.exc_info[1], (TrialConfigError, _GridExhausted)))
 
 
 @contextlib.contextmanager
