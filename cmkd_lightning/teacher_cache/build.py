@@ -250,9 +250,11 @@ def _preallocate(fd: int, start: int, total: int) -> None:
     ``posix_fallocate`` where the file system supports it; elsewhere zeros are written from ``start`` on (the bytes
     before it hold logits already) and flushed.
     """
+    fallocate = getattr(os, "posix_fallocate", None)  # absent on macOS
     try:
-        os.posix_fallocate(fd, 0, total)
-        return
+        if fallocate is not None:
+            fallocate(fd, 0, total)
+            return
     except OSError as err:
         if err.errno not in _NO_FALLOCATE:
             raise
