@@ -30,7 +30,7 @@ from cmkd_lightning.teacher_cache import (
 )
 from cmkd_lightning.teacher_cache import store as store_module
 from cmkd_lightning.teacher_cache.store import HEADER_BYTES
-from tests.reliability._cli import _env
+from tests.reliability._cli import REPO, _env
 
 SIZE = 2 * 162 * 100 * 2 + HEADER_BYTES  # two synthetic images, 100 classes, float16
 BUILD = ["build", "--teacher", "resnet8", "--synthetic", "--synthetic-size", "2", "--no-progress", "--threads", "1"]
@@ -309,3 +309,44 @@ def test_the_library_errors_are_cmkd_errors():
     assert issubclass(StaleTeacherCacheError, CMKDError) and issubclass(StaleTeacherCacheError, ValueError)
     assert issubclass(CorruptTeacherCacheError, StaleTeacherCacheError)
     assert issubclass(TeacherCacheWriteError, CMKDError) and issubclass(TeacherCacheWriteError, OSError)
+
+
+# --- cmkd fit with a damaged cache ------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_cmkd_fit_refuses_a_cache_with_garbage_logits_before_training(tmp_path, capsys, monkeypatch):
+    """Issue 23: finite garbage over the array trained without a word; now the run stops in two lines."""
+    import torch
+
+    from cmkd_lightning.models import create_model
+    from cmkd_lightning.teacher_cache import build_cache
+    from datamodules.cifar100 import cifar100_images
+    from tests.reliability._cli import _cli_error
+
+    monkeypatch.chdir(tmp_path)
+    torch.manual_seed(1)
+    teacher = create_model("resnet8", num_classes=100)
+    torch.save({"model": teacher.state_dict()}, tmp_path / "teacher.pth")
+    images, targets = cifar100_images("data", synthetic=True, synthetic_size=4)
+    out = tmp_path / "c.tlc"
+    build_cache(teacher, images, targets, out, progress=False, batch_size=324)
+    with open(out, "r+b") as file:
+        file.seek(HEADER_BYTES + 5000)
+        file.write(b"\x00\x3c" * 100)  # float16 1.0: finite, plausible logits
+    monkeypatch.setattr(store_module, "_VERIFIED", {})  # as a new process
+    configs = REPO / "examples" / "configs" / "cifar100"
+    code, lines = _cli_error(
+        capsys,
+        [
+            "fit", "-c", str(configs / "_base.yaml"), "-c", str(configs / "kd" / "res32x4_res8x4.yaml"),
+            "--model.init_args.teacher=resnet8", f"--model.init_args.teacher_checkpoint={tmp_path / 'teacher.pth'}",
+            "--data.init_args.synthetic=true", "--data.init_args.synthetic_size=4", "--data.init_args.num_workers=0",
+            f"--data.init_args.teacher_cache={out}", f"--model.init_args.teacher_cache={out}",
+            "--trainer.logger=false", "--trainer.max_epochs=1",
+        ],
+    )  # fmt: skip
+    assert code == 1
+    assert "CorruptTeacherCacheError" in lines[-1] and str(out) in lines[-1], lines[-3:]
+    assert f"cmkd-teacher-cache build --overwrite --output {out}" in lines[-1]
+    assert not (tmp_path / "lightning_logs").exists()
