@@ -121,8 +121,8 @@ def _write_error(output: Path, err: OSError, *, needed: int, kept: int | None) -
             f"a larger disk) and {again}."
         )
     return TeacherCacheWriteError(
-        f"Expected to write the teacher-logit cache {output}, but the folder {folder} refuses it: {_reason(err)}. "
-        "Make the folder writable or choose another --output."
+        f"Expected to write the teacher-logit cache {output}, but the file system refuses it: {_reason(err)}. "
+        f"Make the folder {folder} (and the file, if it exists) writable, or choose another --output."
     )
 
 
@@ -185,6 +185,10 @@ def _open_output(output: Path, header: dict[str, Any], overwrite: bool) -> tuple
             try:
                 fd = os.open(output, os.O_RDWR)
             except OSError as err:
+                with contextlib.suppress(StaleTeacherCacheError, KeyError, TypeError, OSError):
+                    old = read_header(output)  # a finished cache of this binding on a read-only disk is reused
+                    if old.get("complete") and binding(old) == binding(header):
+                        return None, old, int(old["images_done"]), False
                 raise _write_error(output, err, needed=HEADER_BYTES + data_bytes(header), kept=None) from err
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

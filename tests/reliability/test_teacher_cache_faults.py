@@ -171,8 +171,22 @@ def test_a_read_only_folder_is_named_with_the_reason_and_the_fix(immutable_folde
         (immutable_folder / "probe").write_text("x")  # the folder really refuses writes, root or not
     out = immutable_folder / "c.tlc"
     code, lines = _cache_cli(capsys, *BUILD, "--output", str(out))
-    _assert_short(code, lines, str(out), f"the folder {immutable_folder} refuses it", "EPERM", "writable")
+    _assert_short(code, lines, str(out), "refuses it", "EPERM", f"Make the folder {immutable_folder} (and")
     assert list(immutable_folder.iterdir()) == []
+
+
+def test_a_finished_cache_in_a_read_only_file_is_reused_and_another_is_refused(tmp_path, capsys):
+    out = tmp_path / "c.tlc"
+    main([*BUILD, "--output", str(out)])
+    if subprocess.run(["chattr", "+i", str(out)], capture_output=True).returncode != 0:
+        pytest.skip("chattr +i is not available on this file system")
+    try:
+        main([*BUILD, "--output", str(out)])  # the same cache: nothing to write
+        assert "2 images x 162 views x 100 classes" in capsys.readouterr().out
+        code, lines = _cache_cli(capsys, *BUILD, "--synthetic-size", "3", "--output", str(out))
+        _assert_short(code, lines, str(out), "refuses it", "EPERM")
+    finally:
+        subprocess.run(["chattr", "-i", str(out)], check=False)
 
 
 # --- a full disk ----------------------------------------------------------------------------------------------
