@@ -447,11 +447,15 @@ def _queue_grid(study: Any, params: Mapping[str, Mapping[str, Any]]) -> None:
     """Put every grid point not queued before into the study's queue once (call under the storage lock)."""
     import itertools
 
+    from optuna.trial import TrialState
+
     keys = list(params)
     queued = [dict(p) for p in study.user_attrs.get(_GRID_QUEUED, [])]
+    # points a study run before queueing existed (Optuna's GridSampler) already ran or run: not again
+    done = [t.params for t in study.get_trials(deepcopy=False) if t.state != TrialState.FAIL and t.params]
     for point in itertools.product(*(params[k]["choices"] for k in keys)):
         values = dict(zip(keys, point))
-        if values in queued:
+        if values in queued or values in done:
             continue
         study.enqueue_trial(values, user_attrs={"grid_point": len(queued)})
         queued.append(values)

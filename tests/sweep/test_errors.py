@@ -126,3 +126,18 @@ def test_a_database_that_does_not_answer_is_one_line(tmp_path, capsys):
     url = f"postgresql://me:secret@127.0.0.1:{port}/studies"
     err = _fails(capsys, "--space", str(space), "--storage", url, "--out", str(tmp_path))
     assert "Expected to open the study database" in err and "Connection refused" in err and "secret" not in err
+
+
+def test_grid_queue_skips_points_an_older_study_already_ran(tmp_path):
+    from cmkd_lightning.sweep import open_study
+
+    url = f"sqlite:///{tmp_path / 'old.db'}"
+    old = optuna.create_study(study_name="old", storage=url, direction="maximize")
+    dist = optuna.distributions.CategoricalDistribution([1.0, 2.0, 3.0])
+    old.add_trial(optuna.trial.create_trial(params={BETA: 2.0}, distributions={BETA: dist}, value=0.5))
+    space = {"sampler": "grid", "params": {BETA: {"type": "categorical", "choices": [1.0, 2.0, 3.0]}}}
+    study = open_study(url, "old", space, heartbeat_interval=None)
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    assert sorted(t.user_attrs["grid_point"] for t in waiting) == [0, 1]  # beta 1 and 3 queued, 2 not again
+    open_study(url, "old", space, heartbeat_interval=None)  # a second worker queues nothing more
+    assert len(study.get_trials(states=(optuna.trial.TrialState.WAITING,))) == 2
