@@ -59,6 +59,14 @@ def _flat(value: object, prefix: str = "") -> dict[str, object]:
     return {k: v for key, item in value.items() for k, v in _flat(item, f"{prefix}/{key}").items()}
 
 
+def _assert_same(have: object, want: object, where: str) -> None:
+    """Equal leaves (floats to 1e-6 relative) of two nested dicts."""
+    have, want = _flat(have), _flat(want)
+    assert set(have) == set(want), where
+    for leaf, value in want.items():
+        assert have[leaf] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), where + leaf
+
+
 @pytest.mark.slow  # three training processes
 def test_killed_and_resumed_run_ends_with_the_uninterrupted_summary_and_cost(tmp_path):
     full = _run(tmp_path / "full", epochs=3)
@@ -76,11 +84,8 @@ def test_killed_and_resumed_run_ends_with_the_uninterrupted_summary_and_cost(tmp
     got = json.loads((tmp_path / "resumed" / "result.json").read_text())
     # The summary: best and last epoch with their accuracies, the last epoch's losses and diagnostics.
     for key in ("epochs", "best", "last", "losses", "diagnostics"):
-        want, have = _flat(expected["summary"].get(key)), _flat(got["summary"].get(key))
-        assert set(have) == set(want), key
-        for leaf, value in want.items():
-            assert have[leaf] == (pytest.approx(value, rel=1e-6) if isinstance(value, float) else value), key + leaf
-    assert got["epochs"] == pytest.approx(expected["epochs"], rel=1e-6)  # every epoch's validation record
+        _assert_same(got["summary"].get(key), expected["summary"].get(key), key)
+    _assert_same(dict(enumerate(got["epochs"])), dict(enumerate(expected["epochs"])), "epochs")  # every record
     assert [r["epoch"] for r in got["epochs"]] == [1, 2, 3] and got["summary"]["last"]["epoch"] == 3
     assert got["summary"]["seconds"] > before["seconds"]  # the wall time covers the part before the kill
     # The cost: every epoch of the run, with the samples and parameters of the uninterrupted run.
