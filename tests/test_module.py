@@ -488,3 +488,28 @@ def test_lightning_start_noise_is_filtered_only_while_the_run_starts(tmp_path):
     assert [m for m in messages if "module(s) in eval mode" in m] == [
         "Found 3 module(s) in eval mode at the start of training."  # the user's own, after the run, still shows
     ]
+
+
+class _KeyOnRankOne(DistillationModule):
+    """Adds a validation term that only rank 1 (of two) reports: the mean label of its batch."""
+
+    def extra_losses(self, batch, student_logits, teacher_logits, features):
+        if self.training or self.trainer.global_rank != 1:
+            return {}
+        return {"rank1_label": batch[1].float().mean()}
+
+
+@pytest.mark.slow  # two processes
+@pytest.mark.skipif(not torch.distributed.is_available(), reason="needs torch.distributed")
+def test_epoch_means_under_ddp_when_only_one_rank_reports_a_key(tmp_path):
+    module = _KeyOnRankOne(student=TinyNet(seed=1), teacher=TinyNet(hidden=32, seed=2), num_classes=C)
+    val = _loader(n=64, batch_size=8, seed=4)
+    trainer = _trainer(tmp_path, devices=2, strategy="ddp_fork")
+    trainer.validate(module, val, verbose=False)
+    labels = val.dataset.tensors[1]
+    # Lightning's DistributedSampler (no shuffling for validation) gives rank 1 the samples 1, 3, 5, ...
+    assert float(trainer.callback_metrics["val/rank1_label"]) == pytest.approx(float(labels[1::2].float().mean()))
+    # the terms every rank reports are still the means over all 64 samples
+    single = _trainer(tmp_path / "single")
+    single.validate(DistillationModule(student=TinyNet(seed=1), teacher=TinyNet(hidden=32, seed=2), num_classes=C), val)
+    assert float(trainer.callback_metrics["val/ce"]) == pytest.approx(float(single.callback_metrics["val/ce"]), rel=1e-5)
