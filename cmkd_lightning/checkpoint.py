@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from cmkd_lightning.errors import CheckpointReadError, UnsafeCheckpointError
 
-__all__ = ["load_state_dict_file", "load_weights"]
+__all__ = ["kind_of_file", "load_state_dict_file", "load_weights"]
 
 Part = Literal["student", "teacher"]
 _PARTS = ("student", "teacher")
@@ -86,8 +86,21 @@ _CODE_MODULES = frozenset(
 _UNREADABLE = (EOFError, RuntimeError, KeyError, ValueError, UnicodeDecodeError, OSError, IndexError)
 
 
-def _kind_of_file(path: Path) -> str:
-    """What the first bytes of an unreadable checkpoint say it is: the cause a person can act on."""
+def kind_of_file(path: Path) -> str:
+    """What the first bytes of an unreadable checkpoint say it is: the cause a person can act on.
+
+    Returns:
+        ``"empty"``, ``"truncated"`` (torch.save's zip format without its end), ``"plain pickle"`` (pickle.dump's
+        output), ``"unreadable"`` (the file cannot be opened) or ``"other"``.
+
+    Example:
+        >>> import tempfile
+        >>> path = Path(tempfile.mkdtemp()) / "a.ckpt"
+        >>> torch.save({"w": torch.ones(3)}, path)
+        >>> _ = path.write_bytes(path.read_bytes()[:100])
+        >>> kind_of_file(path)
+        'truncated'
+    """
     try:
         with open(path, "rb") as handle:
             head = handle.read(4)
@@ -108,7 +121,7 @@ def _unreadable(path: Path, err: BaseException, detail: str | None = None) -> Ch
     if detail is None:
         detail = " ".join(str(err).split()).split(". This is an internal miniz error")[0]
     reason = f"{type(err).__name__}: {detail}" if detail else type(err).__name__
-    kind = _kind_of_file(path)
+    kind = kind_of_file(path)
     if kind == "plain pickle":
         return CheckpointReadError(
             f"Could not read the checkpoint '{path}': it is a plain pickle file (written by pickle.dump, {size} "

@@ -22,6 +22,7 @@ import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 
+from cmkd_lightning.checkpoint import kind_of_file
 from cmkd_lightning.errors import CheckpointNotFoundError, CheckpointReadError, CMKDError, RunMismatchError
 
 __all__ = [
@@ -110,11 +111,22 @@ def read_checkpoint(path: str | Path, argument: str = "--ckpt_path") -> dict[str
             f"Expected `{argument}` {where} to be a torch checkpoint, but it is not ({detail})."
         ) from err
     except (EOFError, RuntimeError, OSError, ValueError) as err:
-        detail = " ".join(str(err).split())[:160] or type(err).__name__
-        raise CheckpointReadError(
-            f"Expected `{argument}` to be a whole checkpoint, but {where} ({size} bytes) cannot be read: it is "
-            f"truncated or damaged ({type(err).__name__}: {detail}). {fix}"
-        ) from err
+        kind = kind_of_file(file)
+        if kind == "plain pickle":
+            raise CheckpointReadError(
+                f"Expected `{argument}` {where} to be a torch.save checkpoint, but it is a plain pickle file (written "
+                "by pickle.dump). Load it in Python and save it again with torch.save(obj, path)."
+            ) from err
+        if kind == "truncated":
+            state = f"it is truncated ({size} bytes of a zip archive whose end is missing)"
+        else:
+            detail = " ".join(str(err).split())[:160] or type(err).__name__
+            state = f"it is truncated or damaged ({type(err).__name__}: {detail})"
+        error = CheckpointReadError(
+            f"Expected `{argument}` to be a whole checkpoint, but {where} cannot be read: {state}. {fix}"
+        )
+        error.reason = state  # what --ckpt_path last reports for a candidate it passes over
+        raise error from err
     if not isinstance(checkpoint, Mapping) or "state_dict" not in checkpoint:
         kind = "a mapping without a 'state_dict'" if isinstance(checkpoint, Mapping) else type(checkpoint).__name__
         raise CheckpointReadError(
@@ -253,7 +265,7 @@ class LastCheckpointSearch:
             path, reason = self.unreadable[0]
             return ResumeError(
                 f"Expected a checkpoint to resume (`--ckpt_path last`), but the newest in {where}, {path}, cannot "
-                f"be read: {reason} {fix}"
+                f"be read: {reason}. {fix}"
             )
         if self.other_runs:
             path, differences = self.other_runs[0]
@@ -293,7 +305,7 @@ def find_last_checkpoint(
         try:
             checkpoint = read_checkpoint(path)
         except CheckpointReadError as err:
-            search.unreadable.append((path, str(err).split(": ", 1)[-1]))
+            search.unreadable.append((path, getattr(err, "reason", str(err))))
             continue
         guard = (checkpoint.get("callbacks") or {}).get(GUARD_KEY) or {}
         if run_name is not None and isinstance(guard, Mapping) and guard.get("run_name") not in (None, run_name):
