@@ -8,7 +8,6 @@ from contextlib import nullcontext
 from typing import Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
@@ -178,7 +177,7 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
         out: dict[str, Tensor] = {}
         with no_autocast(student_logits.device.type):
             zs = student_logits.float()
-            ce = F.cross_entropy(zs, targets)
+            ce = _guard.cross_entropy(zs, targets)
             total = self.ce_weight * ce
             out["ce"] = ce.detach()
             if teacher_logits is not None and len(self.losses):
@@ -265,7 +264,9 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
         step = self.global_step if stage == "train" else batch_idx
         if self._check_every and step % self._check_every == 0:
             where = _guard.where(stage, batch_idx, self.global_step, self.current_epoch)
-            _guard.raise_if_not_finite(terms, stage, student_logits, where)
+            _guard.raise_if_not_finite(
+                terms, stage, student_logits, where, batch[0], teacher_logits, self.global_step == 0
+            )
         accuracies = [(f"{stage}_top1", student_logits), (f"{stage}_top5", student_logits)]
         if stage == "val" and teacher_logits is not None:
             accuracies += [("teacher_top1", teacher_logits), ("teacher_top5", teacher_logits)]
