@@ -109,14 +109,14 @@ def test_composed_digits_name_the_quickstart_extra(monkeypatch):
 
 
 def test_cli_without_wandb_chooses_no_mode_and_names_the_extra(monkeypatch):
-    from cmkd_lightning import cli
+    from cmkd_lightning.cli import wandb_mode
 
     monkeypatch.delenv("WANDB_MODE", raising=False)
     monkeypatch.setitem(sys.modules, "wandb", None)
-    assert cli.ensure_wandb_mode() == "disabled"
+    assert wandb_mode.ensure_wandb_mode() == "disabled"
     assert "WANDB_MODE" not in __import__("os").environ
     with pytest.raises(MissingExtraError, match=r"needs `wandb`.*pip install 'cmkd-lightning\[wandb\]'"):
-        cli._wandb_credentials_host()
+        wandb_mode._wandb_credentials_host()
 
 
 @pytest.mark.slow

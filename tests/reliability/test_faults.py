@@ -425,7 +425,7 @@ def test_wandb_credentials_of_another_host_are_found_by_wandb(tmp_path, monkeypa
     monkeypatch.setenv("HOME", str(tmp_path))
     monkeypatch.setenv("WANDB_BASE_URL", "https://wandb.example.org")
     code = subprocess.run(
-        [sys.executable, "-c", "from cmkd_lightning.cli import _wandb_credentials_host as f; print(f())"],
+        [sys.executable, "-c", "from cmkd_lightning.cli.wandb_mode import _wandb_credentials_host as f; print(f())"],
         env=dict(os.environ),
         capture_output=True,
         text=True,
