@@ -39,10 +39,11 @@ class CRDLoss(FeatureDistillationLoss):
 
     The batch must carry the samples' dataset indices (third item) and, as the reference's data does, the
     contrast indices ``(N, K + 1)`` (fourth item: the sample itself, then ``K`` samples of other classes;
-    ``contrastive_negatives`` of the data modules). Without them, negatives are drawn uniformly over the data set on
-    the device (the reference's fallback). CRD is a training term only (``training_only``): validation has no
-    memory rows. Under DDP each rank keeps its own memory bank. Defaults: the reference's 128 dimensions, 16,384
-    negatives, temperature 0.07, momentum 0.5, the ``"pooled"`` features, loss weight 0.8, cross-entropy 1.
+    ``contrastive_negatives`` of the data modules). Without them, negatives are drawn uniformly over the data set
+    on the device (the reference's fallback). CRD is a training term only (``training_only``): validation has no
+    memory rows. Under DDP, DDP's buffer broadcast gives every rank rank 0's memory bank
+    (``docs/FEATURE_BASELINES.md``). Defaults: the reference's 128 dimensions, 16,384 negatives, temperature 0.07,
+    momentum 0.5, the ``"pooled"`` features, loss weight 0.8, cross-entropy 1.
 
     Args:
         num_samples: size of the training set (rows of the memory bank), e.g. 50,000 for CIFAR-100.
