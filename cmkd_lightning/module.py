@@ -258,7 +258,10 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
         """
         y = batch[1]
         student_logits, teacher_logits, features = self._forward(batch, stage)
-        terms = self.compute_losses(student_logits, teacher_logits, y, features, batch)
+        # features and batch only reach compute_losses when a feature loss reads them, so that a subclass's
+        # override with the three-argument signature keeps working
+        feature_args = {} if self._feature_layers is None else {"features": features, "batch": batch}
+        terms = self.compute_losses(student_logits, teacher_logits, y, **feature_args)
         extra = self.extra_losses(batch, student_logits, teacher_logits, features)
         terms = _guard.add_extra_terms(terms, extra, type(self).__name__) if extra else terms
         step = self.global_step if stage == "train" else batch_idx
