@@ -173,8 +173,11 @@ def test_margin_table_is_reference_minus_the_best_baseline():
         {"teacher": "a", "method": m, "seed": s, "top1": v}
         for m, s, v in [("kd", 0, 80.0), ("kd", 1, 82.0), ("dist", 0, 85.0), ("dist", 1, 85.0), ("cmkd", 0, 84.0)]
     ] + [{"teacher": "a", "method": "cmkd", "seed": 1, "top1": 84.5}]
+    rows += [{"teacher": "b", "method": m, "seed": 0, "top1": v} for m, v in [("kd", 70.0), ("cmkd", 72.0)]]
     text = compare_zoo.margin_table(rows, ["kd", "dist", "cmkd"], "cmkd", ["kd", "dist"])
     assert "| a | 81.00 | 85.00 | 84.25 | -0.75 |" in text
+    assert "| b | 70.00 | - | 72.00 | +2.00 |" in text  # dist did not run on b: the best of what did
+    assert "| **mean over teachers (how many)** | 75.50 (2) | 85.00 (1) | 78.12 (2) | +0.62 (2) |" in text
 
 
 def test_unknown_teacher_is_refused(tmp_path):

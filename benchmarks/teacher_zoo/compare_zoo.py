@@ -156,28 +156,32 @@ def run(
 
 
 def margin_table(rows: list[dict[str, Any]], methods: Sequence[str], reference: str, baselines: Sequence[str]) -> str:
-    """Per teacher: mean Top-1 of each method, and ``reference`` minus the best baseline mean."""
+    """Per teacher: mean Top-1 of each method (``-`` where it did not run), and ``reference`` minus the best
+    baseline mean; the last row averages the per-teacher means over the teachers each method ran on."""
     teachers = list(dict.fromkeys(r["teacher"] for r in rows))
     lines = ["| teacher | " + " | ".join(methods) + f" | {reference} − best of {'/'.join(baselines)} |"]
     lines.append("|---" * (len(methods) + 2) + "|")
+    per_teacher: dict[str, dict[str, float]] = {}
     margins = []
     for t in teachers:
         means = {}
         for m in methods:
             vals = [r["top1"] for r in rows if r["teacher"] == t and r["method"] == m]
-            means[m] = statistics.fmean(vals) if vals else float("nan")
-        best = max((means[b] for b in baselines if b in means), default=float("nan"))
-        margin = means.get(reference, float("nan")) - best
-        margins.append(margin)
-        cells = " | ".join(f"{means[m]:.2f}" for m in methods)
-        lines.append(f"| {t} | {cells} | {margin:+.2f} |")
-    cells = " | ".join(
-        f"{statistics.fmean([r['top1'] for r in rows if r['method'] == m]):.2f}"
-        if any(r["method"] == m for r in rows)
-        else "-"
-        for m in methods
-    )
-    lines.append(f"| **mean over teachers** | {cells} | {statistics.fmean(margins):+.2f} |")
+            if vals:
+                means[m] = statistics.fmean(vals)
+        per_teacher[t] = means
+        best = [means[b] for b in baselines if b in means]
+        margin = means[reference] - max(best) if best and reference in means else None
+        if margin is not None:
+            margins.append(margin)
+        cells = " | ".join(f"{means[m]:.2f}" if m in means else "-" for m in methods)
+        lines.append(f"| {t} | {cells} | {'-' if margin is None else f'{margin:+.2f}'} |")
+    cells = []
+    for m in methods:
+        vals = [per_teacher[t][m] for t in teachers if m in per_teacher[t]]
+        cells.append(f"{statistics.fmean(vals):.2f} ({len(vals)})" if vals else "-")
+    mean_margin = f"{statistics.fmean(margins):+.2f} ({len(margins)})" if margins else "-"
+    lines.append(f"| **mean over teachers (how many)** | {' | '.join(cells)} | {mean_margin} |")
     return "\n".join(lines) + "\n"
 
 
