@@ -135,7 +135,7 @@ def test_compare_zoo_pairs_runs_per_teacher_and_pooled_and_resumes(tiny_zoo, tmp
     assert len(lines) == 2 * 2 * 3
     text = (out / "zoo_tables.md").read_text()
     assert "teacher t_grid, 2 paired seeds" in text and "teacher t_fact, 2 paired seeds" in text
-    assert "pooled over 2 teachers" in text and "| **mean over teachers** |" in text
+    assert "pooled over 2 teachers" in text and "| **mean over teachers (how many)** |" in text
     result = json.loads((out / "zoo_results.json").read_text())
     pooled = result["summaries"]["pooled"]["paired"]["ce"]["top1"]
     assert pooled["n"] == 4  # (teacher, seed) pairs
