@@ -321,12 +321,12 @@ def _teacher_file(tmp_path: Path, kind: str) -> Path:
         (
             ["--model.init_args.teacher_checkpoint=TMP/empty.ckpt"],
             1,
-            "ValueError: Could not read the checkpoint 'TMP/empty.ckpt': the file is empty (0 bytes)",
+            "CheckpointReadError: Could not read the checkpoint 'TMP/empty.ckpt': the file is empty (0 bytes)",
         ),
         (
             ["--model.init_args.teacher_checkpoint=TMP/truncated.ckpt"],
             1,
-            "ValueError: Could not read the checkpoint 'TMP/truncated.ckpt': the file is damaged",
+            "CheckpointReadError: Could not read the checkpoint 'TMP/truncated.ckpt': the file is",
         ),
         (
             ["--model.init_args.teacher_checkpoint=TMP/wrong_arch.ckpt"],
@@ -339,7 +339,7 @@ def _teacher_file(tmp_path: Path, kind: str) -> Path:
                 "--model.init_args.teacher_checkpoint=null",
             ],
             1,
-            "ValueError: Expected `temperature` to be a finite number > 0, but got -1.0.",
+            "InvalidArgumentError: Expected `temperature` to be a finite number > 0, but got -1.0.",
         ),
         (
             ["--model.init_args.losses=[{class_path: cmkd_lightning.losses.NoSuchLoss}]"],
