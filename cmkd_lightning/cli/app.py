@@ -11,7 +11,7 @@ from typing import Any
 import torch
 from jsonargparse import ArgumentError, Namespace
 from lightning.pytorch import LightningDataModule, LightningModule, Trainer
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, ProgressBar
 from lightning.pytorch.cli import LightningCLI, SaveConfigCallback
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
 from lightning.pytorch.utilities import rank_zero_info
@@ -23,6 +23,7 @@ from cmkd_lightning._optional import require
 from cmkd_lightning.callbacks.checkpoint_guard import CheckpointGuard
 from cmkd_lightning.callbacks.checkpoint_link import PublishCheckpoint
 from cmkd_lightning.callbacks.preemption import Preemption
+from cmkd_lightning.callbacks.progress_bar import EpochProgressBar
 from cmkd_lightning.callbacks.run_summary import RunSummary
 from cmkd_lightning.cli.errors import VERBOSE_ENV, describe_build_error, explain_argument_error, verbose_requested
 from cmkd_lightning.cli.preflight import (
@@ -106,8 +107,8 @@ class DistillationCLI(LightningCLI):
     - checks before building anything: the accelerator exists, a student's teacher checkpoint exists, W&B can
       log as asked (:mod:`~cmkd_lightning.cli.preflight`, :mod:`~cmkd_lightning.cli.wandb_mode`);
     - makes every ``fit`` resumable and pre-emptible: a ``ModelCheckpoint(save_last=True)`` when the config has
-      none, :class:`~cmkd_lightning.callbacks.CheckpointGuard`, :class:`~cmkd_lightning.callbacks.Preemption`
-      and :class:`~cmkd_lightning.callbacks.RunSummary`;
+      none, :class:`~cmkd_lightning.callbacks.CheckpointGuard`, :class:`~cmkd_lightning.callbacks.Preemption`,
+      :class:`~cmkd_lightning.callbacks.RunSummary` and, with a progress bar, ``EpochProgressBar``;
     - ``--ckpt_path`` (a file, or ``last``) resumes only a checkpoint of the same model and method, continuing its
       logger run (same W&B id, same CSV/TensorBoard version); a new run without a fixed version gets a version
       folder of its own.
@@ -204,6 +205,10 @@ class DistillationCLI(LightningCLI):
         for kind in (CheckpointGuard, Preemption, RunSummary):
             if not any(isinstance(c, kind) for c in callbacks):
                 callbacks.append(kind())
+        if trainer_config.get("enable_progress_bar") is not False and not any(
+            isinstance(c, ProgressBar) for c in callbacks
+        ):
+            callbacks.append(EpochProgressBar())  # "Epoch 3/5" in the third of five, as every record counts
         kwargs.setdefault("callbacks", callbacks)
         if self._ckpt_path is not None:  # set aside in `parse_arguments`: the run must be the checkpoint's
             config["ckpt_path"] = self._ckpt_path  # what the subcommand receives (LightningCLI reads config_init)
