@@ -36,8 +36,9 @@ import torch
 from torch import nn
 
 from cmkd_lightning._optional import require
-from cmkd_lightning.losses import CMKDLoss, DISTLoss, KDLoss
+from cmkd_lightning.losses import CMKDLoss, DISTLoss, KDLoss, ReviewKDLoss
 from cmkd_lightning.losses.base import DistillationLoss
+from cmkd_lightning.losses.feature import FeatureDistillationLoss
 from cmkd_lightning.models import create_model
 from cmkd_lightning.module import DistillationModule
 from cmkd_lightning.quickstart import _evaluate
@@ -75,6 +76,11 @@ class Method:
     description: str = ""
 
 
+# The digits CNNs' stages ReviewKD reads (examples/configs/digits/reviewkd.yaml): the student's two stages and pooled
+# features against the teacher's last two and pooled.
+_DIGITS_STUDENT_STAGES = ("stage1", "stage2", "pooled")
+_DIGITS_TEACHER_STAGES = ("stage2", "stage3", "pooled")
+
 BUILTIN_METHODS: dict[str, Method] = {
     "ce": Method("ce", description="cross-entropy only"),
     "kd": Method("kd", lambda: [KDLoss(temperature=4.0)], [0.9], 0.1, "CE 0.1 + KD 0.9, T = 4 (the recipe)"),
@@ -100,6 +106,20 @@ BUILTIN_METHODS: dict[str, Method] = {
         [1.0],
         1.0,
         "CE 1 + CMKD as the paper writes it (T = 4, beta = 4, gamma = 1, pearson_scale 1, entropy of the loss's p_t)",
+    ),
+    "reviewkd": Method(
+        "reviewkd",
+        lambda: [ReviewKDLoss(_DIGITS_STUDENT_STAGES, _DIGITS_TEACHER_STAGES, warmup_epochs=2)],
+        [1.0],
+        1.0,
+        "CE 1 + ReviewKD (ABF + HCL on two stages and the pooled features, 2-epoch warm-up): a feature method",
+    ),
+    "reviewkd_cmkd": Method(
+        "reviewkd_cmkd",
+        lambda: [ReviewKDLoss(_DIGITS_STUDENT_STAGES, _DIGITS_TEACHER_STAGES, warmup_epochs=2), CMKDLoss()],
+        [1.0, 1.0],
+        1.0,
+        "CE 1 + ReviewKD + CMKDLoss() defaults: a feature and a logit loss in one list",
     ),
     "cmkd_loss_entropy": Method(
         "cmkd_loss_entropy",
@@ -273,6 +293,9 @@ def fit_student(
     L.seed_everything(seed, verbose=False)
     student = create_model(arch, num_classes=data.num_classes, num_digits=data.num_digits)
     losses = method.losses()
+    for loss in losses:  # feature losses size their connectors from one sample of the task's images
+        if isinstance(loss, FeatureDistillationLoss):
+            loss.input_shape = list(data.image_shape)
     module = DistillationModule(
         student,
         teacher=teacher if losses else None,

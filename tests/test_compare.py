@@ -241,3 +241,20 @@ def test_each_student_is_its_own_wandb_run(tmp_path, monkeypatch):
     again = compare(["ce", "kd"], [0], verbose=False, wandb_project="cmkd-tests", **tiny)
     assert len(list((out / "wandb").glob("offline-run-*"))) == 2  # reused runs are not logged again
     assert again["runs"] == result["runs"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("num_digits", [1, 2])
+def test_feature_methods_train_on_the_digits_task_with_their_connectors(tmp_path, num_digits):
+    from cmkd_lightning.compare import BUILTIN_METHODS, fit_student
+    from cmkd_lightning.losses import ReviewKDLoss
+
+    data = ComposedDigitsDataModule(num_digits=num_digits, train_size=64, val_size=32, test_size=32, batch_size=32)
+    data.setup()
+    teacher = train_teacher(data, 1, tmp_path / "t")
+    module = fit_student(BUILTIN_METHODS["reviewkd_cmkd"], 0, data, teacher, 1, tmp_path / "s")
+    review, cmkd = module.losses
+    assert isinstance(review, ReviewKDLoss) and isinstance(cmkd, CMKDLoss)
+    assert review.input_shape == [1, 8, 8 * num_digits]  # connectors sized from the task's images
+    assert any(p.requires_grad for p in review.parameters())
+    assert module.global_step > 0
