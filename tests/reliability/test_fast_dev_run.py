@@ -7,33 +7,11 @@ offline data); every shipped config runs the same way on synthetic data through 
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-
 import pytest
-import torch
 
 from cmkd_lightning.cli import main
-from tests.reliability._cli import DIGITS, REPO
-
-
-def _driver():
-    spec = importlib.util.spec_from_file_location("gpu_check", REPO / "scripts" / "gpu_check.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules.setdefault("gpu_check", module)
-    spec.loader.exec_module(module)
-    return module
-
-
-gpu_check = _driver()
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
+from tests.reliability._cli import DIGITS
+from tests.test_config_smoke import _one_thread, gpu_check  # noqa: F401 - the driver, and its autouse fixture
 
 
 @pytest.mark.slow
