@@ -207,6 +207,7 @@ def run_config(
     timeout_s: int | None = None,
     small: bool | None = None,
     keep_logger: bool = False,
+    extra_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """Build ``rel`` through the ``cmkd`` CLI in this process and run ``stages`` on synthetic data.
 
@@ -219,7 +220,7 @@ def run_config(
     from cmkd_lightning.cli import build_cli
 
     _memoise_subclass_scan()
-    args = [*config_files(rel), *smoke_overrides(rel, device, precision, small, keep_logger)]
+    args = [*config_files(rel), *smoke_overrides(rel, device, precision, small, keep_logger), *extra_args]
     if fast_dev_run:
         args.append("--trainer.fast_dev_run=true")
     else:

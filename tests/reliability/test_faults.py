@@ -416,7 +416,7 @@ def test_wandb_key_without_a_reachable_server_falls_back_to_offline_quickly(tmp_
 
 @pytest.mark.slow  # a subprocess, so wandb reads the test's HOME from scratch
 def test_wandb_credentials_of_another_host_are_found_by_wandb(tmp_path, monkeypatch):
-    from cmkd_lightning import cli
+    from cmkd_lightning.cli import wandb_mode
 
     (tmp_path / ".netrc").write_text(f"machine wandb.example.org\n  login user\n  password {'k' * 40}\n")
     (tmp_path / ".netrc").chmod(0o600)
@@ -432,4 +432,4 @@ def test_wandb_credentials_of_another_host_are_found_by_wandb(tmp_path, monkeypa
         timeout=120,
     )
     assert "(True, 'https://wandb.example.org')" in code.stdout, code.stdout + code.stderr
-    assert cli.WANDB_PROBE_TIMEOUT_ENV == "CMKD_WANDB_TIMEOUT"
+    assert wandb_mode.WANDB_PROBE_TIMEOUT_ENV == "CMKD_WANDB_TIMEOUT"
