@@ -201,3 +201,25 @@ def test_imagenet_feature_configs_instantiate_through_the_cli(rel, cli_env):
     (loss,) = cli.model.losses
     assert type(loss).__name__ == AUTHORS[rel.split("/")[0]][0]
     assert cli.model.loss_weights == _load(IMAGENET / rel)["model"]["init_args"]["loss_weights"]
+
+
+@pytest.mark.slow
+def test_takd_pair_runs_teacher_to_assistant_to_student(cli_env):
+    """Stage 1 trains the assistant and publishes it; stage 2 distils the student from exactly those weights."""
+    from cmkd_lightning.cli import main
+
+    data = write_fake_cifar100(cli_env / "cifar100", n_train=8, n_test=4)
+    pair = TAKD / "res32x4_res8x4"
+    short = ["--trainer.max_epochs=1", "--trainer.limit_train_batches=1", "--trainer.limit_val_batches=1"]
+    main(["fit", *_cifar_args(data, pair / "1_assistant.yaml"), *short])  # the teacher: untrained here
+    published = cli_env / "checkpoints" / "takd" / "res32x4_res8x4" / "assistant.ckpt"
+    assert published.is_file()
+    assistant = torch.load(published, weights_only=True)["state_dict"]
+    args = [a for a in _cifar_args(data, pair / "2_student.yaml") if a != "--model.init_args.teacher_checkpoint=null"]
+    args += short
+    cli = build_cli(args, run=False)
+    teacher = cli.model.teacher.state_dict()
+    for key, value in teacher.items():
+        torch.testing.assert_close(value, assistant[f"student.{key}"], rtol=0, atol=0, msg=key)
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule)
+    assert cli.trainer.global_step == 1
