@@ -102,7 +102,7 @@ BUILTIN_METHODS: dict[str, Method] = {
     ),
     "cmkd_paper": Method(
         "cmkd_paper",
-        lambda: [CMKDLoss(temperature=4.0, beta=4.0, gamma=1.0, pearson_scale="paper", entropy_source="loss")],
+        lambda: [CMKDLoss.paper(temperature=4.0, beta=4.0, gamma=1.0)],
         [1.0],
         1.0,
         "CE 1 + CMKD as the paper writes it (T = 4, beta = 4, gamma = 1, pearson_scale 1, entropy of the loss's p_t)",
