@@ -79,6 +79,13 @@ class Preemption(Callback):
     def on_fit_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
         self._signal = None
         self.saved_path = None
+
+    def _install(self) -> None:
+        """Handle SIGUSR1 unless something does already (Lightning's SLURM auto-requeue handler, a user's).
+
+        Called when training starts: Lightning installs its own handlers after ``on_fit_start``, and must find
+        SIGUSR1 free there to set up its SLURM requeue.
+        """
         if hasattr(signal, "SIGUSR1") and signal.getsignal(signal.SIGUSR1) in (signal.SIG_DFL, None):
             try:
                 self._previous = signal.signal(signal.SIGUSR1, self._on_signal)
@@ -101,6 +108,7 @@ class Preemption(Callback):
 
     @override
     def on_train_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        self._install()
         resume = self._resume
         if not resume or resume.get("epoch") != trainer.current_epoch:
             return
