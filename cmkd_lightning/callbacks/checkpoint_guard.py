@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.fabric.utilities.cloud_io import _is_local_file_protocol
-from lightning.fabric.utilities.types import _PATH
+from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import Logger, WandbLogger
 from lightning.pytorch.loggers.logger import DummyLogger
@@ -81,13 +80,15 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
         torch.save(checkpoint, file)
 
     @override
-    def save_checkpoint(self, checkpoint: dict[str, Any], path: _PATH, storage_options: Any | None = None) -> None:
+    def save_checkpoint(
+        self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any | None = None
+    ) -> None:
         if storage_options is not None:
             raise TypeError(
                 "Expected `storage_options` to be None for VerifiedCheckpointIO, but got "
                 f"{type(storage_options).__name__}."
             )
-        if not _is_local_file_protocol(path):
+        if not _is_local(path):
             super().save_checkpoint(checkpoint, path)
             if not self._fs_exists(path):
                 raise CheckpointWriteError(
@@ -114,10 +115,14 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
             raise CheckpointWriteError(f"The checkpoint '{target}' was not written (missing or empty after saving).")
 
     @staticmethod
-    def _fs_exists(path: _PATH) -> bool:
-        from lightning.fabric.utilities.cloud_io import get_filesystem
-
+    def _fs_exists(path: str | os.PathLike[str]) -> bool:
         return bool(get_filesystem(path).exists(str(path)))
+
+
+def _is_local(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is on the local file system (not ``s3://``, ``gs://``, ...), by fsspec's own resolution."""
+    protocol = get_filesystem(path).protocol
+    return "file" in ((protocol,) if isinstance(protocol, str) else tuple(protocol))
 
 
 def _write_failure(target: Path, err: BaseException) -> str:
@@ -172,14 +177,14 @@ def remove_stale_partials(target: Path) -> list[Path]:
     return removed
 
 
-def probe_writable(directory: _PATH) -> str | None:
+def probe_writable(directory: str | os.PathLike[str]) -> str | None:
     """Create ``directory`` if needed and write and delete a probe file in it; the reason it failed, or None.
 
     Example:
         >>> probe_writable(tempfile.mkdtemp()) is None
         True
     """
-    if not _is_local_file_protocol(directory):
+    if not _is_local(directory):
         return None
     folder = Path(directory)
     try:
