@@ -228,7 +228,10 @@ def run_config(
         args += ["--trainer.limit_val_batches=1", "--trainer.limit_test_batches=1", "--trainer.num_sanity_val_steps=0"]
     start = time.perf_counter()
     result: dict[str, Any] = {"config": rel, "device": device, "precision": precision or "config", "stages": stages}
-    cwd, argv = os.getcwd(), sys.argv
+    # Lightning's DDP launcher, even on one device, writes MASTER_ADDR/PORT, NODE_RANK, LOCAL_RANK and WORLD_SIZE into
+    # this process's environment. Left there, a `cmkd` started later from this process (part C's 2-GPU run) sees
+    # LOCAL_RANK, takes its ranks for externally launched, never starts rank 1 and waits for it forever.
+    cwd, argv, environment = os.getcwd(), sys.argv, dict(os.environ)
     with tempfile.TemporaryDirectory(prefix="gpu_check_") as tmp:
         try:
             os.chdir(tmp)  # checkpoints and run configs land in a throw-away directory
@@ -258,6 +261,8 @@ def run_config(
         finally:
             os.chdir(cwd)
             sys.argv = argv
+            os.environ.clear()
+            os.environ.update(environment)
             if torch.distributed.is_available() and torch.distributed.is_initialized():
                 torch.distributed.destroy_process_group()  # the ImageNet configs use DDP, even on one device
     result["seconds"] = round(time.perf_counter() - start, 2)

@@ -36,7 +36,8 @@ OFFLINE_NOTICE = "W&B: no API key found"
 def _env(home: Path, **extra: str) -> dict[str, str]:
     """The current environment without W&B settings, HOME in ``home`` (no ~/.netrc), one thread per process."""
     env = {k: v for k, v in os.environ.items() if k not in ("WANDB_MODE", "WANDB_API_KEY", "NETRC", "WANDB_DIR")}
-    env.update(HOME=str(home), OMP_NUM_THREADS="1", WANDB_SILENT="true", **extra)
+    # faulthandler: a process stopped with SIGABRT (see _cmkd) prints the Python stack of every thread first
+    env.update(HOME=str(home), OMP_NUM_THREADS="1", WANDB_SILENT="true", PYTHONFAULTHANDLER="1", **extra)
     return env
 
 
@@ -45,8 +46,9 @@ def _cmkd(
 ) -> subprocess.CompletedProcess:
     """Run ``cmkd <args>`` in ``cwd``; fail with its output unless it exits with 0 within ``timeout`` seconds.
 
-    The command runs in its own process group, so a hung run (DDP ranks waiting on each other) is killed with the
-    rank processes Lightning started for it.
+    The command runs in its own process group, so a hung run (DDP ranks waiting on each other) is stopped with the
+    rank processes Lightning started for it: first SIGABRT, on which each Python process prints where it waits
+    (``PYTHONFAULTHANDLER``), then SIGKILL.
     """
     env = env if env is not None else _env(cwd, WANDB_MODE="offline")
     command = [sys.executable, "-m", "cmkd_lightning.cli", *args]
@@ -56,9 +58,13 @@ def _cmkd(
         try:
             stdout, stderr = process.communicate(timeout=timeout)
         except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            stdout, stderr = process.communicate()
-            pytest.fail(f"cmkd {' '.join(args)} did not finish in {timeout} s:\n{stdout}\n{stderr[-4000:]}")
+            os.killpg(process.pid, signal.SIGABRT)
+            try:
+                stdout, stderr = process.communicate(timeout=30)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                stdout, stderr = process.communicate()
+            pytest.fail(f"cmkd {' '.join(args)} did not finish in {timeout} s:\n{stdout}\n{stderr[-12000:]}")
     if process.returncode != 0:
         pytest.fail(f"cmkd {' '.join(args)} exited with {process.returncode}:\n{stdout}\n{stderr[-4000:]}")
     return subprocess.CompletedProcess(command, process.returncode, stdout, stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -54,6 +55,10 @@ def test_sample_covers_every_dataset_and_method_family():
 def test_config_fits_validates_and_tests_on_synthetic_data(rel):
     result = gpu_check.run_config(rel, device="cpu", stages=("fit", "validate", "test"), fast_dev_run=False, steps=2)
     assert result["status"] == "pass", result["error"]
+    # The ImageNet configs' DDP launcher writes these into this process's environment; a `cmkd` started afterwards
+    # that inherits LOCAL_RANK never starts its second rank and hangs (the GPU check's 2-GPU part does that).
+    left = {name: os.environ[name] for name in ("LOCAL_RANK", "WORLD_SIZE", "MASTER_PORT") if name in os.environ}
+    assert not left, f"run_config left the launcher's variables behind: {left}"
 
 
 @pytest.mark.slow
