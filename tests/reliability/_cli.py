@@ -43,7 +43,8 @@ class PauseAt(Callback):
 def _env(home: Path, **extra: str) -> dict[str, str]:
     drop = ("WANDB_MODE", "WANDB_API_KEY", "NETRC", "WANDB_DIR", "WANDB_BASE_URL", "CMKD_VERBOSE")
     env = {k: v for k, v in os.environ.items() if k not in drop}
-    env.update(HOME=str(home), OMP_NUM_THREADS="1", WANDB_SILENT="true", PYTHONPATH=str(REPO), **extra)
+    env.update(HOME=str(home), OMP_NUM_THREADS="1", WANDB_SILENT="true", PYTHONPATH=str(REPO), PYTHONFAULTHANDLER="1")
+    env.update(extra)
     return env
 
 
@@ -58,9 +59,13 @@ def _finish(process: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
     try:
         output, _ = process.communicate(timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        output, _ = process.communicate()
-        pytest.fail(f"run did not finish in {timeout} s:\n{output[-4000:]}")
+        os.killpg(process.pid, signal.SIGABRT)  # with PYTHONFAULTHANDLER each process prints where it waits
+        try:
+            output, _ = process.communicate(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            output, _ = process.communicate()
+        pytest.fail(f"run did not finish in {timeout} s:\n{output[-12000:]}")
     return process.returncode, output
 
 
