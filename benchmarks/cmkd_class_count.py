@@ -39,7 +39,7 @@ import lightning as L  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
-from cmkd_lightning.compare import BUILTIN_METHODS, Method, fit_student, train_student, train_teacher  # noqa: E402
+from cmkd_lightning.experiments.compare import BUILTIN_METHODS, Method, fit_student, train_student, train_teacher  # noqa: E402
 from cmkd_lightning.functional import dist_loss  # noqa: E402
 from cmkd_lightning.functional.cmkd import cmkd_terms  # noqa: E402
 from cmkd_lightning.functional.correlation import _pearson_corr  # noqa: E402

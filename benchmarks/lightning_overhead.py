@@ -145,9 +145,9 @@ def _profile_lightning(loss: str, loader: DataLoader, steps: int, device: torch.
     top = sorted(entries.items(), key=lambda kv: kv[1][2], reverse=True)[:15]
     suspects = {
         "LightningModule.log": ("lightning/pytorch/core/module.py", "log"),
-        "check_finite guard": ("cmkd_lightning/_guard.py", "raise_if_not_finite"),
-        "DistillationModule.compute_losses": ("cmkd_lightning/module.py", "compute_losses"),
-        "DistillationModule.training_step": ("cmkd_lightning/module.py", "training_step"),
+        "check_finite guard": ("cmkd_lightning/module/guard.py", "raise_if_not_finite"),
+        "DistillationModule.compute_losses": ("cmkd_lightning/module/distillation.py", "compute_losses"),
+        "DistillationModule.training_step": ("cmkd_lightning/module/distillation.py", "training_step"),
         "torchmetrics Metric.update (wrapped)": ("torchmetrics/metric.py", "wrapped_func"),
         "optimizer step (torch SGD.step)": ("torch/optim/sgd.py", "step"),
         "autograd backward": ("torch/autograd/__init__.py", "backward"),

@@ -8,8 +8,7 @@ their math in :mod:`cmkd_lightning.functional`, the model zoo in :mod:`cmkd_ligh
 
 from importlib.metadata import PackageNotFoundError, version
 
-from cmkd_lightning.module import DistillationModule
-from cmkd_lightning.teacher import TeacherModule
+from cmkd_lightning.module import DistillationModule, TeacherModule
 
 try:  # pyproject.toml holds the version; the installed metadata is its only copy at run time
     __version__ = version("cmkd-lightning")

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.datasets import CIFAR10, VisionDataset
 
-from cmkd_lightning._validation import check_bool, check_int, check_optional_bool, check_path
+from cmkd_lightning.utilities.validation import check_bool, check_int, check_optional_bool, check_path
 from datamodules._io import SplitLoaders, file_md5, load_data_pickle
 
 _SOURCE = "https://www.cs.toronto.edu/~kriz/cifar.html"

@@ -10,7 +10,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR100
 
-from cmkd_lightning._validation import check_path
+from cmkd_lightning.utilities.validation import check_path
 from datamodules._cifar import _CIFARDataModule, _SafeCIFARDataset, test_transform, train_transform
 from datamodules._contrastive import check_negatives, with_contrast
 

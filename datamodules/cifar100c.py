@@ -11,7 +11,7 @@ from lightning import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from cmkd_lightning._validation import check_bool, check_int, check_optional_bool, check_path
+from cmkd_lightning.utilities.validation import check_bool, check_int, check_optional_bool, check_path
 from datamodules._io import loader_kwargs
 from datamodules.cifar100 import cifar100_test_transform
 

@@ -8,8 +8,8 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
-from cmkd_lightning._optional import require
-from cmkd_lightning._validation import check_bool, check_fraction, check_int, check_optional_bool
+from cmkd_lightning.utilities.optional import require
+from cmkd_lightning.utilities.validation import check_bool, check_fraction, check_int, check_optional_bool
 from datamodules._io import loader_kwargs
 from datamodules._sampling import EpochShuffleSampler
 

@@ -11,7 +11,7 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
-from cmkd_lightning._validation import check_bool, check_int, check_optional_bool, check_path
+from cmkd_lightning.utilities.validation import check_bool, check_int, check_optional_bool, check_path
 from datamodules._contrastive import check_negatives, with_contrast
 from datamodules._io import SplitLoaders
 from datamodules._synthetic import SyntheticImageDataset

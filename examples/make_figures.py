@@ -43,8 +43,8 @@ from cmkd_lightning.callbacks.embedding_projection import draw_embedding
 from cmkd_lightning.callbacks.logit_heatmap import draw_correlation_gap, mean_off_diagonal
 from cmkd_lightning.losses import CMKDLoss, KDLoss
 from cmkd_lightning.models.digits_cnn import digits_student, digits_teacher
-from cmkd_lightning.runtime import quiet_lightning, set_cpu_threads
 from cmkd_lightning.schedules import WarmupCosine
+from cmkd_lightning.utilities.runtime import quiet_lightning, set_cpu_threads
 from datamodules import ComposedDigitsDataModule
 
 COLOURS = {"KD": "tab:blue", "CMKD": "tab:red"}

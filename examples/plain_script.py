@@ -12,8 +12,8 @@ import torch
 
 from cmkd_lightning import DistillationModule
 from cmkd_lightning.losses import CMKDLoss, DKDLoss
-from cmkd_lightning.runtime import quiet_lightning, set_cpu_threads
 from cmkd_lightning.schedules import WarmupCosine
+from cmkd_lightning.utilities.runtime import quiet_lightning, set_cpu_threads
 from datamodules import ComposedDigitsDataModule
 
 

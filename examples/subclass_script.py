@@ -21,8 +21,8 @@ from cmkd_lightning import DistillationModule
 from cmkd_lightning.losses import CMKDLoss
 from cmkd_lightning.models import get_classifier
 from cmkd_lightning.module import Features
-from cmkd_lightning.runtime import quiet_lightning, set_cpu_threads
 from cmkd_lightning.schedules import WarmupCosine
+from cmkd_lightning.utilities.runtime import quiet_lightning, set_cpu_threads
 from datamodules import ComposedDigitsDataModule
 
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Install a PostgreSQL server for the shared-study tests (tests/sweep/), if none is installed.
+# Install a PostgreSQL server for the shared-study tests (tests/experiments/sweep/), if none is installed.
 # The tests start their own throw-away server (initdb + pg_ctl in a temporary folder, on a free localhost port,
 # as the `postgres` user when run as root); this script only makes the binaries available. Needs root and apt-get
 # (Debian/Ubuntu); anywhere else, install PostgreSQL (>= 12) yourself or put its bin/ folder on PATH.

@@ -107,7 +107,7 @@ def test_quickstart_command_writes_table_files_and_chart(tmp_path):
         [
             sys.executable,
             "-m",
-            "cmkd_lightning.quickstart",
+            "cmkd_lightning.experiments.quickstart",
             "--out",
             str(out),
             "--seeds",

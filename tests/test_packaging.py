@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import cmkd_lightning
-from cmkd_lightning._optional import MissingExtraError, available, require
+from cmkd_lightning.utilities.optional import MissingExtraError, available, require
 
 ROOT = Path(__file__).resolve().parents[1]
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())

@@ -1,7 +1,8 @@
 """``cmkd-compare`` over a teacher zoo: methods × teachers × paired seeds, per-teacher and pooled paired tables.
 
 For every zoo teacher (``zoo.py``, trained and cached under ``--zoo``) and every seed, every method trains a
-student from the same initial weights on the same batches (``cmkd_lightning.compare.train_student``: SGD lr 0.05,
+student from the same initial weights on the same batches
+(``cmkd_lightning.experiments.compare.train_student``: SGD lr 0.05,
 cosine, batch 128, the module's cross-entropy weight of each method), so within a teacher the methods differ only
 in their loss. The tables:
 
@@ -38,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zoo as zoo_lib  # noqa: E402
 
-from cmkd_lightning.compare import (  # noqa: E402
+from cmkd_lightning.experiments.compare import (  # noqa: E402
     BUILTIN_METHODS,
     Method,
     format_tables,
@@ -235,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
     if reference not in a.methods:
         p.error(f"Expected `--reference` to be one of the methods {a.methods}, but got {reference!r}.")
     start = time.perf_counter()
-    from cmkd_lightning.runtime import quiet_lightning
+    from cmkd_lightning.utilities.runtime import quiet_lightning
 
     with quiet_lightning():
         rows = run(

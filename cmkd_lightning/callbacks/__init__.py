@@ -20,7 +20,6 @@ the others work without it, and a missing extra is named in the error.
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from cmkd_lightning._optional import require
 from cmkd_lightning.callbacks.checkpoint_guard import CheckpointGuard, CheckpointWriteError, NonFiniteCheckpointError
 from cmkd_lightning.callbacks.checkpoint_link import PublishCheckpoint
 from cmkd_lightning.callbacks.correlation_monitor import CorrelationMonitor, correlation_sums
@@ -30,6 +29,7 @@ from cmkd_lightning.callbacks.progress_bar import EpochProgressBar
 from cmkd_lightning.callbacks.run_summary import RunSummary
 from cmkd_lightning.callbacks.training_cost import TrainingCost
 from cmkd_lightning.metrics.class_gap import class_correlation, correlation_gap
+from cmkd_lightning.utilities.optional import require
 
 if TYPE_CHECKING:
     from cmkd_lightning.callbacks.embedding_projection import EmbeddingProjection

@@ -12,8 +12,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from cmkd_lightning._validation import check_path, check_str
 from cmkd_lightning.errors import OutputExistsError
+from cmkd_lightning.utilities.validation import check_path, check_str
 
 __all__ = ["PublishCheckpoint", "point_link"]
 

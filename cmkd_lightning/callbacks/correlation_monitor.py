@@ -9,10 +9,10 @@ from lightning.pytorch import LightningModule, Trainer
 from torch import Tensor
 from typing_extensions import override
 
-from cmkd_lightning._validation import check_optional_positive_int, check_str
 from cmkd_lightning.callbacks._capture import StepLogitsCallback, new_metric, synced
 from cmkd_lightning.callbacks._figures import epoch_number
 from cmkd_lightning.metrics import AGREEMENT_MEASURES, LogitAgreement, agreement_per_sample
+from cmkd_lightning.utilities.validation import check_optional_positive_int, check_str
 
 #: Names of the monitored quantities, in the order of the running-sum vector (the count comes last).
 CORRELATION_METRICS = AGREEMENT_MEASURES

@@ -17,7 +17,9 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 from typing_extensions import override
 
-from cmkd_lightning._validation import (
+from cmkd_lightning.callbacks._capture import StepLogitsCallback, batch_targets, has_teacher
+from cmkd_lightning.callbacks._figures import epoch_number, run_directory
+from cmkd_lightning.utilities.validation import (
     check_bool,
     check_filename,
     check_non_negative_int,
@@ -25,8 +27,6 @@ from cmkd_lightning._validation import (
     check_positive_int,
     check_str,
 )
-from cmkd_lightning.callbacks._capture import StepLogitsCallback, batch_targets, has_teacher
-from cmkd_lightning.callbacks._figures import epoch_number, run_directory
 
 #: The five corruptions of the paper's Table V, in its column order (the data module's ``corruptions``).
 PAPER_CORRUPTIONS: tuple[str, ...] = ("brightness", "contrast", "elastic_transform", "fog", "pixelate")

@@ -17,8 +17,10 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from typing_extensions import override
 
-from cmkd_lightning._optional import require
-from cmkd_lightning._validation import (
+from cmkd_lightning.callbacks._figures import describe_method, log_image_file, run_directory, save_figure
+from cmkd_lightning.models import extract_features
+from cmkd_lightning.utilities.optional import require
+from cmkd_lightning.utilities.validation import (
     check_bool,
     check_non_negative_int,
     check_optional_path,
@@ -27,8 +29,6 @@ from cmkd_lightning._validation import (
     check_positive_int,
     check_str,
 )
-from cmkd_lightning.callbacks._figures import describe_method, log_image_file, run_directory, save_figure
-from cmkd_lightning.models import extract_features
 
 _LEGEND_MAX_CLASSES = 20
 

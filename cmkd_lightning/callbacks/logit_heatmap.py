@@ -14,13 +14,6 @@ from matplotlib.image import AxesImage
 from torch import Tensor
 from typing_extensions import override
 
-from cmkd_lightning._validation import (
-    check_bool,
-    check_optional_path,
-    check_positive_float,
-    check_positive_int,
-    check_str,
-)
 from cmkd_lightning.callbacks._capture import StepLogitsCallback, batch_targets, new_metric, synced
 from cmkd_lightning.callbacks._figures import (
     describe_method,
@@ -37,6 +30,13 @@ from cmkd_lightning.metrics.class_gap import (
     correlation_gap,
     logit_difference,
     mean_off_diagonal,
+)
+from cmkd_lightning.utilities.validation import (
+    check_bool,
+    check_optional_path,
+    check_positive_float,
+    check_positive_int,
+    check_str,
 )
 
 __all__ = [

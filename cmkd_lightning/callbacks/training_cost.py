@@ -13,9 +13,9 @@ from lightning.pytorch import Callback, LightningModule, Trainer
 from lightning.pytorch.loggers import WandbLogger
 from typing_extensions import override
 
-from cmkd_lightning._validation import check_filename, check_optional_path, check_str
 from cmkd_lightning.callbacks._capture import batch_inputs
 from cmkd_lightning.callbacks._figures import run_directory
+from cmkd_lightning.utilities.validation import check_filename, check_optional_path, check_str
 
 _MB = 2.0**20
 

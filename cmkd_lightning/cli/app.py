@@ -19,7 +19,6 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from lightning.pytorch.utilities.rank_zero import rank_zero_only
 from typing_extensions import override
 
-from cmkd_lightning._optional import require
 from cmkd_lightning.callbacks.checkpoint_guard import CheckpointGuard
 from cmkd_lightning.callbacks.checkpoint_link import PublishCheckpoint
 from cmkd_lightning.callbacks.preemption import Preemption
@@ -44,7 +43,8 @@ from cmkd_lightning.cli.resume import (
 from cmkd_lightning.cli.wandb_mode import ensure_wandb_mode
 from cmkd_lightning.errors import CMKDError, DataError
 from cmkd_lightning.module import DistillationModule
-from cmkd_lightning.runtime import CPU_THREADS_ENV, quiet_lightning, set_cpu_threads
+from cmkd_lightning.utilities.optional import require
+from cmkd_lightning.utilities.runtime import CPU_THREADS_ENV, quiet_lightning, set_cpu_threads
 
 # `cmkd fit --help` ends with this: where the library's building blocks are and how the optimiser is set.
 EPILOG = (

@@ -14,8 +14,8 @@ from urllib.parse import urlsplit
 
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 
-from cmkd_lightning._optional import available, require
 from cmkd_lightning.errors import WandbSetupError
+from cmkd_lightning.utilities.optional import available, require
 
 __all__ = ["WANDB_PROBE_TIMEOUT_ENV", "ensure_wandb_mode"]
 

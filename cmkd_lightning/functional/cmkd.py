@@ -10,7 +10,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cmkd_lightning._validation import (
+from cmkd_lightning.functional.correlation import _pearson_corr
+from cmkd_lightning.functional.rank import rank
+from cmkd_lightning.functional.soft_rank import soft_rank
+from cmkd_lightning.functional.zscore import _zscore
+from cmkd_lightning.utilities.validation import (
     Reduction,
     check_non_negative,
     check_pair,
@@ -20,10 +24,6 @@ from cmkd_lightning._validation import (
     reduce,
     upcast,
 )
-from cmkd_lightning.functional.correlation import _pearson_corr
-from cmkd_lightning.functional.rank import rank
-from cmkd_lightning.functional.soft_rank import soft_rank
-from cmkd_lightning.functional.zscore import _zscore
 
 
 class TeacherStats(NamedTuple):

@@ -20,7 +20,6 @@ import torch
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from cmkd_lightning._validation import upcast
 from cmkd_lightning.functional import _cmkd_numpy as _np
 from cmkd_lightning.functional.cmkd import (
     CMKDScale,
@@ -33,6 +32,7 @@ from cmkd_lightning.functional.cmkd import (
 )
 from cmkd_lightning.functional.rank import rank
 from cmkd_lightning.functional.soft_rank import _import_torchsort, _isotonic_block_starts, _torchsort_supports
+from cmkd_lightning.utilities.validation import upcast
 
 FUSED_DEVICES = ("cpu", "cuda")
 _NP_QUIET = functools.partial(np.errstate, all="ignore")  # as torch: overflow gives inf / NaN silently

@@ -7,9 +7,9 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from cmkd_lightning._validation import check_positive
 from cmkd_lightning.functional.rank import rank
 from cmkd_lightning.functional.soft_rank import soft_rank
+from cmkd_lightning.utilities.validation import check_positive
 
 
 def _check_same_2d(x: Tensor, y: Tensor, names: tuple[str, str]) -> None:

@@ -6,8 +6,8 @@ from typing import Literal
 
 from torch import Tensor
 
-from cmkd_lightning._validation import check_non_negative, check_pair, check_positive, check_result, upcast
 from cmkd_lightning.functional.correlation import _pearson_corr
+from cmkd_lightning.utilities.validation import check_non_negative, check_pair, check_positive, check_result, upcast
 
 
 def dist_loss(

@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cmkd_lightning._validation import (
+from cmkd_lightning.functional.zscore import _zscore
+from cmkd_lightning.utilities.validation import (
     Reduction,
     check_non_negative,
     check_pair,
@@ -18,7 +19,6 @@ from cmkd_lightning._validation import (
     reduce,
     upcast,
 )
-from cmkd_lightning.functional.zscore import _zscore
 
 
 def dkd_loss(

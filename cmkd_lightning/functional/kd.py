@@ -5,7 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from cmkd_lightning._validation import (
+from cmkd_lightning.functional.zscore import _zscore
+from cmkd_lightning.utilities.validation import (
     Reduction,
     check_pair,
     check_positive,
@@ -15,7 +16,6 @@ from cmkd_lightning._validation import (
     reduce,
     upcast,
 )
-from cmkd_lightning.functional.zscore import _zscore
 
 
 def kd_loss(

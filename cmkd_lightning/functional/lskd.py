@@ -7,7 +7,9 @@ from typing import Any
 
 from torch import Tensor
 
-from cmkd_lightning._validation import (
+from cmkd_lightning.functional.kd import _kd_per_sample
+from cmkd_lightning.functional.zscore import _zscore
+from cmkd_lightning.utilities.validation import (
     Reduction,
     check_pair,
     check_positive,
@@ -16,8 +18,6 @@ from cmkd_lightning._validation import (
     reduce,
     upcast,
 )
-from cmkd_lightning.functional.kd import _kd_per_sample
-from cmkd_lightning.functional.zscore import _zscore
 
 
 def lskd_loss(

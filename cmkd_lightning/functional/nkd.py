@@ -6,7 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cmkd_lightning._validation import (
+from cmkd_lightning.utilities.validation import (
     Reduction,
     check_non_negative,
     check_pair,

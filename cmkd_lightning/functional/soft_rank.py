@@ -16,7 +16,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
-from cmkd_lightning._validation import check_positive
+from cmkd_lightning.utilities.validation import check_positive
 
 SoftRankBackend = Literal["auto", "torch", "torchsort"]
 _BACKENDS = ("auto", "torch", "torchsort")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from cmkd_lightning._validation import check_logits, check_positive
+from cmkd_lightning.utilities.validation import check_logits, check_positive
 
 _MIN_VARIANCE = 1e-30
 

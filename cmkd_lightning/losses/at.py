@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from typing_extensions import override
 
-from cmkd_lightning._validation import check_positive
 from cmkd_lightning.functional.at import at_loss
 from cmkd_lightning.losses.feature import FeatureDistillationLoss
+from cmkd_lightning.utilities.validation import check_positive
 
 
 class ATLoss(FeatureDistillationLoss):

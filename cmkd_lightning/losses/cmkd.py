@@ -10,7 +10,6 @@ import torch.distributed as dist
 from torch import Tensor
 from typing_extensions import override
 
-from cmkd_lightning._validation import check_non_negative, check_positive, upcast
 from cmkd_lightning.functional.cmkd import (
     CMKDPreset,
     CMKDScale,
@@ -25,6 +24,7 @@ from cmkd_lightning.functional.cmkd import (
 )
 from cmkd_lightning.functional.cmkd_fused import cmkd_fused_terms, fast_teacher_stats, fused_covers
 from cmkd_lightning.losses.base import DistillationLoss
+from cmkd_lightning.utilities.validation import check_non_negative, check_positive, upcast
 
 _RANK_BACKENDS = ("auto", "torch", "torchsort")
 

@@ -9,9 +9,9 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
-from cmkd_lightning._validation import check_positive
 from cmkd_lightning.functional.crd import crd_nce_loss
 from cmkd_lightning.losses.feature import FeatureDistillationLoss
+from cmkd_lightning.utilities.validation import check_positive
 
 
 class Embedding(nn.Module):

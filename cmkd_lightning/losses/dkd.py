@@ -5,9 +5,9 @@ from __future__ import annotations
 from torch import Tensor
 from typing_extensions import override
 
-from cmkd_lightning._validation import check_non_negative, check_positive
 from cmkd_lightning.functional.dkd import dkd_terms
 from cmkd_lightning.losses.base import DistillationLoss
+from cmkd_lightning.utilities.validation import check_non_negative, check_positive
 
 
 class DKDLoss(DistillationLoss):

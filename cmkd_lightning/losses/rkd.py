@@ -7,9 +7,9 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from typing_extensions import override
 
-from cmkd_lightning._validation import check_non_negative, check_positive
 from cmkd_lightning.functional.rkd import rkd_angle_loss, rkd_distance_loss
 from cmkd_lightning.losses.feature import FeatureDistillationLoss
+from cmkd_lightning.utilities.validation import check_non_negative, check_positive
 
 
 class RKDLoss(FeatureDistillationLoss):

@@ -8,9 +8,9 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from cmkd_lightning._validation import check_pair
 from cmkd_lightning.functional.correlation import pearson_corr, spearman_corr
 from cmkd_lightning.functional.kd import kd_loss
+from cmkd_lightning.utilities.validation import check_pair
 
 #: Names of the four agreement measures, in the order :class:`LogitAgreement` returns them.
 AGREEMENT_MEASURES = ("pearson", "spearman", "top1_agreement", "kl")

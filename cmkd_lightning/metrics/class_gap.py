@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
-from cmkd_lightning._validation import check_pair, check_targets
+from cmkd_lightning.utilities.validation import check_pair, check_targets
 
 #: Upper end of the colour scale of :func:`logit_difference` in DKD's figure (its ``MAX_DIFF``).
 DKD_MAX_DIFF = 3.0

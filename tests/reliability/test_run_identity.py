@@ -60,7 +60,7 @@ def test_a_teacher_checkpoint_is_not_resumed_as_a_student_run(tmp_path, monkeypa
     teacher = tmp_path / "checkpoints" / "last.ckpt"
     code, lines = _cli_error(capsys, [*_fit("cmkd.yaml", "--trainer.logger=false", NO_TEACHER), f"--ckpt_path={teacher}"])
     assert code == 1
-    assert "module (checkpoint: cmkd_lightning.teacher.TeacherModule; this run: cmkd_lightning.module" in lines[-1]
+    assert "module (checkpoint: cmkd_lightning.module.teacher.TeacherModule; this run: cmkd_lightning.module" in lines[-1]
 
 
 def test_the_same_method_resumes_and_may_change_the_optimiser(cmkd_checkpoint):

@@ -292,7 +292,7 @@ def test_python_built_checkpoint_says_which_modules_to_pass_and_reloads_its_loss
     trainer.save_checkpoint(path)
     with pytest.raises(
         TypeError,
-        match=r"built with student=<tests.test_defaults.TinyNet nn.Module>, teacher=<tests"
+        match=r"built with student=<tests.module.test_defaults.TinyNet nn.Module>, teacher=<tests"
         r".test_defaults.TinyNet nn.Module>.*pass student=..., teacher=... to DistillationModule",
     ):
         DistillationModule.load_from_checkpoint(path)
@@ -325,7 +325,7 @@ def test_teacher_module_trains_a_teacher_that_distillation_reads(tmp_path):
     )
     for key, value in teacher.model.state_dict().items():
         assert torch.equal(student.teacher.state_dict()[key], value), key
-    with pytest.raises(TypeError, match=r"built with model=<tests.test_defaults.TinyNet nn.Module>.*pass model=\.\.\."):
+    with pytest.raises(TypeError, match=r"built with model=<tests.module.test_defaults.TinyNet nn.Module>.*pass model=\.\.\."):
         TeacherModule.load_from_checkpoint(path)
     restored = TeacherModule.load_from_checkpoint(path, model=TinyNet(hidden=8))
     assert torch.equal(restored.model.fc.weight, teacher.model.fc.weight)
@@ -356,7 +356,7 @@ def test_teacher_module_shares_the_defaults_of_distillation_module():
 @pytest.mark.slow  # two `cmkd` subprocesses
 def test_teacher_config_through_the_cli(tmp_path):
     """``cmkd fit -c examples/configs/digits/teacher.yaml`` trains a TeacherModule whose checkpoint reads as a teacher."""
-    from tests.test_cli import DIGITS, QUIET, SHORT_FIT, SMALL_DATA, _cmkd
+    from tests.cli.test_app import DIGITS, QUIET, SHORT_FIT, SMALL_DATA, _cmkd
 
     printed = yaml.safe_load(_cmkd(["fit", "-c", str(DIGITS / "teacher.yaml"), "--print_config"], tmp_path).stdout)
     assert printed["model"]["class_path"] == "cmkd_lightning.TeacherModule"
@@ -384,7 +384,7 @@ def test_teacher_config_through_the_cli(tmp_path):
 def test_any_torch_optimiser_and_warmup_cosine_train_from_yaml(tmp_path, monkeypatch):
     """``optimizer: torch.optim.Adam`` and a warm-up + cosine schedule, as YAML entries, through ``cmkd fit``."""
     from cmkd_lightning.cli import main
-    from tests.test_cli import DIGITS, QUIET, SMALL_DATA
+    from tests.cli.test_app import DIGITS, QUIET, SMALL_DATA
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("WANDB_MODE", "disabled")

@@ -21,7 +21,7 @@ from tests._fakes import write_fake_imagenet
 
 pytestmark = pytest.mark.slow  # every test starts `cmkd` in a subprocess
 
-DIGITS = Path(__file__).resolve().parents[1] / "examples" / "configs" / "digits"
+DIGITS = Path(__file__).resolve().parents[2] / "examples" / "configs" / "digits"
 SMALL_DATA = [
     "--data.init_args.train_size=256",
     "--data.init_args.val_size=64",
@@ -189,7 +189,7 @@ def test_imagenet_config_runs_its_ddp_strategy_on_two_cpu_processes(tmp_path):
     # CPU processes (gloo) run DKD + CMKD with the all-reduced entropy threshold; no logger, so the resolved config
     # goes to the default root directory (all ranks must take part in resolving it, or the ranks deadlock).
     data_dir = write_fake_imagenet(tmp_path / "imagenet", num_classes=3, per_class=4, size=72)
-    configs = Path(__file__).resolve().parents[1] / "examples" / "configs" / "imagenet"
+    configs = Path(__file__).resolve().parents[2] / "examples" / "configs" / "imagenet"
     result = _cmkd(
         [
             "fit",

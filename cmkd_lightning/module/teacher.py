@@ -5,8 +5,8 @@ from __future__ import annotations
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import nn
 
-from cmkd_lightning import _records
-from cmkd_lightning.module import DistillationModule
+from cmkd_lightning.module import records as _records
+from cmkd_lightning.module.distillation import DistillationModule
 from cmkd_lightning.schedules import StepOrCosine
 
 

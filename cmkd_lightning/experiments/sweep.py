@@ -809,7 +809,7 @@ def main(argv: list[str] | None = None) -> None:
         p.error(f"Expected `--heartbeat-interval` to be >= 0, but got {args.heartbeat_interval}.")
     if args.grace_period is not None and args.grace_period < 1:
         p.error(f"Expected `--grace-period` to be >= 1, but got {args.grace_period}.")
-    from cmkd_lightning.runtime import quiet_lightning
+    from cmkd_lightning.utilities.runtime import quiet_lightning
 
     try:
         with quiet_lightning():  # Lightning's known noise, for this run only

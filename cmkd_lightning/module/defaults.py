@@ -14,8 +14,8 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import MultiStepLR
 
-from cmkd_lightning import _records
 from cmkd_lightning.losses.base import DistillationLoss
+from cmkd_lightning.module import records as _records
 from cmkd_lightning.schedules import RunLengthScheduler, StepOrCosine
 
 # `optimizer=None`: the CIFAR-100 recipe of the paper and its reference repositories.

@@ -9,9 +9,9 @@ import optuna
 import pytest
 import yaml
 
-from cmkd_lightning.sweep import _check_space, _parse_overrides, format_study, main, run_sweep, set_dotted
+from cmkd_lightning.experiments.sweep import _check_space, _parse_overrides, format_study, main, run_sweep, set_dotted
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 FIG8 = ROOT / "examples" / "sweeps" / "cmkd_beta_fig8.yaml"
 
 

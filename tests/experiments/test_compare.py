@@ -11,7 +11,7 @@ import torch
 import yaml
 from scipy import stats
 
-from cmkd_lightning.compare import (
+from cmkd_lightning.experiments.compare import (
     BUILTIN_METHODS,
     Method,
     compare,
@@ -246,7 +246,7 @@ def test_each_student_is_its_own_wandb_run(tmp_path, monkeypatch):
 @pytest.mark.slow
 @pytest.mark.parametrize("num_digits", [1, 2])
 def test_feature_methods_train_on_the_digits_task_with_their_connectors(tmp_path, num_digits):
-    from cmkd_lightning.compare import BUILTIN_METHODS, fit_student
+    from cmkd_lightning.experiments.compare import BUILTIN_METHODS, fit_student
     from cmkd_lightning.losses import ReviewKDLoss
 
     data = ComposedDigitsDataModule(num_digits=num_digits, train_size=64, val_size=32, test_size=32, batch_size=32)

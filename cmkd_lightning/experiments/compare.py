@@ -35,14 +35,14 @@ import lightning as L
 import torch
 from torch import nn
 
-from cmkd_lightning._optional import require
+from cmkd_lightning.experiments.quickstart import _evaluate
 from cmkd_lightning.losses import CMKDLoss, DISTLoss, KDLoss, ReviewKDLoss
 from cmkd_lightning.losses.base import DistillationLoss
 from cmkd_lightning.losses.feature import FeatureDistillationLoss
 from cmkd_lightning.models import create_model
 from cmkd_lightning.module import DistillationModule
-from cmkd_lightning.quickstart import _evaluate
 from cmkd_lightning.schedules import WarmupCosine
+from cmkd_lightning.utilities.optional import require
 from datamodules import ComposedDigitsDataModule
 
 METRICS = ("top1", "top5", "agreement", "spearman")
@@ -849,7 +849,7 @@ def main(argv: list[str] | None = None) -> None:
             summarize_recorded(a.out, a.methods, a.seeds, a.reference)
             return
         resolve_methods(a.methods)  # a bad name or config file: one line, before the teacher trains
-        from cmkd_lightning.runtime import quiet_lightning
+        from cmkd_lightning.utilities.runtime import quiet_lightning
 
         with quiet_lightning():  # Lightning's known noise, for this run only
             _compare_from_args(a)

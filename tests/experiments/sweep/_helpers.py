@@ -6,13 +6,13 @@ import json
 import re
 from pathlib import Path
 
-from tests.test_sweep import _tiny_config
+from tests.experiments.test_sweep import _tiny_config
 
 _SWEEP_CONFIG = re.compile(rb'\{"study":"[^"]*","trial":\d+,.*?"storage":"[^"]*"(,"retry_of":\d+)?\}')
 
 
 def wandb_config(max_epochs: int = 1, train_size: int = 128) -> dict:
-    """The tiny digits CMKD config of tests/test_sweep.py, logged by a WandbLogger (offline in the tests)."""
+    """The tiny digits CMKD config of tests/experiments/test_sweep.py, logged by a WandbLogger (offline in the tests)."""
     config = _tiny_config()
     config["trainer"]["max_epochs"] = max_epochs
     config["data"]["init_args"]["train_size"] = train_size
@@ -39,7 +39,7 @@ def offline_runs(study_dir: Path) -> dict[str, dict]:
         data = record.read_bytes() if record.is_file() else b""  # a run killed as it started may not have it yet
         found = _SWEEP_CONFIG.search(data)
         runs[run_id] = {
-            "trial_dir": folder.parents[1].name,
+            "trial_dir": folder.parents[2].name,
             "sweep": json.loads(found.group(0)) if found else None,
         }
     return runs

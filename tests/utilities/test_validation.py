@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from cmkd_lightning._validation import check_int, check_optional_path, check_path
+from cmkd_lightning.utilities.validation import check_int, check_optional_path, check_path
 
 
 class _Custom(os.PathLike):

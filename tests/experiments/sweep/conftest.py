@@ -10,7 +10,7 @@ import os
 
 import pytest
 
-from tests.sweep._postgres import PostgresServer, find_bindir
+from tests.experiments.sweep._postgres import PostgresServer, find_bindir
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from cmkd_lightning._aggregate import EpochMeans, epoch_metrics
+from cmkd_lightning.module.epoch_metrics import EpochMeans, epoch_metrics
 
 
 def _updates(seed: int, n: int, names: tuple[str, ...]) -> list[tuple[dict[str, float], int]]:

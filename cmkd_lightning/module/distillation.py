@@ -13,15 +13,18 @@ from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
 from torch import Tensor, nn
 from typing_extensions import override
 
-from cmkd_lightning import _defaults, _guard, _networks, _records
-from cmkd_lightning._aggregate import EpochLogging, epoch_metrics
-from cmkd_lightning._checkpointing import CheckpointHooks
-from cmkd_lightning._networks import Features, no_autocast
 from cmkd_lightning.losses.base import DistillationLoss
 from cmkd_lightning.losses.feature import FeatureDistillationLoss
 from cmkd_lightning.models import extract_features, feature_hooks, freeze
-from cmkd_lightning.runtime import QuietStart
+from cmkd_lightning.module import defaults as _defaults
+from cmkd_lightning.module import guard as _guard
+from cmkd_lightning.module import networks as _networks
+from cmkd_lightning.module import records as _records
+from cmkd_lightning.module.checkpointing import CheckpointHooks
+from cmkd_lightning.module.epoch_metrics import EpochLogging, epoch_metrics
+from cmkd_lightning.module.networks import Features, no_autocast
 from cmkd_lightning.schedules import StepOrCosine
+from cmkd_lightning.utilities.runtime import QuietStart
 
 
 class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningModule):

@@ -9,10 +9,10 @@ import optuna
 import pytest
 import yaml
 
-from cmkd_lightning.sweep import SweepError, TrialConfigError, main, resolve_storage_url, run_sweep
-from tests.test_sweep import _tiny_config
+from cmkd_lightning.experiments.sweep import SweepError, TrialConfigError, main, resolve_storage_url, run_sweep
+from tests.experiments.test_sweep import _tiny_config
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 CONFIG = ROOT / "examples" / "configs" / "digits" / "cmkd.yaml"
 BETA = "model.init_args.losses.0.init_args.beta"
 
@@ -129,7 +129,7 @@ def test_a_database_that_does_not_answer_is_one_line(tmp_path, capsys):
 
 
 def test_grid_queue_skips_points_an_older_study_already_ran(tmp_path):
-    from cmkd_lightning.sweep import open_study
+    from cmkd_lightning.experiments.sweep import open_study
 
     url = f"sqlite:///{tmp_path / 'old.db'}"
     old = optuna.create_study(study_name="old", storage=url, direction="maximize")

@@ -12,9 +12,9 @@ import pytest
 import torch
 
 from cmkd_lightning.cli import main
-from cmkd_lightning.runtime import cpu_threads, quiet_lightning, set_cpu_threads
+from cmkd_lightning.utilities.runtime import cpu_threads, quiet_lightning, set_cpu_threads
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DIGITS = ROOT / "examples" / "configs" / "digits"
 
 

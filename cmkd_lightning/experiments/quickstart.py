@@ -22,13 +22,13 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import RichProgressBar
 
-from cmkd_lightning._optional import require
 from cmkd_lightning.callbacks import CorrelationMonitor, EmbeddingProjection, LogitCorrelationHeatmap, TrainingCost
 from cmkd_lightning.functional import spearman_corr
 from cmkd_lightning.losses import CMKDLoss, KDLoss
 from cmkd_lightning.module import DistillationModule
-from cmkd_lightning.runtime import cpu_threads, quiet_lightning
 from cmkd_lightning.schedules import WarmupCosine
+from cmkd_lightning.utilities.optional import require
+from cmkd_lightning.utilities.runtime import cpu_threads, quiet_lightning
 from datamodules import ComposedDigitsDataModule
 
 Console = require("rich.console", extra="quickstart", purpose="cmkd-quickstart").Console

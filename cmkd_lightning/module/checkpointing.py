@@ -6,7 +6,7 @@ from typing import Any
 
 from typing_extensions import override
 
-from cmkd_lightning import _records
+from cmkd_lightning.module import records as _records
 
 
 class CheckpointHooks:

@@ -5,8 +5,8 @@ from __future__ import annotations
 import optuna
 import pytest
 
-from cmkd_lightning.sweep import format_study, run_sweep
-from tests.sweep._helpers import offline_runs, wandb_config
+from cmkd_lightning.experiments.sweep import format_study, run_sweep
+from tests.experiments.sweep._helpers import offline_runs, wandb_config
 
 BETA = "model.init_args.losses.0.init_args.beta"
 

@@ -18,12 +18,12 @@ import optuna
 import pytest
 import yaml
 
-from tests.sweep._helpers import offline_runs, wandb_config
+from tests.experiments.sweep._helpers import offline_runs, wandb_config
 
 BETA = "model.init_args.losses.0.init_args.beta"
 GRID = [1.0, 2.0, 3.0, 4.0]
 SPACE = {"sampler": "grid", "pruner": "none", "params": {BETA: {"type": "categorical", "choices": GRID}}}
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 
 
 def _env() -> dict[str, str]:
@@ -74,7 +74,7 @@ def test_many_workers_start_together_on_a_fresh_database(backend, tmp_path, requ
 
 
 def _worker(config: Path, space: Path, url: str, out: Path, cwd: Path, trials: int = 4) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "cmkd_lightning.sweep", "-c", str(config), "--space", str(space)]
+    cmd = [sys.executable, "-m", "cmkd_lightning.experiments.sweep", "-c", str(config), "--space", str(space)]
     cmd += ["--trials", str(trials), "--storage", url, "--study-name", "shared", "--out", str(out)]
     cmd += ["--heartbeat-interval", "1", "--grace-period", "3"]
     log = (cwd / f"worker-{time.monotonic_ns()}.log").open("w")
