@@ -255,7 +255,8 @@ def run_config(name: str, device: torch.device, quick: bool, rounds: int | None)
 def print_table(name: str, result: dict[str, Any]) -> None:
     cfg = result["config"]
     print(
-        f"\n{name}: {cfg['teacher']} -> {cfg['student']}, batch {cfg['batch']}, input {'x'.join(map(str, cfg['input']))},"
+        f"\n{name}: {cfg['teacher']} -> {cfg['student']}, batch {cfg['batch']}, "
+        f"input {'x'.join(map(str, cfg['input']))},"
         f" C = {cfg['classes']} ({result['rounds']} rounds x {result['timed_steps_per_round']} steps)"
     )
     header = ["path", "step ms [range]", "step / general [range]", "loss ms", "saving vs general, from parts"]
@@ -286,7 +287,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=list(CONFIGS))
     p.add_argument("--rounds", type=int, default=None, help="rounds per configuration (default: per config)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=None, help="JSON path (default: benchmarks/results-cmkd-paths-<device>.json)")
+    p.add_argument("--out", type=Path, default=None, help="JSON path (default: results-cmkd-paths-<device>.json)")
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error(f"Expected `--threads` to be >= 1, but got {args.threads}.")
@@ -312,7 +313,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         results["configs"][name] = run_config(name, device, args.quick, args.rounds)
         print_table(name, results["configs"][name])
     results["wall_s"] = time.perf_counter() - start
-    print(f"\nwall time {results['wall_s']:.0f} s; a path earns its keep where it saves >= {100 * THRESHOLD:.0f} % of a step")
+    print(f"\nwall time {results['wall_s']:.0f} s; a path stays where it saves >= {100 * THRESHOLD:.0f} % of a step")
     out = args.out or HERE / f"results-cmkd-paths-{device.type}.json"
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
