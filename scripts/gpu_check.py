@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import fnmatch
-import functools
 import json
 import os
 import shutil
@@ -166,19 +165,6 @@ def _write_tiny_cifar100c(rel: str, workdir: Path) -> None:
         np.save(root / f"{name}.npy", rng.integers(0, 256, (10, 32, 32, 3), dtype=np.uint8))
 
 
-@functools.cache
-def _memoise_subclass_scan() -> None:
-    """Memoise jsonargparse's walk over every nn.Module subclass (~1 s per ``nn.Module | str`` value parsed)."""
-    import jsonargparse._typehints
-    import torchvision.models  # noqa: F401
-
-    import cmkd_lightning.models  # noqa: F401
-
-    scan = getattr(jsonargparse._typehints, "get_all_subclass_paths", None)
-    if scan is not None:
-        jsonargparse._typehints.get_all_subclass_paths = functools.lru_cache(maxsize=None)(scan)
-
-
 @contextlib.contextmanager
 def _alarm(seconds: int | None) -> Iterator[None]:
     if not seconds or not hasattr(signal, "SIGALRM"):
@@ -219,7 +205,6 @@ def run_config(
 
     from cmkd_lightning.cli import build_cli
 
-    _memoise_subclass_scan()
     args = [*config_files(rel), *smoke_overrides(rel, device, precision, small, keep_logger), *extra_args]
     if fast_dev_run:
         args.append("--trainer.fast_dev_run=true")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import inspect
 from collections.abc import Sequence
 from contextlib import nullcontext
@@ -10,6 +11,7 @@ from typing import Any, ClassVar, Literal
 import torch
 from lightning.pytorch import LightningModule
 from lightning.pytorch.cli import LRSchedulerCallable, OptimizerCallable
+from lightning.pytorch.utilities import AttributeDict
 from torch import Tensor, nn
 from typing_extensions import override
 
@@ -139,6 +141,13 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
         self.epoch_metrics = epoch_metrics(self.num_classes, self._epoch_keys())
         self.best_val_top1 = 0.0
         self._teacher_checked = False
+
+    @property
+    @override
+    def hparams_initial(self) -> AttributeDict:
+        """The hyperparameters loggers receive: the recorded ones, with the defaults resolved in ``__init__``."""
+        recorded = getattr(self, "recorded_hparams", None)
+        return AttributeDict(copy.deepcopy(recorded)) if recorded is not None else super().hparams_initial
 
     @override
     def train(self, mode: bool = True) -> DistillationModule:

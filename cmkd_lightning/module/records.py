@@ -203,16 +203,19 @@ def record(module: Any, updates: Mapping[str, Any], keep_only: type | None = Non
         names = inspect.signature(keep_only.__init__).parameters
         for key in [k for k in hparams if k not in names and not k.startswith("_")]:
             del hparams[key]
-    # Lightning logs `hparams_initial`, a copy taken when save_hyperparameters ran; keep it in step.
-    module._hparams_initial = copy.deepcopy(module._hparams)
+    # Loggers receive `hparams_initial`, which Lightning copies when save_hyperparameters runs, before these updates;
+    # the module's `hparams_initial` property returns this snapshot instead (DistillationModule.hparams_initial).
+    module.recorded_hparams = copy.deepcopy(dict(hparams))
 
 
 def reload_hint(cls: type, checkpoint_path: Any, given: Mapping[str, Any]) -> str | None:
     """What to pass to ``cls.load_from_checkpoint`` for a checkpoint built with ``nn.Module`` arguments, or None."""
-    from lightning.fabric.utilities.cloud_io import _load as pl_load
+    import fsspec
+    import torch
 
-    try:
-        checkpoint = pl_load(checkpoint_path, map_location="cpu", weights_only=True)
+    try:  # local paths and the remote URLs load_from_checkpoint accepts, both through fsspec
+        with fsspec.open(str(checkpoint_path), "rb") as file:
+            checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception:  # unreadable here too: the original error says more
         return None
     passed = {k: v for k, v in (checkpoint.get(MODULES_KEY) or {}).items() if k not in given}

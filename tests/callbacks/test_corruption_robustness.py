@@ -176,11 +176,11 @@ def test_the_library_layer_does_not_import_datamodules():
 
     import cmkd_lightning
 
-    apps = {"cli/app.py", "quickstart.py", "compare.py", "sweep.py"}
     root = Path(cmkd_lightning.__file__).parent
     offenders = []
     for path in root.rglob("*.py"):
-        if path.relative_to(root).as_posix() in apps:
+        relative = path.relative_to(root).as_posix()
+        if relative == "cli/app.py" or relative.startswith("experiments/"):  # the applications may
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
