@@ -13,12 +13,13 @@ A step is what ``DistillationModule.training_step`` does for these losses: stude
 under ``torch.no_grad()``, ``ce_weight * CE + weight * loss(student_logits, teacher_logits, targets)["loss"]``,
 backward, SGD step (lr 0.05, momentum 0.9, weight decay 5e-4). Every timed step starts from the same student
 weights and momentum buffers (copied back outside the timed region, into the same tensors), so every candidate
-times the same computation. In each round every candidate runs ``steps`` timed steps (after ``warmup`` untimed
-ones) and its round time is their median; the order of the candidates rotates between rounds. Reported: the
-median over rounds of the step time and, per candidate, the median (and range) over rounds of its step time
-divided by the general path's in the same round. The loss alone (forward + backward at the step's logits) is timed
-the same way, which gives the saving as a share of a step from its parts: ``(t_loss_general - t_loss_path) /
-t_step_general``, far less noisy than the ratio of two whole steps.
+times the same computation. The candidates are interleaved step by step: a *sweep* times one step of each, back
+to back, in an order that rotates from sweep to sweep; a round is ``steps`` sweeps (after ``warmup`` untimed
+sweeps at the start). Reported per candidate: the median over rounds of its per-round median step time (range:
+the rounds' medians), and its step time over the general path's *in the same sweep*, median over all sweeps
+(range: the per-round medians). The loss alone (forward + backward at the step's logits, CE included) is timed the
+same way, which gives the saving as a share of a step from its parts, ``(t_loss_general - t_loss_path) /
+t_step_general`` per round: far less noisy than the ratio of two whole steps on a shared machine.
 
 Configurations:
 
@@ -211,34 +212,59 @@ def run_config(name: str, device: torch.device, quick: bool, rounds: int | None)
 
     loss_reps = max(steps, 20)
     names = list(cands)
-    step_times: dict[str, list[float]] = {n: [] for n in names}
-    loss_times: dict[str, list[float]] = {n: [] for n in names}
-    for r in range(n_rounds):
-        shift = r % len(names)
+
+    def sweep(fn: Callable[..., float], r: int, i: int) -> dict[str, float]:
+        """One timing of every candidate, back to back, in an order that rotates with the round and the sweep."""
+        shift = (r + i) % len(names)
+        out = {}
         for cand in names[shift:] + names[:shift]:
             loss_fn, ce_w, w, context = cands[cand]
             with context():
-                for _ in range(warmup):
-                    step(loss_fn, ce_w, w)
-                step_times[cand].append(statistics.median(step(loss_fn, ce_w, w) for _ in range(steps)))
-                loss_only(loss_fn, ce_w, w)
-                loss_times[cand].append(statistics.median(loss_only(loss_fn, ce_w, w) for _ in range(loss_reps)))
+                out[cand] = fn(loss_fn, ce_w, w)
+        return out
+
+    for i in range(warmup):
+        sweep(step, 0, i)
+        sweep(loss_only, 0, i)
+    # per round and candidate: the step times, the loss times and the step time over the general path's in the
+    # same sweep (adjacent in time, so a change in the machine's load hits both)
+    step_times: dict[str, list[list[float]]] = {n: [] for n in names}
+    loss_times: dict[str, list[list[float]]] = {n: [] for n in names}
+    paired: dict[str, list[list[float]]] = {n: [] for n in names}
+    for r in range(n_rounds):
+        for store in (step_times, loss_times, paired):
+            for cand in names:
+                store[cand].append([])
+        for i in range(steps):
+            times = sweep(step, r, i)
+            for cand in names:
+                step_times[cand][r].append(times[cand])
+                paired[cand][r].append(times[cand] / times["general"])
+        for i in range(loss_reps):
+            times = sweep(loss_only, r, i)
+            for cand in names:
+                loss_times[cand][r].append(times[cand])
         print(f"  {name}: round {r + 1}/{n_rounds} done", flush=True)
 
-    base = "general"
+    med = statistics.median
     rows: dict[str, Any] = {}
     for cand in names:
-        ratios = [t / b for t, b in zip(step_times[cand], step_times[base])]
-        saving_parts = [(lb - lt) / sb for lt, lb, sb in zip(loss_times[cand], loss_times[base], step_times[base])]
+        step_r = [med(v) for v in step_times[cand]]  # per round
+        loss_r = [med(v) for v in loss_times[cand]]
+        ratio_r = [med(v) for v in paired[cand]]
+        saving_r = [
+            (med(lb) - med(lt)) / med(sb)
+            for lt, lb, sb in zip(loss_times[cand], loss_times["general"], step_times["general"])
+        ]
         rows[cand] = {
-            "step_ms": 1e3 * statistics.median(step_times[cand]),
-            "step_ms_range": [1e3 * min(step_times[cand]), 1e3 * max(step_times[cand])],
-            "step_ratio": statistics.median(ratios),
-            "step_ratio_range": [min(ratios), max(ratios)],
-            "loss_ms": 1e3 * statistics.median(loss_times[cand]),
-            "loss_ms_range": [1e3 * min(loss_times[cand]), 1e3 * max(loss_times[cand])],
-            "saving_from_parts": statistics.median(saving_parts),
-            "saving_from_parts_range": [min(saving_parts), max(saving_parts)],
+            "step_ms": 1e3 * med(step_r),
+            "step_ms_range": [1e3 * min(step_r), 1e3 * max(step_r)],
+            "step_ratio": med([x for v in paired[cand] for x in v]),
+            "step_ratio_range": [min(ratio_r), max(ratio_r)],
+            "loss_ms": 1e3 * med(loss_r),
+            "loss_ms_range": [1e3 * min(loss_r), 1e3 * max(loss_r)],
+            "saving_from_parts": med(saving_r),
+            "saving_from_parts_range": [min(saving_r), max(saving_r)],
             "raw_step_s": step_times[cand],
             "raw_loss_s": loss_times[cand],
         }
