@@ -210,11 +210,11 @@ def record(module: Any, updates: Mapping[str, Any], keep_only: type | None = Non
 
 def reload_hint(cls: type, checkpoint_path: Any, given: Mapping[str, Any]) -> str | None:
     """What to pass to ``cls.load_from_checkpoint`` for a checkpoint built with ``nn.Module`` arguments, or None."""
-    import fsspec
     import torch
+    from lightning.fabric.utilities.cloud_io import get_filesystem
 
-    try:  # local paths and the remote URLs load_from_checkpoint accepts, both through fsspec
-        with fsspec.open(str(checkpoint_path), "rb") as file:
+    try:  # local paths and the remote URLs load_from_checkpoint accepts
+        with get_filesystem(checkpoint_path).open(str(checkpoint_path), "rb") as file:
             checkpoint = torch.load(file, map_location="cpu", weights_only=True)
     except Exception:  # unreadable here too: the original error says more
         return None

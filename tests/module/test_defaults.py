@@ -293,7 +293,7 @@ def test_python_built_checkpoint_says_which_modules_to_pass_and_reloads_its_loss
     with pytest.raises(
         TypeError,
         match=r"built with student=<tests.module.test_defaults.TinyNet nn.Module>, teacher=<tests"
-        r".test_defaults.TinyNet nn.Module>.*pass student=..., teacher=... to DistillationModule",
+        r".module.test_defaults.TinyNet nn.Module>.*pass student=..., teacher=... to DistillationModule",
     ):
         DistillationModule.load_from_checkpoint(path)
     with pytest.raises(ValueError, match=r"pass teacher=\.\.\. to DistillationModule.load_from_checkpoint"):
