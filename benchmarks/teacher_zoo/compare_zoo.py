@@ -2,9 +2,9 @@
 
 For every zoo teacher (``zoo.py``, trained and cached under ``--zoo``) and every seed, every method trains a
 student from the same initial weights on the same batches
-(``cmkd_lightning.experiments.compare.train_student``: SGD lr 0.05,
-cosine, batch 128, the module's cross-entropy weight of each method), so within a teacher the methods differ only
-in their loss. The tables:
+(``cmkd_lightning.experiments.training.train_student``, the trainer of ``cmkd-compare`` and ``cmkd-quickstart``:
+SGD lr 0.05, cosine, batch 128, the cross-entropy weight of each method in the shared methods table), so within
+a teacher the methods differ only in their loss. The tables:
 
 - per teacher: mean ± std per method and the paired differences against ``--reference`` (paired t-test and
   Wilcoxon signed-rank test over the seeds), as ``cmkd-compare`` prints them;
@@ -39,15 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import zoo as zoo_lib  # noqa: E402
 
-from cmkd_lightning.experiments.compare import (  # noqa: E402
-    BUILTIN_METHODS,
-    Method,
-    format_tables,
-    method_fingerprint,
-    resolve_methods,
-    summarize,
-    train_student,
-)
+from cmkd_lightning.experiments.methods import BUILTIN_METHODS, Method, method_fingerprint, resolve_methods  # noqa: E402
+from cmkd_lightning.experiments.outputs import format_tables, summarize  # noqa: E402
+from cmkd_lightning.experiments.training import train_student  # noqa: E402
 from cmkd_lightning.losses import CMKDLoss  # noqa: E402
 
 # CMKD variants searched on the zoo (all keep the entropy-weighted Pearson + Spearman of teacher and student).
@@ -82,7 +76,7 @@ ZOO_METHODS: dict[str, Method] = {
 
 
 def methods_from(entries: Sequence[str]) -> list[Method]:
-    """Names from ``cmkd-compare``'s built-ins or :data:`ZOO_METHODS`, or ``cmkd`` YAML configs."""
+    """Names from the shared built-ins (``experiments.methods``) or :data:`ZOO_METHODS`, or ``cmkd`` YAML configs."""
     return resolve_methods([ZOO_METHODS.get(e, e) for e in entries])  # type: ignore[list-item]
 
 

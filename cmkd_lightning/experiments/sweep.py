@@ -64,6 +64,23 @@ _GRID_QUEUED = "cmkd_grid_queued"
 _LOCK_ID = 0x636D6B64  # "cmkd": the PostgreSQL advisory lock held while a worker creates the schema and the study
 
 
+DESCRIPTION = """\
+Optuna hyper-parameter search over any `cmkd fit` config, one normally logged run per trial.
+
+The space file names the config keys to search (dotted paths, list items by index) and their distributions:
+  metric: val/acc_top1_best     # the value to optimise (this default)
+  direction: maximize           # maximize (default) | minimize
+  sampler: grid                 # tpe (default) | random | grid (categorical params only)
+  pruner: median                # median (default) | none
+  params:
+    model.init_args.losses.0.init_args.beta: {type: categorical, choices: [1.0, 2.0, 3.0, 4.0, 5.0]}
+    model.init_args.optimizer.init_args.lr: {type: float, low: 0.01, high: 0.1, log: true}
+  fixed:                        # set in every trial
+    model.init_args.losses.0.init_args.gamma: 1.0
+
+files under --out: <study name>.db (the study, unless --storage) and <study name>/trial-<n>/ (each trial's run)"""
+
+
 class SweepError(ValueError):
     """A space file, storage URL or trial configuration that cannot be used; the message says which and why."""
 
@@ -658,7 +675,10 @@ def run_sweep(
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 fail_stale_trials(study)
 
-    with _without_config_tracebacks():
+    from cmkd_lightning.experiments.training import isolated_run
+
+    # Each trial's LightningCLI sets the torch thread count of its config; the caller gets its own back.
+    with isolated_run(0), _without_config_tracebacks():
         _optimize(study, objective, trials, grid, fail_stale)
     fail_stale()
     _link_best_trial(study)
@@ -762,30 +782,36 @@ def _parse_overrides(extra: Sequence[str]) -> dict[str, Any]:
     return overrides
 
 
-def main(argv: list[str] | None = None) -> None:
-    """Console entry point of ``cmkd-sweep`` (returns None, so the process exits 0 after success).
-
-    A space file, storage URL or trial configuration that cannot be used ends the command with exit status 2 and
-    one ``cmkd-sweep: error: ...`` line naming the file, key or URL (a trial that does not build is FAILED first).
-    """
+def build_parser() -> argparse.ArgumentParser:
+    """The ``cmkd-sweep`` argument parser; ``--help`` gives every option's default and the space file's format."""
     p = argparse.ArgumentParser(
         prog="cmkd-sweep",
-        description=__doc__.splitlines()[0],
+        description=DESCRIPTION,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog="Any further --key=value (e.g. --trainer.max_epochs=4) overrides that config key in every trial.",
     )
-    p.add_argument("-c", "--config", required=True, help="a `cmkd fit` YAML config")
-    p.add_argument("--space", required=True, help="search-space YAML (see examples/sweeps/)")
-    p.add_argument("--trials", type=int, required=True, help="at most this many trials in this call")
-    p.add_argument("--study-name", default=None, help="default: <config stem>-<space stem>")
+    p.add_argument("-c", "--config", required=True, help="a `cmkd fit` YAML config (required)")
+    p.add_argument("--space", required=True, help="search-space YAML, see examples/sweeps/ (required)")
+    p.add_argument("--trials", type=int, required=True, help="at most this many trials in this call (required)")
+    p.add_argument("--study-name", default=None, help="the study's name (default: <config stem>-<space stem>)")
     p.add_argument(
         "--storage",
         default=None,
-        help="Optuna RDB URL shared by several workers, e.g. postgresql://user:pass@host:5432/db "
-        "(default: SQLite under --out); see docs/SWEEPS.md",
+        help="Optuna RDB URL shared by several workers, e.g. postgresql://user:pass@host:5432/db; see "
+        "docs/SWEEPS.md (default: sqlite:///<out>/<study name>.db)",
     )
     p.add_argument("--out", default="runs/sweep", help="directory of the study and its runs (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=0, help="sampler seed (give each worker of a shared study its own)")
-    p.add_argument("--pruning-metric", default="val/acc_top1")
+    p.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="sampler seed; give each worker of a shared study its own (default: %(default)s)",
+    )
+    p.add_argument(
+        "--pruning-metric",
+        default="val/acc_top1",
+        help="metric reported to the pruner after every validation epoch (default: %(default)s)",
+    )
     p.add_argument(
         "--heartbeat-interval",
         type=int,
@@ -796,8 +822,19 @@ def main(argv: list[str] | None = None) -> None:
         "--grace-period",
         type=int,
         default=None,
-        help="seconds without a heartbeat before a trial is FAILED and retried once (default: 2 x interval)",
+        help="seconds without a heartbeat before a trial is FAILED and retried once "
+        "(default: 2 x --heartbeat-interval)",
     )
+    return p
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point of ``cmkd-sweep`` (returns None, so the process exits 0 after success).
+
+    A space file, storage URL or trial configuration that cannot be used ends the command with exit status 2 and
+    one ``cmkd-sweep: error: ...`` line naming the file, key or URL (a trial that does not build is FAILED first).
+    """
+    p = build_parser()
     args, extra = p.parse_known_args(argv)
     try:
         overrides = _parse_overrides(extra)
