@@ -1,7 +1,7 @@
 # ruff: noqa: B023  (the per-term lambdas are used within their loop iteration)
 """Why CMKD's paper-literal defaults fail at 1000 classes, measured on composed digits (10, 100, 1000 classes).
 
-Two parts, each regenerating one table of docs/DESIGN.md ("CMKD across class counts"):
+Two parts, each regenerating one table of docs/RESULTS.md ("CMKD across class counts"):
 
 ``grad``   Gradient norms on the student's logits, per sample (median over a batch of 512 test images), of each
            CMKD term (Pearson, soft Spearman, the Eq. 16 weighted sum, with and without T^2 and with the
