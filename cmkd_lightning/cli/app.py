@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import glob
+import re
 import sys
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from cmkd_lightning.cli.resume import (
     run_version_of,
     versioned_arguments,
 )
+from cmkd_lightning.cli.text import NO_MODEL_HINT, SUBCOMMANDS, TOP_HELP, plain_text
 from cmkd_lightning.cli.wandb_mode import ensure_wandb_mode
 from cmkd_lightning.errors import CMKDError, DataError
 from cmkd_lightning.module import DistillationModule
@@ -350,7 +352,14 @@ def list_components(kind: str) -> str:
 
 
 def _first_line(obj: Any) -> str:
-    return (obj.__doc__ or "").strip().splitlines()[0] if obj.__doc__ else ""
+    """The first line of ``obj``'s docstring as plain text (no reST roles or backquotes)."""
+    return plain_text((obj.__doc__ or "").strip().splitlines()[0]) if obj.__doc__ else ""
+
+
+def _misses_model_or_data(message: str) -> bool:
+    """Whether a parse error says the model or the data is missing (a run started without ``-c``)."""
+    found = re.search(r"arguments are required: (.*)", message)
+    return found is not None and bool(re.search(r"\b(model|data)\b", found.group(1)))
 
 
 def _finish_wandb() -> None:
@@ -381,6 +390,12 @@ def main(args: list[str] | None = None) -> None:
     pre-empted by SIGTERM / SIGUSR1 exits with ``128 + signal`` after saving a checkpoint.
     """
     argv = sys.argv[1:] if args is None else list(args)
+    if not argv:
+        sys.stderr.write(TOP_HELP)
+        raise SystemExit(2)
+    if argv[0] in ("-h", "--help"):
+        sys.stdout.write(TOP_HELP)
+        return
     if argv[:1] == ["list"]:
         kinds = argv[1:] or ["models", "losses", "data"]
         print("\n\n".join(list_components(kind) for kind in kinds))
@@ -396,18 +411,24 @@ def main(args: list[str] | None = None) -> None:
     # No unambiguous-prefix options (`--trainer.max_epoch` must not mean max_epochs); parse errors are raised
     # (not printed with the whole usage) so they can be shown in a few lines.
     strict = {"allow_abbrev": False, "exit_on_error": verbose}
-    sub = {"epilog": EPILOG, **strict}
+    subcommands = {
+        name: {"description": f"cmkd {name}: {SUBCOMMANDS[name]}.", "epilog": EPILOG, **strict}
+        for name in ("fit", "validate", "test", "predict")
+    }
     try:
         check_config_files(config_files_in(argv))
         with quiet_lightning():
             build_cli(
                 None if args is None else argv,
-                parser_kwargs={**strict, "fit": sub, "validate": sub, "test": sub, "predict": sub},
+                parser_kwargs={**strict, "description": TOP_HELP.split("\n\n")[1], **subcommands},
             )
     except ArgumentError as err:
         if verbose:
             raise
-        sys.stderr.write(explain_argument_error(str(err)) + "\n")
+        message = explain_argument_error(str(err))
+        if _misses_model_or_data(str(err)):
+            message += "\n" + NO_MODEL_HINT
+        sys.stderr.write(message + "\n")
         raise SystemExit(2) from None
     except SIGTERMException as err:  # Preemption saved a checkpoint and set the exit code (128 + signal)
         raise SystemExit(err.code if err.code else 128 + 15) from None
