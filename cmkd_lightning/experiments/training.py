@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import functools
 import os
+import random
 import time
 import warnings
 from collections.abc import Iterator, Sequence
@@ -18,8 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import lightning as L
+import numpy as np
 import torch
-from lightning.pytorch.utilities.seed import isolate_rng
 from torch import nn
 
 from cmkd_lightning.experiments.methods import Method
@@ -44,7 +45,7 @@ def isolated_run(threads: int | None = None) -> Iterator[int]:
     """Run a block with ``threads`` torch threads; restore the process's state on exit, also after an error.
 
     Restored: torch's intra-op thread count, the warning filters (``warnings.catch_warnings``), the random states
-    of Python, NumPy and torch (Lightning's ``isolate_rng``) and the ``PL_GLOBAL_SEED`` / ``PL_SEED_WORKERS``
+    of Python, NumPy and torch (CPU, and CUDA once initialised) and the ``PL_GLOBAL_SEED`` / ``PL_SEED_WORKERS``
     variables ``seed_everything`` sets. Inside, Lightning's advice to use more data-loader workers is ignored (the
     in-memory digits load in the main process on purpose).
 
@@ -65,14 +66,22 @@ def isolated_run(threads: int | None = None) -> Iterator[int]:
     count = cpu_threads(threads)
     saved_threads = torch.get_num_threads()
     saved_env = {name: os.environ.get(name) for name in _SEED_ENV}
+    # Lightning's `isolate_rng` does not restore after an exception, hence the states are kept here.
+    saved_rng = (random.getstate(), np.random.get_state(), torch.get_rng_state())
+    saved_cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:
-        with warnings.catch_warnings(), isolate_rng(include_cuda=False):
+        with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message=r".*does not have many workers.*")
             if count > 0:
                 torch.set_num_threads(count)
             yield torch.get_num_threads()
     finally:
         torch.set_num_threads(saved_threads)
+        random.setstate(saved_rng[0])
+        np.random.set_state(saved_rng[1])
+        torch.set_rng_state(saved_rng[2])
+        if saved_cuda is not None:
+            torch.cuda.set_rng_state_all(saved_cuda)
         for name, value in saved_env.items():
             if value is None:
                 os.environ.pop(name, None)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from scipy import stats
 from cmkd_lightning.experiments.compare import (
     BUILTIN_METHODS,
     Method,
+    build_parser,
     compare,
     main,
     method_from_config,
@@ -25,6 +27,7 @@ from cmkd_lightning.experiments.compare import (
 )
 from cmkd_lightning.losses import CMKDLoss, KDLoss
 from datamodules import ComposedDigitsDataModule
+from tests.experiments._help import assert_every_default_shown, option_help
 
 
 def _rows():
@@ -258,3 +261,47 @@ def test_feature_methods_train_on_the_digits_task_with_their_connectors(tmp_path
     assert review.input_shape == [1, 8, 8 * num_digits]  # connectors sized from the task's images
     assert any(p.requires_grad for p in review.parameters())
     assert module.global_step > 0
+
+
+def _promised(text: str) -> set[str]:
+    """File names a help text promises, with ``stem.{a,b}`` expanded."""
+    names = set()
+    for stem, exts in re.findall(r"\b(results|final)\.\{([a-z,]+)\}", text):
+        names |= {f"{stem}.{e}" for e in exts.split(",")}
+    names |= set(re.findall(r"\b(?:results|final)\.(?:json|csv|md|png)\b", text))
+    return names
+
+
+def test_help_lists_the_builtin_methods_and_every_default():
+    parser = build_parser()
+    assert_every_default_shown(parser)
+    text = parser.format_help()
+    for name, method in BUILTIN_METHODS.items():
+        assert re.search(rf"^  {name} +{re.escape(method.description)}$", text, re.M), name
+    summarize_help = option_help(parser)["summarize_only"]
+    assert _promised(summarize_help) == {"final.json", "final.csv", "final.md", "final.png"}
+    assert "results.*" in summarize_help  # and says results.* are left alone
+
+
+def test_summarize_only_writes_exactly_the_files_its_help_promises(tmp_path):
+    runs = tmp_path / "runs.jsonl"
+    for seed in (0, 1):
+        _record(runs, "kd", seed, 50.0 + seed)
+        _record(runs, "cmkd", seed, 52.0 - seed, config="c2")
+    before = set(p.name for p in tmp_path.iterdir())
+    main(["--summarize-only", "--out", str(tmp_path), "--methods", "kd", "cmkd"])  # --seeds: every recorded one
+    written = set(p.name for p in tmp_path.iterdir()) - before
+    assert written == _promised(option_help(build_parser())["summarize_only"])
+    assert json.loads((tmp_path / "final.json").read_text())["summary"]["paired"]["kd"]["top1"]["n"] == 2
+
+
+def test_a_comparison_writes_the_files_its_help_describes(tmp_path, no_training):
+    tiny = ["--num-digits", "1", "--train-size", "64", "--eval-size", "32", "--epochs", "1", "--teacher-epochs", "1"]
+    main(["--methods", "ce", "kd_ce1", "--seeds", "0", "--out", str(tmp_path), *tiny])
+    described = build_parser().description
+    written = {p.name for p in tmp_path.iterdir() if not p.name.startswith(".")}
+    results = {n for n in written if n.startswith("results.")}
+    assert results == {n for n in _promised(described) if n.startswith("results.")}
+    assert "runs.jsonl" in written and "runs.jsonl" in described
+    assert any(n.startswith("teacher-") and n.endswith(".pt") for n in written) and "teacher-*.pt" in described
+    assert not {n for n in written if n.startswith("final.")}

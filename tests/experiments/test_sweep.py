@@ -139,3 +139,39 @@ def test_command_line_rejects_bad_trials(capsys):
     with pytest.raises(SystemExit):
         main(["-c", "x.yaml", "--space", "y.yaml", "--trials", "0"])
     assert "Expected `--trials` to be >= 1" in capsys.readouterr().err
+
+
+def test_help_gives_every_default_and_the_space_format():
+    from cmkd_lightning.experiments.sweep import build_parser
+    from tests.experiments._help import assert_every_default_shown
+
+    parser = build_parser()
+    assert_every_default_shown(parser)
+    text = parser.format_help()
+    for key in ("metric:", "direction:", "sampler:", "pruner:", "params:", "fixed:"):
+        assert key in text
+    assert "<study name>.db" in text and "trial-<n>" in text
+
+
+@pytest.mark.slow
+def test_a_study_gives_the_caller_its_thread_count_and_warning_filters_back(tmp_path, monkeypatch):
+    import warnings
+
+    import torch
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("CMKD_CPU_THREADS", "1")  # what each trial's `cmkd` CLI sets
+    space = {"params": {"model.init_args.optimizer.init_args.lr": {"type": "float", "low": 0.01, "high": 0.1}}}
+    saved = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        with warnings.catch_warnings():
+            filters = list(warnings.filters)
+            config = _tiny_config()
+            config["trainer"]["max_epochs"] = 1
+            study = run_sweep(config, space, trials=1, out=tmp_path / "sw", heartbeat_interval=None)
+            assert [t.state.name for t in study.get_trials()] == ["COMPLETE"]
+            assert warnings.filters == filters
+            assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(saved)
