@@ -75,6 +75,43 @@ def _private_uses(path: Path, root: Path = REPO) -> list[str]:
     return found
 
 
+def _lightning_private_attributes() -> set[str]:
+    """Private attributes a LightningModule / LightningDataModule instance gets from Lightning."""
+    from lightning.pytorch import LightningDataModule, LightningModule
+
+    names: set[str] = set()
+    for instance in (LightningModule(), LightningDataModule()):
+        names |= {n for n in vars(instance) if n.startswith("_") and not n.startswith("__")}
+        for klass in type(instance).__mro__:
+            if klass.__module__.startswith(("lightning", "torch")):
+                names |= {n for n in vars(klass) if n.startswith("_") and not n.startswith("__")}
+    return names
+
+
+def test_our_modules_read_no_private_attribute_lightning_gives_them():
+    # e.g. `self._trainer` in a LightningModule: the public `self.trainer` raises when no Trainer is attached
+    lightning_names = _lightning_private_attributes() - {"_modules", "_parameters", "_buffers"}
+    uses = []
+    for path in sorted((REPO / "cmkd_lightning").rglob("*.py")) + sorted((REPO / "datamodules").rglob("*.py")):
+        tree = ast.parse(path.read_text())
+        ours = {
+            t.attr
+            for node in ast.walk(tree)
+            if isinstance(node, (ast.Assign, ast.AnnAssign))
+            for t in (node.targets if isinstance(node, ast.Assign) else [node.target])
+            if isinstance(t, ast.Attribute) and isinstance(t.value, ast.Name) and t.value.id == "self"
+        }
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "self"
+                and node.attr in lightning_names - ours
+            ):
+                uses.append(f"{path.relative_to(REPO)}:{node.lineno}: self.{node.attr}")
+    assert uses == [], "Lightning's private attributes in use:\n" + "\n".join(uses)
+
+
 def test_no_private_names_of_lightning_jsonargparse_wandb_or_optuna():
     uses = [use for path in _python_files() for use in _private_uses(path)]
     assert uses == [], "private third-party API in use:\n" + "\n".join(uses)

@@ -149,6 +149,13 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
         recorded = getattr(self, "recorded_hparams", None)
         return AttributeDict(copy.deepcopy(recorded)) if recorded is not None else super().hparams_initial
 
+    def _attached_trainer(self) -> Any:
+        """The Trainer this module is attached to, or None (a step called by hand, outside ``Trainer``)."""
+        try:
+            return self.trainer
+        except RuntimeError:  # Lightning's documented answer when no Trainer is attached
+            return None
+
     @override
     def train(self, mode: bool = True) -> DistillationModule:
         """Switch the student (and metrics) to ``mode``; the teacher always stays in eval mode."""
@@ -312,7 +319,8 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
         terms = out.pop("terms")
         self.log("train/loss_step", terms["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True)
         # The learning rate is only read on the steps Lightning sends to the logger (every `log_every_n_steps`).
-        if self._trainer is not None and self.global_step % max(1, self.trainer.log_every_n_steps) == 0:
+        trainer = self._attached_trainer()
+        if trainer is not None and self.global_step % max(1, trainer.log_every_n_steps) == 0:
             lr = self.optimizers(use_pl_optimizer=False).param_groups[0]["lr"]
             self.log("train/lr", lr, on_step=True, on_epoch=False)
         return out
@@ -346,5 +354,6 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
         if self._lr_scheduler is None:
             return optimizer
         scheduler = self._lr_scheduler(optimizer)
-        _defaults.announce_schedule(scheduler, self.trainer.max_epochs if self._trainer is not None else None)
+        trainer = self._attached_trainer()
+        _defaults.announce_schedule(scheduler, trainer.max_epochs if trainer is not None else None)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "epoch"}}
