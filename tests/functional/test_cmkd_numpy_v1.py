@@ -2,6 +2,13 @@
 
 from __future__ import annotations
 
+import os
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -46,3 +53,72 @@ def test_cmkd_loss_on_cpu_is_the_same_without_vecdot(monkeypatch):
     for key, value in with_vecdot[0].items():
         torch.testing.assert_close(without[0][key], value, rtol=1e-10, atol=1e-12, msg=key)
     torch.testing.assert_close(without[1], with_vecdot[1], rtol=1e-10, atol=1e-12)
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# the lower bound pyproject.toml claims, really installed
+
+ROOT = Path(__file__).resolve().parents[2]
+# Installed next to the claimed NumPy because the test environment's newer releases refuse NumPy 1.x at import
+# (torchmetrics imports scipy and matplotlib when they are present): the newest releases that accept NumPy 1.24.
+_NUMPY_1_COMPANIONS = ("scipy>=1.11,<1.16", "matplotlib>=3.8,<3.10", "contourpy>=1.2,<1.3.1")
+# The CMKD tests: the NumPy kernel is the only code with a NumPy 1.x / 2.x branch (a grep for NumPy-2-only names in
+# cmkd_lightning/ and datamodules/ finds nothing else); the subprocess also imports the library and the data modules.
+_LOWER_BOUND_TESTS = (
+    "tests/functional/test_cmkd_numpy.py",
+    "tests/functional/test_cmkd_numpy_v1.py",
+    "tests/functional/test_cmkd_fused.py",
+    "tests/functional/test_cmkd.py",
+    "tests/losses/test_cmkd_preset.py",
+)
+
+
+def _claimed_numpy_lower_bound() -> str:
+    """``X.Y`` of the ``numpy>=X.Y`` requirement in ``pyproject.toml``."""
+    deps = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]
+    (spec,) = [d for d in deps if re.match(r"numpy\b", d)]
+    match = re.fullmatch(r"numpy>=(\d+\.\d+)(\.\d+)?", spec.replace(" ", ""))
+    if match is None:
+        raise ValueError(f"Expected pyproject.toml to require 'numpy>=X.Y', but got {spec!r}.")
+    return match.group(1)
+
+
+@pytest.mark.slow
+def test_cmkd_runs_on_the_claimed_numpy_lower_bound(tmp_path):
+    """pyproject.toml's ``numpy>=X.Y``, installed for real: the CMKD tests pass on NumPy ``X.Y.*``.
+
+    NumPy ``X.Y`` goes into a folder put first on ``PYTHONPATH`` (the environment itself is left alone); the tests
+    run in a subprocess that first checks which NumPy it imported. Skipped, with pip's message, when pip cannot
+    install it (no access to the package index).
+    """
+    bound = _claimed_numpy_lower_bound()
+    if int(bound.split(".")[0]) >= 2:
+        companions: tuple[str, ...] = ()  # the environment's scipy / matplotlib accept any NumPy 2
+    else:
+        companions = _NUMPY_1_COMPANIONS
+    target = tmp_path / "site"
+    install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--disable-pip-version-check"]
+    install += ["--timeout", "30", "--target", str(target), f"numpy=={bound}.*", *companions]
+    try:
+        proc = subprocess.run(install, capture_output=True, text=True, timeout=600)
+    except subprocess.TimeoutExpired:
+        pytest.skip(f"pip could not install numpy=={bound}.* within 600 s (no access to the package index?)")
+    if proc.returncode != 0:
+        pytest.skip(
+            f"pip could not install numpy=={bound}.* and {', '.join(companions)} (no access to the package "
+            f"index?): {proc.stderr.strip()[-600:]}"
+        )
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(target), os.environ.get("PYTHONPATH", "")]).rstrip(":")}
+    env.update(OMP_NUM_THREADS="1", MKL_NUM_THREADS="1")
+    check = subprocess.run(
+        [sys.executable, "-c", "import numpy, cmkd_lightning, datamodules; print(numpy.__version__)"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert check.returncode == 0, check.stderr[-3000:]
+    assert check.stdout.strip().startswith(f"{bound}."), f"expected NumPy {bound}.*, imported {check.stdout!r}"
+    tests = [sys.executable, "-m", "pytest", "-q", "-x", "-m", "not slow", "-p", "no:cacheprovider"]
+    run = subprocess.run([*tests, *_LOWER_BOUND_TESTS], capture_output=True, text=True, env=env, cwd=ROOT, timeout=1500)
+    assert run.returncode == 0, f"NumPy {check.stdout.strip()}:\n{run.stdout[-4000:]}\n{run.stderr[-2000:]}"
+    assert " passed" in run.stdout
