@@ -41,6 +41,7 @@ from cmkd_lightning.cli.resume import (
     run_version_of,
     versioned_arguments,
 )
+from cmkd_lightning.cli.summary import ModelOverview
 from cmkd_lightning.cli.text import NO_MODEL_HINT, SUBCOMMANDS, TOP_HELP, plain_text
 from cmkd_lightning.cli.wandb_mode import ensure_wandb_mode
 from cmkd_lightning.errors import CMKDError, DataError
@@ -111,6 +112,8 @@ class DistillationCLI(LightningCLI):
     - makes every ``fit`` resumable and pre-emptible: a ``ModelCheckpoint(save_last=True)`` when the config has
       none, :class:`~cmkd_lightning.callbacks.CheckpointGuard`, :class:`~cmkd_lightning.callbacks.Preemption`,
       :class:`~cmkd_lightning.callbacks.RunSummary` and, with a progress bar, ``EpochProgressBar``;
+    - prints :class:`~cmkd_lightning.cli.summary.ModelOverview` (student, teacher, trainable and frozen counts)
+      instead of Lightning's model table, unless ``trainer.enable_model_summary`` is set;
     - ``--ckpt_path`` (a file, or ``last``) resumes only a checkpoint of the same model and method, continuing its
       logger run (same W&B id, same CSV/TensorBoard version); a new run without a fixed version gets a version
       folder of its own.
@@ -120,6 +123,7 @@ class DistillationCLI(LightningCLI):
     """
 
     _ckpt_path: str | None = None  # an explicit --ckpt_path file, set aside by `parse_arguments`
+    _overview = False  # print ModelOverview (set in `before_instantiate_classes`)
 
     @override
     def add_arguments_to_parser(self, parser: Any) -> None:
@@ -170,11 +174,17 @@ class DistillationCLI(LightningCLI):
         gpu = torch.cuda.is_available() or torch.backends.mps.is_available()
         if accelerator == "cpu" or (accelerator == "auto" and not gpu):
             set_cpu_threads(config.get("cpu_threads"))
+        # Lightning's table lists metric containers and "Total FLOPs: 0"; cmkd prints ModelOverview instead,
+        # unless the config asks for Lightning's (enable_model_summary: true) or for none (false).
+        self._overview = trainer.get("enable_model_summary") is None
+        if self._overview:
+            trainer.enable_model_summary = False
         if trainer.get("enable_progress_bar") is None and not sys.stdout.isatty():
             trainer.enable_progress_bar = False  # no bar fragments in log files; RunSummary prints epoch lines
         uses_wandb = "WandbLogger" in str(trainer.get("logger"))
         if uses_wandb:  # name the extra before Lightning's own ImportError
             require("wandb", extra="wandb", purpose="trainer.logger WandbLogger")
+            _make_wandb_dirs(trainer.get("logger"))
         model_args = (config.get("model") or Namespace()).get("init_args") or Namespace()
         check_teacher_checkpoint(model_args.get("teacher_checkpoint"), self._config_files())
         ensure_wandb_mode(uses_wandb and not trainer.get("fast_dev_run"))
@@ -207,6 +217,8 @@ class DistillationCLI(LightningCLI):
         for kind in (CheckpointGuard, Preemption, RunSummary):
             if not any(isinstance(c, kind) for c in callbacks):
                 callbacks.append(kind())
+        if self._overview and not any(isinstance(c, ModelOverview) for c in callbacks):
+            callbacks.append(ModelOverview())
         if trainer_config.get("enable_progress_bar") is not False and not any(
             isinstance(c, ProgressBar) for c in callbacks
         ):
@@ -289,6 +301,17 @@ class DistillationCLI(LightningCLI):
         return search.found
 
 
+def _make_wandb_dirs(loggers: Any) -> None:
+    """Create each WandbLogger's ``save_dir`` / ``dir`` now: wandb warns "git root <dir> does not exist" otherwise."""
+    for logger in loggers if isinstance(loggers, list) else [loggers]:
+        if not isinstance(logger, Namespace) or "WandbLogger" not in str(logger.get("class_path")):
+            continue
+        init_args = logger.get("init_args") or Namespace()
+        folder = init_args.get("save_dir") or init_args.get("dir")
+        if folder:
+            Path(str(folder)).mkdir(parents=True, exist_ok=True)
+
+
 def _version_folder(logger: Logger, version: Any) -> str:
     """The run folder name of a logger version set in the config (W&B id as is, CSV/TensorBoard ``version_<k>``)."""
     if isinstance(logger, WandbLogger) or not isinstance(version, int):
@@ -362,13 +385,18 @@ def _misses_model_or_data(message: str) -> bool:
     return found is not None and bool(re.search(r"\b(model|data)\b", found.group(1)))
 
 
-def _finish_wandb() -> None:
-    """End a W&B run the failed run left open, so wandb's own shutdown output comes before our message."""
+def _finish_wandb(exit_code: int = 1) -> None:
+    """End the W&B run the command left open (Lightning's WandbLogger never finishes it).
+
+    After a failure, so wandb's own shutdown output comes before our message; after a success, so the run is
+    marked finished and wandb prints its closing lines through Python (plain text when not on a terminal) rather
+    than from its service process at exit (colour codes even in a log file).
+    """
     wandb = sys.modules.get("wandb")
     if wandb is None or getattr(wandb, "run", None) is None:
         return
     try:
-        wandb.finish(exit_code=1)
+        wandb.finish(exit_code=exit_code)
     except Exception:  # noqa: BLE001 - a W&B problem (e.g. a full disk) must not hide the run's own error
         pass
 
@@ -422,6 +450,7 @@ def main(args: list[str] | None = None) -> None:
                 None if args is None else argv,
                 parser_kwargs={**strict, "description": TOP_HELP.split("\n\n")[1], **subcommands},
             )
+            _finish_wandb(exit_code=0)
     except ArgumentError as err:
         if verbose:
             raise

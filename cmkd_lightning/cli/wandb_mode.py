@@ -4,6 +4,10 @@ Without ``WANDB_MODE`` the run logs online when wandb has credentials for its se
 connection within ``$CMKD_WANDB_TIMEOUT`` seconds (default 5), else offline (upload later with ``wandb sync``). With
 ``WANDB_MODE=online`` set explicitly, the same two checks stop the run before training with
 :class:`~cmkd_lightning.errors.WandbSetupError` (wandb itself would wait about two minutes and then fail).
+
+Unless ``WANDB_QUIET`` is set, a ``cmkd`` run sets it to ``true``: wandb then prints the run's name, folder and
+page but not its version banner nor, at the end, its history and summary panels (the run summary of
+:class:`~cmkd_lightning.callbacks.RunSummary` has the numbers, the folder and the ``wandb sync`` command).
 """
 
 from __future__ import annotations
@@ -84,6 +88,8 @@ def ensure_wandb_mode(uses_wandb: bool = True) -> str:
     Raises:
         WandbSetupError: ``WANDB_MODE=online`` (set by the user) with no credentials or no reachable server.
     """
+    if uses_wandb:  # before wandb reads its settings from the environment (see the module docstring)
+        os.environ.setdefault("WANDB_QUIET", "true")
     mode = os.environ.get("WANDB_MODE")
     if not available("wandb"):  # no wandb: no W&B run to configure
         return mode or "disabled"

@@ -1,6 +1,14 @@
-"""Process settings for runs: the CPU thread count, and silencing Lightning's known noise around a run.
+"""Process settings for runs: the CPU thread count, and silencing Lightning's and W&B's known noise.
 
-Used by the ``cmkd`` command, ``cmkd-quickstart`` and the example scripts. Nothing here acts at import time.
+Used by the ``cmkd`` command, ``cmkd-quickstart`` and the example scripts. Three scopes, each for exactly the
+messages listed here (every other warning and log line shows):
+
+- at import (so also in a user's own script): a logging filter that drops Lightning's two product tips
+  ("💡 Tip: For seamless cloud ..." about litlogger / litmodels) from its ``rank_zero`` logger;
+- :class:`QuietStart` (mixed into :class:`~cmkd_lightning.DistillationModule`): Lightning's LeafSpec deprecation
+  and "Found N module(s) in eval mode" (the frozen teacher), while Lightning prepares a run;
+- :func:`quiet_lightning`: everything above plus Lightning's advice that does not apply to cmkd's metrics, and
+  W&B's "anonymous setting has no effect" warning (Lightning's ``WandbLogger`` always passes ``anonymous``).
 """
 
 from __future__ import annotations
@@ -9,10 +17,11 @@ import contextlib
 import logging
 import os
 import re
+import sys
 import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TextIO
 
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
@@ -20,8 +29,11 @@ from lightning.pytorch.trainer.states import TrainerFn
 CPU_THREADS_ENV = "CMKD_CPU_THREADS"
 DEFAULT_CPU_THREADS = 1
 
-# Lightning messages that carry no information for a cmkd user (see docs in README "Quiet output").
-_NOISE_LOGS = (re.compile(r"^💡 Tip: For seamless cloud logging"),)
+# Lightning's product tips (litlogger at Trainer construction, litmodels when a fit starts without ModelCheckpoint).
+_NOISE_LOGS = (re.compile(r"^💡 Tip: For seamless cloud (logging|uploads)"),)
+# Lightning's WandbLogger passes `anonymous` to wandb.init whatever the user sets, and wandb >= 0.23 warns about any
+# value; a full line as wandb prints it (its `termwarn` writes one line per call to sys.stderr).
+_NOISE_STDERR = ("wandb: WARNING The anonymous setting has no effect and will be removed in a future version.\n",)
 # Lightning's own pytree helper under torch >= 2.10; nothing a user can change.
 _LEAFSPEC = r".*isinstance\(treespec, LeafSpec\)` is deprecated.*"
 # DistillationModule keeps its frozen teacher in eval mode on purpose.
@@ -157,26 +169,73 @@ class _DropNoise(logging.Filter):
         return not any(pattern.search(message) for pattern in _NOISE_LOGS)
 
 
+_TIP_LOGGERS = ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch")
+_TIP_FILTER = _DropNoise()
+
+
+def drop_lightning_tips() -> None:
+    """Drop Lightning's "💡 Tip: For seamless cloud ..." lines for the rest of the process (done on import).
+
+    A :class:`logging.Filter` on Lightning's ``rank_zero`` logger matching those two messages only; idempotent.
+    :func:`show_lightning_tips` removes it.
+    """
+    for name in _TIP_LOGGERS:
+        logger = logging.getLogger(name)
+        if _TIP_FILTER not in logger.filters:
+            logger.addFilter(_TIP_FILTER)
+
+
+def show_lightning_tips() -> None:
+    """Undo :func:`drop_lightning_tips`."""
+    for name in _TIP_LOGGERS:
+        logging.getLogger(name).removeFilter(_TIP_FILTER)
+
+
+drop_lightning_tips()
+
+
+class _DropLines:
+    """A text stream that passes everything to ``stream`` except the exact lines in ``lines``."""
+
+    def __init__(self, stream: TextIO, lines: tuple[str, ...]) -> None:
+        self._stream = stream
+        self._lines = lines
+
+    def write(self, text: str) -> int:
+        for line in self._lines:
+            if line in text:
+                text = text.replace(line, "")
+        return self._stream.write(text) if text else 0
+
+    def __getattr__(self, name: str) -> Any:  # isatty, fileno, flush, encoding, ...: the real stream's
+        return getattr(self._stream, name)
+
+
 @contextmanager
 def quiet_lightning() -> Iterator[None]:
-    """Within the block, drop Lightning's litlogger tip and the warnings listed above; restore everything after.
+    """Within the block, drop Lightning's tips, the warnings listed above and W&B's ``anonymous`` warning.
 
-    Scoped: a logging filter on Lightning's loggers and a ``warnings.catch_warnings`` block, both removed on
-    exit. Every other warning and message still shows.
+    Scoped: a logging filter on Lightning's loggers, a ``warnings.catch_warnings`` block and a ``sys.stderr`` that
+    drops the one W&B line, all removed on exit. Every other warning and message still shows.
 
     Example:
         >>> with quiet_lightning():
         ...     pass
     """
-    loggers = [logging.getLogger(name) for name in ("lightning.pytorch.utilities.rank_zero", "lightning.pytorch")]
+    loggers = [logging.getLogger(name) for name in _TIP_LOGGERS]
     noise = _DropNoise()
     for logger in loggers:
         logger.addFilter(noise)
+    stderr = sys.stderr
+    wrapper = _DropLines(stderr, _NOISE_STDERR)
+    sys.stderr = wrapper  # type: ignore[assignment]
     try:
         with warnings.catch_warnings():
             for message in _NOISE_WARNINGS:
                 warnings.filterwarnings("ignore", message=message)
             yield
     finally:
+        if sys.stderr is wrapper:  # unless someone else replaced it meanwhile
+            sys.stderr = stderr
         for logger in loggers:
             logger.removeFilter(noise)
