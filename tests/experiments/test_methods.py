@@ -7,14 +7,24 @@ import re
 from pathlib import Path
 
 import pytest
+import torch
 
 from cmkd_lightning.experiments import compare as compare_mod
 from cmkd_lightning.experiments import methods
 from cmkd_lightning.experiments import quickstart as quickstart_mod
-from cmkd_lightning.experiments.methods import BUILTIN_METHODS, Method, method_config, methods_help, resolve_methods
+from cmkd_lightning.experiments.methods import (
+    BUILTIN_METHODS,
+    Method,
+    method_config,
+    method_from_config,
+    methods_help,
+    resolve_methods,
+)
 from cmkd_lightning.losses import CMKDLoss, DISTLoss, KDLoss, ReviewKDLoss
+from cmkd_lightning.losses.feature import FeatureDistillationLoss
 
 PACKAGE = Path(methods.__file__).parent
+DIGITS_CONFIGS = Path(__file__).resolve().parents[2] / "examples" / "configs" / "digits"
 
 # name -> (ce_weight, [(loss class, loss weight, {setting: value})]): what each name means, written out once more
 # by hand so that a change to the table is a visible change to this test.
@@ -132,3 +142,26 @@ def test_methods_help_lists_every_name_with_its_line():
     for line, (name, method) in zip(lines, BUILTIN_METHODS.items()):
         assert line.split(maxsplit=1) == [name, method.description]
 
+
+
+def _total(method: Method, student: torch.Tensor, teacher: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """The method's weighted distillation loss plus its weighted CE on one batch of logits."""
+    total = method.ce_weight * torch.nn.functional.cross_entropy(student, y)
+    for weight, loss in zip(method.loss_weights, method.losses()):
+        total = total + weight * loss(student, teacher, y)["loss"]
+    return total
+
+
+@pytest.mark.parametrize(
+    "path", [p for p in sorted(DIGITS_CONFIGS.glob("*.yaml")) if p.stem in BUILTIN_METHODS], ids=lambda p: p.stem
+)
+def test_a_digits_config_named_like_a_builtin_trains_the_same_loss(path):
+    """``cmkd fit -c examples/configs/digits/<name>.yaml`` and ``--methods <name>`` are one method, not two."""
+    from_config, builtin = method_from_config(path), BUILTIN_METHODS[path.stem]
+    if method_config(from_config) == method_config(builtin):
+        return
+    # written differently (e.g. DIST: 1 x (beta = gamma = 2) vs 2 x (beta = gamma = 1)): the same loss values
+    assert not any(isinstance(loss, FeatureDistillationLoss) for loss in builtin.losses()), path.stem
+    torch.manual_seed(0)
+    student, teacher, y = torch.randn(16, 100), 3 * torch.randn(16, 100), torch.randint(0, 100, (16,))
+    torch.testing.assert_close(_total(from_config, student, teacher, y), _total(builtin, student, teacher, y))
