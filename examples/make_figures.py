@@ -1,7 +1,8 @@
 """Draw the paper's evidence figures from a short CPU run on composed digits (100 classes).
 
 One command trains a teacher, then a KD student and a CMKD student from the same initialisation and batch
-order, with the callbacks of :mod:`cmkd_lightning.callbacks` attached, and writes to ``docs/figures/``:
+order, with the callbacks of :mod:`cmkd_lightning.callbacks` attached, and writes to ``--out`` (default
+``runs/figures/``, outside the tracked tree):
 
 - ``logit_correlation_heatmap.png`` (Fig. 9): |class-correlation gap| of the logits, KD vs CMKD, same scale;
 - ``tsne_embedding.png`` (Fig. 10): t-SNE of the students' penultimate features, first 20 classes;
@@ -11,7 +12,10 @@ order, with the callbacks of :mod:`cmkd_lightning.callbacks` attached, and write
 
 Run from the repository root (about 1-2 minutes on 2 CPU cores)::
 
-    python examples/make_figures.py
+    python examples/make_figures.py                                   # -> runs/figures/*.png
+    python examples/make_figures.py --out docs/figures --overwrite    # refresh the figures the docs show
+
+An existing figure is never replaced without ``--overwrite``: the script stops before training and names it.
 
 The callbacks' own outputs (per-epoch heatmaps, t-SNE PNG, cost JSON, metrics CSV) stay in ``--workdir``.
 The run is tiny: the numbers show what the callbacks measure, not the paper's results.
@@ -52,7 +56,10 @@ COLOURS = {"KD": "tab:blue", "CMKD": "tab:red"}
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("docs/figures"), help="folder of the four PNGs")
+    parser.add_argument(
+        "--out", type=Path, default=Path("runs/figures"), help="folder of the four PNGs (default: runs/figures)"
+    )
+    parser.add_argument("--overwrite", action="store_true", help="replace figures that already exist in --out")
     parser.add_argument("--workdir", type=Path, default=None, help="run folders (default: a temporary folder)")
     parser.add_argument("--teacher-epochs", type=int, default=6)
     parser.add_argument("--student-epochs", type=int, default=12)
@@ -211,7 +218,7 @@ def figure_correlation(results: dict, path: Path) -> None:
     left, right = fig.subplots(1, 2)
     for method, r in results.items():
         history = [h for h in r["corr"].history if h["stage"] == "val"]
-        epochs = [h["epoch"] + 1 for h in history]
+        epochs = [h["epoch"] for h in history]  # CorrelationMonitor counts from 1
         colour = COLOURS[method]
         left.plot(epochs, [h["spearman"] for h in history], "-o", color=colour, label=f"{method} Spearman")
         left.plot(epochs, [h["pearson"] for h in history], "--s", color=colour, label=f"{method} Pearson")
@@ -260,8 +267,22 @@ def figure_cost(results: dict, path: Path) -> None:
     fig.savefig(path, dpi=110, facecolor="white")
 
 
+FIGURES = ("logit_correlation_heatmap.png", "tsne_embedding.png", "correlation_over_epochs.png", "training_cost.png")
+
+
+def refuse_existing(out: Path, overwrite: bool) -> None:
+    """Stop (exit code 2) before any training when a figure of ``out`` exists and ``overwrite`` is off."""
+    existing = [out / name for name in FIGURES if (out / name).exists()]
+    if existing and not overwrite:
+        raise SystemExit(
+            f"make_figures.py: error: {', '.join(str(p) for p in existing)} already exist(s); pass --overwrite to "
+            "replace, or --out to write elsewhere. Nothing was trained."
+        )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    refuse_existing(args.out, args.overwrite)
     set_cpu_threads(args.threads)
     start = time.perf_counter()
     workdir = args.workdir or Path(tempfile.mkdtemp(prefix="cmkd_figures_"))
@@ -271,15 +292,13 @@ def main(argv: list[str] | None = None) -> None:
     for r in results.values():
         r["epochs"] = args.student_epochs
     measure_cost(args, workdir, teacher, results)
-    outputs = {
-        "logit_correlation_heatmap.png": figure_heatmap,
-        "tsne_embedding.png": figure_tsne,
-        "correlation_over_epochs.png": figure_correlation,
-        "training_cost.png": figure_cost,
-    }
+    outputs = dict(zip(FIGURES, (figure_heatmap, figure_tsne, figure_correlation, figure_cost), strict=True))
+    refuse_existing(args.out, args.overwrite)  # again: another process may have written meanwhile
     for name, draw in outputs.items():
-        draw(results, args.out / name)
-        print(f"wrote {args.out / name}")
+        path = args.out / name
+        verb = "replaced" if path.exists() else "wrote"  # exists only with --overwrite (refuse_existing)
+        draw(results, path)
+        print(f"{verb} {path}")
     print(f"callback outputs under {workdir}; total {time.perf_counter() - start:.0f} s")
 
 
