@@ -265,8 +265,8 @@ def run_config(name: str, device: torch.device, quick: bool, rounds: int | None)
             "loss_ms_range": [1e3 * min(loss_r), 1e3 * max(loss_r)],
             "saving_from_parts": med(saving_r),
             "saving_from_parts_range": [min(saving_r), max(saving_r)],
-            "raw_step_s": step_times[cand],
-            "raw_loss_s": loss_times[cand],
+            "raw_step_s": [[round(t, 6) for t in v] for v in step_times[cand]],  # per round, per sweep
+            "raw_loss_s": [[round(t, 6) for t in v] for v in loss_times[cand]],
         }
     return {
         "config": {**cfg, "input": list(cfg["input"])},
@@ -296,7 +296,7 @@ def print_table(name: str, result: dict[str, Any]) -> None:
                 f"{row['step_ms']:.2f} [{row['step_ms_range'][0]:.2f}-{row['step_ms_range'][1]:.2f}]",
                 f"{row['step_ratio']:.3f} [{lo:.3f}-{hi:.3f}]",
                 f"{row['loss_ms']:.3f}",
-                f"{100 * row['saving_from_parts']:+.1f} % [{100 * s_lo:+.1f} to {100 * s_hi:+.1f}]",
+                f"{100 * row['saving_from_parts']:+.2f} % [{100 * s_lo:+.2f} to {100 * s_hi:+.2f}]",
             ]
         )
     widths = [max(len(line[i]) for line in lines) for i in range(len(header))]
