@@ -6,6 +6,7 @@ from typing import Any
 
 from lightning.pytorch import Trainer
 from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from typing_extensions import override
 
 
@@ -15,20 +16,36 @@ class EpochProgressBar(TQDMProgressBar):
     Lightning's own bar shows ``Epoch 2`` there (``trainer.current_epoch``, counted from 0); cmkd's
     :class:`~cmkd_lightning.callbacks.RunSummary` lines, callback records and figure files count from 1
     (``logit_correlation_epoch003.png`` is drawn after the third epoch), and so does this bar. Without an epoch
-    limit (``max_epochs=-1``) it shows ``Epoch 3``. Everything else is Lightning's
+    limit (``max_epochs=-1``) it shows ``Epoch 3``. The description is set before the bar is redrawn, so no
+    frame shows Lightning's count or the previous epoch's. Everything else is Lightning's
     :class:`~lightning.pytorch.callbacks.TQDMProgressBar`.
 
     Args:
-        args, kwargs: as :class:`~lightning.pytorch.callbacks.TQDMProgressBar` (``refresh_rate``,
-            ``process_position``, ``leave``).
+        refresh_rate: redraw every this many batches (0: no bar).
+        process_position: the bar's line, for several bars at once.
+        leave: keep each epoch's bar on its own line.
 
     Example:
         >>> trainer = Trainer(callbacks=[EpochProgressBar()], logger=False)
     """
 
-    @override
-    def on_train_epoch_start(self, trainer: Trainer, *args: Any) -> None:
-        super().on_train_epoch_start(trainer, *args)
+    def __init__(self, refresh_rate: int = 1, process_position: int = 0, leave: bool = False) -> None:
+        super().__init__(refresh_rate=refresh_rate, process_position=process_position, leave=leave)
+        self.leave = leave
+
+    @staticmethod
+    def description(trainer: Trainer) -> str:
+        """``Epoch k/N`` in the k-th of N epochs (counted from 1), ``Epoch k`` without an epoch limit."""
         limit = trainer.max_epochs
         total = f"/{limit}" if limit is not None and limit > 0 else ""
-        self.train_progress_bar.set_description(f"Epoch {trainer.current_epoch + 1}{total}")
+        return f"Epoch {trainer.current_epoch + 1}{total}"
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, *args: Any) -> None:
+        # Lightning's own hook draws "Epoch <current_epoch>" first; here the bar is drawn once, already right.
+        if self.leave:
+            self.train_progress_bar = self.init_train_tqdm()
+        bar = self.train_progress_bar
+        bar.set_description(self.description(trainer), refresh=False)
+        bar.initial = 0
+        bar.reset(total=convert_inf(self.total_train_batches))

@@ -194,17 +194,23 @@ def show_lightning_tips() -> None:
 drop_lightning_tips()
 
 
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")  # colour codes (wandb colours its prefix on a terminal)
+
+
 class _DropLines:
-    """A text stream that passes everything to ``stream`` except the exact lines in ``lines``."""
+    """A text stream that passes everything to ``stream`` except whole lines equal to one of ``lines``.
+
+    A line is compared without its colour codes; the lines of ``lines`` end with a newline.
+    """
 
     def __init__(self, stream: TextIO, lines: tuple[str, ...]) -> None:
         self._stream = stream
         self._lines = lines
 
     def write(self, text: str) -> int:
-        for line in self._lines:
-            if line in text:
-                text = text.replace(line, "")
+        if "wandb" in text:  # cheap test first: progress bars write here many times a second
+            kept = [line for line in text.splitlines(keepends=True) if _ANSI.sub("", line).lstrip() not in self._lines]
+            text = "".join(kept)
         return self._stream.write(text) if text else 0
 
     def __getattr__(self, name: str) -> Any:  # isatty, fileno, flush, encoding, ...: the real stream's

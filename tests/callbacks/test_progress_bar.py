@@ -24,3 +24,25 @@ def _descriptions(tmp_path, max_epochs):
 
 def test_training_description_counts_epochs_from_one(tmp_path):
     assert _descriptions(tmp_path, 2) == ["Epoch 1/2", "Epoch 1/2", "Epoch 2/2", "Epoch 2/2"]
+
+
+def test_no_frame_shows_lightnings_count_or_the_previous_epoch(tmp_path, capsys):
+    # Lightning's own hook draws "Epoch 0" (then "Epoch 1" in the second epoch) before a subclass could rename it,
+    # and tqdm's reset() redraws the previous epoch's description at 0 %.
+    trainer = cpu_trainer(tmp_path, [EpochProgressBar()], max_epochs=2, enable_progress_bar=True, limit_val_batches=0)
+    trainer.fit(digits_module(), datamodule=digits_data())
+    frames = [f for f in capsys.readouterr().out.replace("\r", "\n").splitlines() if f.startswith("Epoch")]
+    descriptions = [f.split(":", 1)[0] for f in frames]
+    assert descriptions and set(descriptions) == {"Epoch 1/2", "Epoch 2/2"}
+    assert descriptions == sorted(descriptions)  # every frame of epoch 1 comes before every frame of epoch 2
+    second = [f for f in frames if f.startswith("Epoch 2/2")]
+    assert second[0].startswith("Epoch 2/2:   0%")
+
+
+def test_leave_keeps_a_bar_per_epoch(tmp_path):
+    bar = EpochProgressBar(leave=True)
+    assert bar.leave is True
+    probe = _Descriptions(bar)
+    trainer = cpu_trainer(tmp_path, [bar, probe], max_epochs=2, enable_progress_bar=True, limit_val_batches=0)
+    trainer.fit(digits_module(), datamodule=digits_data())
+    assert probe.seen == ["Epoch 1/2", "Epoch 1/2", "Epoch 2/2", "Epoch 2/2"]

@@ -39,12 +39,14 @@ def test_quiet_lightning_drops_exactly_wandbs_anonymous_line(monkeypatch):
         assert sys.stderr is not stream and sys.stderr.isatty()  # the wrapper answers as the real stream
         sys.stderr.write(ANONYMOUS)
         sys.stderr.write("wandb: WARNING something a person must read\n")
-        sys.stderr.write("before " + ANONYMOUS + "after\n")
+        # on a terminal wandb colours its prefix; the line is still recognised
+        sys.stderr.write("\x1b[34m\x1b[1mwandb\x1b[0m: \x1b[33mWARNING\x1b[0m " + ANONYMOUS.split("WARNING ", 1)[1])
+        sys.stderr.write("kept\n" + ANONYMOUS + "kept too\n")
         print("a progress bar\r", end="", file=sys.stderr)
     assert sys.stderr is stream
     sys.stderr.write(ANONYMOUS)  # outside the block: untouched
     assert stream.getvalue() == (
-        "wandb: WARNING something a person must read\nbefore after\na progress bar\r" + ANONYMOUS
+        "wandb: WARNING something a person must read\nkept\nkept too\na progress bar\r" + ANONYMOUS
     )
 
 
