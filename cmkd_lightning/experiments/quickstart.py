@@ -174,7 +174,7 @@ def _run(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     for name, s in summary["methods"].items():
         seconds = statistics.fmean(r["seconds"] for r in rows if r["method"] == name)
         table.add_row(
-            f"{name} ({BUILTIN_METHODS[name].description})",
+            name,
             *(
                 f"{s[k]['mean']:.{p}f} ± {s[k]['std']:.{p}f}"
                 for k, p in (("top1", 2), ("top5", 2), ("agreement", 1), ("spearman", 3))
@@ -182,6 +182,8 @@ def _run(args: argparse.Namespace, threads: int) -> dict[str, Any]:
             f"{seconds:.0f}",
         )
     console.print(table)
+    for method in methods:
+        console.print(f"  {method.name}: {method.description}")
 
     result = {
         "config": {

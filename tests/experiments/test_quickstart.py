@@ -43,7 +43,7 @@ def test_writes_the_files_its_help_describes_with_the_tables_meanings(tmp_path, 
         method = BUILTIN_METHODS[name]
         assert module.ce_weight == method.ce_weight, name
         assert list(module.loss_weights) == method.loss_weights, name
-    assert "kd_ce1 (CE 1 + KD 1, T = 4)" in capsys.readouterr().out
+    assert "  kd_ce1: CE 1 + KD 1, T = 4\n" in capsys.readouterr().out  # the legend under the table
 
 
 def test_any_builtin_method_is_accepted_and_others_are_refused(tmp_path, no_training, capsys):
