@@ -77,9 +77,10 @@ class CMKDLoss(DistillationLoss):
         rank_backend: soft-rank backend (``"auto"``, ``"torch"``, ``"torchsort"``).
         warmup_epochs: see :class:`DistillationLoss`.
         fused: ``"auto"`` (default): the fused path (:func:`~cmkd_lightning.functional.cmkd_fused.cmkd_fused_terms`,
-            same values and gradients, a fraction of the operations) on CPU and CUDA, the general path elsewhere;
-            ``True``: always fused; ``False``: always the general path (e.g. for double backward, which the fused
-            path does not support).
+            same values and gradients, a fraction of the operations) on CPU (its NumPy kernel) and CUDA (its torch
+            kernel), the general path elsewhere; ``True``: always fused; ``False``: always the general path, the
+            reference (e.g. for double backward, which the fused path does not support). Why each kernel is kept:
+            ``BENCHMARKS.md``, section F.
 
     Example:
         >>> CMKDLoss.paper(temperature=4.0).init_args()["pearson_scale"], CMKDLoss().init_args()["pearson_scale"]
