@@ -47,6 +47,13 @@ def epoch_number(trainer: Trainer) -> int:
     return trainer.current_epoch + 1 if trainer.state.fn == TrainerFn.FITTING else trainer.current_epoch
 
 
+def running_epoch(trainer: Trainer) -> str:
+    """``epoch k of N`` for the epoch in progress (counted from 1, as the bar and ``RunSummary``), or ``epoch k``."""
+    limit = trainer.max_epochs
+    total = f" of {limit}" if limit is not None and limit > 0 else ""
+    return f"epoch {trainer.current_epoch + 1}{total}"
+
+
 def _number(value: float) -> str:
     return f"{value:g}"
 

@@ -25,6 +25,7 @@ from lightning.pytorch.plugins.io import TorchCheckpointIO
 from torch import Tensor
 from typing_extensions import override
 
+from cmkd_lightning.callbacks._figures import running_epoch
 from cmkd_lightning.errors import CMKDError
 
 __all__ = ["CheckpointGuard", "CheckpointWriteError", "NonFiniteCheckpointError", "VerifiedCheckpointIO"]
@@ -258,7 +259,7 @@ class CheckpointGuard(Callback):
             largest = f"{float(finite.abs().max()):.3g}" if finite.numel() else "none"
             stage = trainer.state.stage.value if trainer.state.stage is not None else trainer.state.fn
             raise NonFiniteCheckpointError(
-                f"Refusing to save a checkpoint at stage '{stage}', epoch {trainer.current_epoch}, global step "
+                f"Refusing to save a checkpoint at stage '{stage}', {running_epoch(trainer)}, global step "
                 f"{trainer.global_step}: `{name}` holds {int((~torch.isfinite(value)).sum())} non-finite values "
                 f"(of {value.numel()}; largest finite magnitude {largest}). Training diverged; lower the learning "
                 "rate or resume from the last good checkpoint."

@@ -13,6 +13,8 @@ from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from typing_extensions import override
 
+from cmkd_lightning.callbacks._figures import running_epoch
+
 __all__ = ["Preemption", "preemption_checkpoint_path"]
 
 
@@ -122,10 +124,10 @@ class Preemption(Callback):
         batch_size = getattr(loader, "batch_size", None)
         if callable(getattr(sampler, "skip", None)) and batch_size:
             sampler.skip(trainer.current_epoch, done * batch_size)
-            rank_zero_info(f"Resuming epoch {trainer.current_epoch} after its first {done} batches.")
+            rank_zero_info(f"Resuming {running_epoch(trainer)} after its first {done} batches.")
         else:
             rank_zero_warn(
-                f"The checkpoint was saved after {done} batches of epoch {trainer.current_epoch}, but the training "
+                f"The checkpoint was saved after {done} batches of {running_epoch(trainer)}, but the training "
                 f"sampler ({type(sampler).__name__}) has no `skip(epoch, num_samples)` method: the rest of the "
                 "epoch reads the data from its start (Lightning's default), so the run differs from an "
                 "uninterrupted one."
@@ -164,7 +166,7 @@ class Preemption(Callback):
         self.saved_path = path
         exception.code = 128 + int(signum)
         rank_zero_info(
-            f"cmkd: {name} received: saved a resumable checkpoint at epoch {trainer.current_epoch}, global step "
+            f"cmkd: {name} received: saved a resumable checkpoint in {running_epoch(trainer)}, global step "
             f"{trainer.global_step} to {path}. Continue the run with the same command and --ckpt_path last "
             f"(or --ckpt_path {path}). Exit code {exception.code}."
         )

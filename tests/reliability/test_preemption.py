@@ -57,7 +57,7 @@ def test_sigterm_mid_epoch_saves_exits_143_and_resumes_to_the_uninterrupted_weig
     assert code == 143, output[-3000:]
     lines = [line for line in output.splitlines() if line.strip()]
     assert (
-        f"cmkd: SIGTERM received: saved a resumable checkpoint at epoch 1, global step 6 to {last.relative_to(run)}"
+        f"cmkd: SIGTERM received: saved a resumable checkpoint in epoch 2 of 3, global step 6 to {last.relative_to(run)}"
         in (lines[-1])
     ), lines[-3:]
     saved = torch.load(last, weights_only=True)
@@ -72,7 +72,7 @@ def test_sigterm_mid_epoch_saves_exits_143_and_resumes_to_the_uninterrupted_weig
         timeout=300,
     )
     assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-2000:]
-    assert "Resuming epoch 1 after its first 2 batches." in resumed.stdout + resumed.stderr
+    assert "Resuming epoch 2 of 3 after its first 2 batches." in resumed.stdout + resumed.stderr
 
     reference = tmp_path / "uninterrupted"
     reference.mkdir()
