@@ -5,7 +5,8 @@ The teacher side (z-score, probabilities, exact ranks, entropy) is computed once
 one :class:`torch.autograd.Function` with a hand-written backward. Two kernels compute the same thing: on CPU the
 NumPy one (``_cmkd_numpy.py``: NumPy's sort and its own pool-adjacent-violators solver for large batches), on
 other devices (CUDA) the torch one in this file. Design: ``docs/DESIGN.md`` ("The fused path"); measurements:
-``BENCHMARKS.md`` (section A); host reads: ``docs/DEVICE.md``.
+``BENCHMARKS.md`` (A: the loss alone; F: whole training steps, why each kernel is kept); host reads:
+``docs/DEVICE.md``.
 """
 
 from __future__ import annotations
