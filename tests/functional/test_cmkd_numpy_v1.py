@@ -98,7 +98,7 @@ def test_cmkd_runs_on_the_claimed_numpy_lower_bound(tmp_path):
         companions = _NUMPY_1_COMPANIONS
     target = tmp_path / "site"
     install = [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--disable-pip-version-check"]
-    install += ["--timeout", "30", "--target", str(target), f"numpy=={bound}.*", *companions]
+    install += ["--timeout", "30", "--retries", "1", "--target", str(target), f"numpy=={bound}.*", *companions]
     try:
         proc = subprocess.run(install, capture_output=True, text=True, timeout=600)
     except subprocess.TimeoutExpired:
