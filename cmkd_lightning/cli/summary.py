@@ -44,7 +44,8 @@ class ModelOverview(Callback):
           losses   KDLoss
         Parameters: 4.6 K trainable, 84.9 K frozen, 89.5 K in all (0.36 MB)
 
-    Children without parameters are left out, except ``losses``, named by class. Printed on global rank 0.
+    Children without parameters are left out, except ``losses``, named by class; a
+    :class:`~cmkd_lightning.TeacherModule`'s network shows as ``model``. Printed on global rank 0.
 
     Args:
         stream: where to print (default: ``sys.stdout`` at print time).
@@ -72,6 +73,8 @@ class ModelOverview(Callback):
                 state = "frozen" + ("" if child.training else " (eval mode)")
             else:
                 state = f"{count(trainable)} trainable, {count(frozen)} frozen"
+            if name == "student" and isinstance(getattr(type(pl_module), "model", None), property):
+                name = "model"  # TeacherModule keeps its network as `student` (checkpoint layout) and calls it model
             rows.append((name, type(child).__name__, count(trainable + frozen), state))
         trainable, frozen = _parts(pl_module)
         megabytes = sum(p.numel() * p.element_size() for p in pl_module.parameters()) / 1e6

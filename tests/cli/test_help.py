@@ -176,5 +176,5 @@ def test_cmkd_fit_ends_with_its_summary_and_no_noise(tmp_path):
     assert "\x1b[" not in out + err
     assert "wandb: WARNING" not in err and "Tracking run with wandb version" not in err
     # cmkd's model summary: the network and its counts, not Lightning's table of metric containers and FLOPs.
-    assert "Model: TeacherModule\n  student  DigitsCNN" in out and "trainable" in out
+    assert "Model: TeacherModule\n  model  DigitsCNN" in out and "trainable" in out
     assert "FLOPs" not in out and "epoch_metrics" not in out

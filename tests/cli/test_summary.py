@@ -72,3 +72,13 @@ def test_a_partly_frozen_child_shows_both_counts_and_prints_to_the_stream():
     other = io.StringIO()
     ModelOverview(stream=other).on_fit_start(FakeTrainer(), module)
     assert other.getvalue() == ""
+
+
+def test_a_teacher_run_shows_its_network_as_model():
+    from cmkd_lightning import TeacherModule
+
+    module = TeacherModule("digits_teacher", num_classes=100)
+    n = sum(p.numel() for p in module.model.parameters())
+    lines = ModelOverview().render(module).splitlines()
+    assert lines[:2] == ["Model: TeacherModule", f"  model  DigitsCNN  {count(n)} parameters, trainable"]
+    assert lines[2].startswith(f"Parameters: {count(n)} trainable, 0 frozen, {count(n)} in all")
