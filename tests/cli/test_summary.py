@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
+import pytest
 from torch import nn
 
 from cmkd_lightning import DistillationModule
 from cmkd_lightning.cli.summary import ModelOverview, count
 from cmkd_lightning.losses import CMKDLoss, KDLoss
+
+DIGITS = Path(__file__).resolve().parents[2] / "examples" / "configs" / "digits"
 
 
 def test_count_reads_as_a_person_writes_it():
@@ -82,3 +86,20 @@ def test_a_teacher_run_shows_its_network_as_model():
     lines = ModelOverview().render(module).splitlines()
     assert lines[:2] == ["Model: TeacherModule", f"  model  DigitsCNN  {count(n)} parameters, trainable"]
     assert lines[2].startswith(f"Parameters: {count(n)} trainable, 0 frozen, {count(n)} in all")
+
+
+@pytest.mark.parametrize(
+    ("setting", "overview", "lightning"), [(None, True, False), ("true", False, True), ("false", False, False)]
+)
+def test_cmkd_prints_its_overview_unless_the_config_chooses_lightnings_table_or_none(setting, overview, lightning):
+    from lightning.pytorch.callbacks import ModelSummary
+
+    from cmkd_lightning.cli import build_cli
+
+    args = ["-c", str(DIGITS / "teacher.yaml"), "--trainer.logger=false", "--data.init_args.train_size=256"]
+    if setting is not None:
+        args.append(f"--trainer.enable_model_summary={setting}")
+    cli = build_cli(args, run=False)
+    kinds = [type(c) for c in cli.trainer.callbacks]
+    assert (ModelOverview in kinds) is overview
+    assert any(issubclass(k, ModelSummary) for k in kinds) is lightning
