@@ -65,12 +65,23 @@ WANDB_PROBE_TIMEOUT_ENV = "CMKD_WANDB_TIMEOUT"
 
 
 def _set_offline() -> str:
-    """WANDB_MODE=offline, also in wandb's process settings (read from the environment when the lookup ran)."""
+    """WANDB_MODE=offline, for this process and the ranks it launches.
+
+    The credentials lookup started wandb's process settings from the environment as it was; with no run open they
+    are torn down (``wandb.teardown``), so the run's ``wandb.init`` reads the environment afresh (otherwise wandb
+    warns "Changes to your `wandb` environment variables will be ignored"); with a run open (several runs in one
+    process) the setting is changed in place.
+    """
     os.environ["WANDB_MODE"] = "offline"
     try:
-        from wandb.sdk import wandb_setup
+        import wandb
 
-        wandb_setup.singleton().settings.mode = "offline"
+        if wandb.run is None:
+            wandb.teardown()
+        else:
+            from wandb.sdk import wandb_setup
+
+            wandb_setup.singleton().settings.mode = "offline"
     except Exception:  # another wandb version: the environment variable is what it reads
         pass
     return "offline"
@@ -88,11 +99,11 @@ def ensure_wandb_mode(uses_wandb: bool = True) -> str:
     Raises:
         WandbSetupError: ``WANDB_MODE=online`` (set by the user) with no credentials or no reachable server.
     """
-    if uses_wandb:  # before wandb reads its settings from the environment (see the module docstring)
-        os.environ.setdefault("WANDB_QUIET", "true")
     mode = os.environ.get("WANDB_MODE")
     if not available("wandb"):  # no wandb: no W&B run to configure
         return mode or "disabled"
+    if uses_wandb:  # before wandb reads its settings from the environment (see the module docstring)
+        os.environ.setdefault("WANDB_QUIET", "true")
     if mode is not None:
         if mode == "online" and uses_wandb:
             _check_online()

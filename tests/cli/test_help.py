@@ -139,7 +139,8 @@ def test_quiet_lightning_drops_only_the_known_noise(caplog):
 def test_cmkd_fit_ends_with_its_summary_and_no_noise(tmp_path):
     (tmp_path / "examples").symlink_to(ROOT / "examples")
     env = {**os.environ, "CMKD_CPU_THREADS": "1", "NETRC": str(tmp_path / "no-netrc")}
-    for key in ("WANDB_API_KEY", "WANDB_MODE"):
+    # as a person runs it: no key, no mode, and wandb not silenced (tests/conftest.py sets WANDB_SILENT)
+    for key in ("WANDB_API_KEY", "WANDB_MODE", "WANDB_SILENT", "WANDB_QUIET"):
         env.pop(key, None)
     teacher = [
         sys.executable,
@@ -172,9 +173,11 @@ def test_cmkd_fit_ends_with_its_summary_and_no_noise(tmp_path):
     assert "litlogger" not in out + err and "LeafSpec" not in out + err
     assert "\r" not in out  # no progress-bar fragments
     # Not a terminal: no colour codes (wandb's closing lines came from its service process, in colour), no W&B
-    # warnings (the `anonymous` Lightning passes, the save_dir that did not exist yet), no version banner.
+    # warnings (the `anonymous` Lightning passes, the save_dir that did not exist yet, the WANDB_MODE set after
+    # wandb read the environment), no version banner; wandb's own lines say where the offline run is.
     assert "\x1b[" not in out + err
     assert "wandb: WARNING" not in err and "Tracking run with wandb version" not in err
+    assert "wandb: Run data is saved locally in runs/wandb/offline-run-" in err
     # cmkd's model summary: the network and its counts, not Lightning's table of metric containers and FLOPs.
     assert "Model: TeacherModule\n  model  DigitsCNN" in out and "trainable" in out
     assert "FLOPs" not in out and "epoch_metrics" not in out
