@@ -9,7 +9,8 @@
 - :class:`PublishCheckpoint`: a stable link to the checkpoint of the run that finished last.
 - :class:`Preemption`: SIGTERM / SIGUSR1 save a resumable checkpoint and end the run with exit code 128 + signal.
 - :class:`RunSummary`: what a run produced, printed when fit / validate / test ends (``cmkd`` adds it).
-- :class:`EpochProgressBar`: Lightning's TQDM bar counting epochs from 1 ("Epoch 3/5"), as the others do.
+- :class:`EpochProgressBar`, :class:`EpochRichProgressBar`: Lightning's TQDM and rich bars counting epochs from 1
+  ("Epoch 3/5"), as the others do.
 
 The arithmetic lives in :mod:`cmkd_lightning.metrics` (torchmetrics metrics); the callbacks decide when to run, what
 to plot and what to log, and keep their history across a resume. The two figure callbacks need the ``figures`` extra
@@ -25,7 +26,7 @@ from cmkd_lightning.callbacks.checkpoint_link import PublishCheckpoint
 from cmkd_lightning.callbacks.correlation_monitor import CorrelationMonitor, correlation_sums
 from cmkd_lightning.callbacks.corruption_robustness import CorruptionRobustness
 from cmkd_lightning.callbacks.preemption import Preemption
-from cmkd_lightning.callbacks.progress_bar import EpochProgressBar
+from cmkd_lightning.callbacks.progress_bar import EpochProgressBar, EpochRichProgressBar
 from cmkd_lightning.callbacks.run_summary import RunSummary
 from cmkd_lightning.callbacks.training_cost import TrainingCost
 from cmkd_lightning.metrics.class_gap import class_correlation, correlation_gap
@@ -59,6 +60,7 @@ __all__ = [
     "CorruptionRobustness",
     "EmbeddingProjection",
     "EpochProgressBar",
+    "EpochRichProgressBar",
     "LogitCorrelationHeatmap",
     "RunSummary",
     "TrainingCost",

@@ -1,11 +1,11 @@
-"""Lightning's TQDM progress bar with the epochs counted as the rest of cmkd counts them: from 1, out of the total."""
+"""Lightning's progress bars (TQDM and rich) with the epochs counted as the rest of cmkd counts them: from 1, of N."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from lightning.pytorch import Trainer
-from lightning.pytorch.callbacks import TQDMProgressBar
+from lightning.pytorch import LightningModule, Trainer
+from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
 from typing_extensions import override
 
@@ -49,3 +49,30 @@ class EpochProgressBar(TQDMProgressBar):
         bar.set_description(self.description(trainer), refresh=False)
         bar.initial = 0
         bar.reset(total=convert_inf(self.total_train_batches))
+
+
+class EpochRichProgressBar(RichProgressBar):
+    r"""Lightning's rich bar whose training description reads ``Epoch 3/5`` in the third of five epochs.
+
+    Lightning's own rich bar shows ``Epoch 2/4`` there (the epoch counted from 0, out of ``max_epochs - 1``); this
+    one counts as :class:`EpochProgressBar`, :class:`~cmkd_lightning.callbacks.RunSummary` and the figure files do.
+    Everything else is Lightning's :class:`~lightning.pytorch.callbacks.RichProgressBar` (needs ``rich``).
+
+    Args:
+        args, kwargs: as :class:`~lightning.pytorch.callbacks.RichProgressBar` (``refresh_rate``, ``leave``,
+            ``theme``, ``console_kwargs``).
+
+    Example:
+        >>> trainer = Trainer(callbacks=[EpochRichProgressBar(leave=False)], logger=False)
+    """
+
+    @override
+    def on_train_epoch_start(self, trainer: Trainer, pl_module: LightningModule) -> None:
+        super().on_train_epoch_start(trainer, pl_module)
+        if self.progress is None or self.train_progress_bar_id is None:
+            return
+        description = EpochProgressBar.description(trainer)
+        # as Lightning pads it: the same width as "Validation", so the bar does not jump between the two
+        description = f"{description:{len(self.validation_description)}}"
+        self.progress.update(self.train_progress_bar_id, description=description)
+        self.refresh()

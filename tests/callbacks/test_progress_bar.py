@@ -1,5 +1,6 @@
 """EpochProgressBar counts epochs from 1, out of max_epochs, as RunSummary and the figure files do."""
 
+import pytest
 from lightning.pytorch import Callback
 
 from cmkd_lightning.callbacks.progress_bar import EpochProgressBar
@@ -46,3 +47,19 @@ def test_leave_keeps_a_bar_per_epoch(tmp_path):
     trainer = cpu_trainer(tmp_path, [bar, probe], max_epochs=2, enable_progress_bar=True, limit_val_batches=0)
     trainer.fit(digits_module(), datamodule=digits_data())
     assert probe.seen == ["Epoch 1/2", "Epoch 1/2", "Epoch 2/2", "Epoch 2/2"]
+
+
+def test_rich_bar_counts_epochs_from_one(tmp_path):
+    pytest.importorskip("rich")
+    from cmkd_lightning.callbacks import EpochRichProgressBar
+
+    bar = EpochRichProgressBar(leave=False)
+    seen = []
+
+    class _Probe(Callback):
+        def on_train_batch_end(self, trainer, *args):
+            seen.append(bar.progress.tasks[bar.train_progress_bar_id].description.strip())
+
+    trainer = cpu_trainer(tmp_path, [bar, _Probe()], max_epochs=2, enable_progress_bar=True, limit_val_batches=0)
+    trainer.fit(digits_module(), datamodule=digits_data())
+    assert seen == ["Epoch 1/2", "Epoch 1/2", "Epoch 2/2", "Epoch 2/2"]  # Lightning's own: "Epoch 0/1" ... "Epoch 1/1"
