@@ -6,6 +6,7 @@ import argparse
 import glob
 import re
 import sys
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -58,6 +59,8 @@ EPILOG = (
     "WarmupCosine); LightningCLI's --optimizer / --lr_scheduler are switched off so there is one way. "
     f"CPU runs use 1 torch thread unless --cpu_threads or ${CPU_THREADS_ENV} says otherwise (0: torch's default)."
 )
+# ModelCheckpoint's warning when a checkpoint is restored into another run's folder (every `cmkd test --ckpt_path`)
+_EVAL_DIRPATH = r"The dirpath has changed from .* won't be reloaded.*"
 # --ckpt_path values that are not files: Lightning's own choices, resolved by the Trainer
 _SPECIAL_CKPT = ("last", "best", "hpc", "registry")
 _OPTIMIZER_ERROR = (
@@ -446,6 +449,9 @@ def main(args: list[str] | None = None) -> None:
     try:
         check_config_files(config_files_in(argv))
         with quiet_lightning():
+            if argv[:1] in (["validate"], ["test"], ["predict"]):
+                # An evaluation writes no checkpoint, so which ModelCheckpoint state a --ckpt_path restores is moot.
+                warnings.filterwarnings("ignore", message=_EVAL_DIRPATH)
             build_cli(
                 None if args is None else argv,
                 parser_kwargs={**strict, "description": TOP_HELP.split("\n\n")[1], **subcommands},

@@ -72,7 +72,9 @@ def test_cli_optimizer_arguments_are_refused_with_the_module_arguments_named(arg
 def test_config_file_optimizer_is_refused(tmp_path, no_wandb_key):
     extra = tmp_path / "opt.yaml"
     extra.write_text("optimizer:\n  class_path: torch.optim.Adam\n  init_args: {lr: 0.1}\n")
-    with pytest.raises(SystemExit, match=r"`--optimizer` is not a cmkd option.*--model\.init_args\.optimizer\.init_args\.lr"):
+    with pytest.raises(
+        SystemExit, match=r"`--optimizer` is not a cmkd option.*--model\.init_args\.optimizer\.init_args\.lr"
+    ):
         main(["fit", "-c", str(DIGITS / "cmkd.yaml"), "-c", str(extra)])
 
 
@@ -181,3 +183,9 @@ def test_cmkd_fit_ends_with_its_summary_and_no_noise(tmp_path):
     # cmkd's model summary: the network and its counts, not Lightning's table of metric containers and FLOPs.
     assert "Model: TeacherModule\n  model  DigitsCNN" in out and "trainable" in out
     assert "FLOPs" not in out and "epoch_metrics" not in out
+    # Evaluating that checkpoint: its own summary, without Lightning's warning about the other run's folder.
+    test = [*teacher[:3], "test", *teacher[4:6], f"--ckpt_path={last_path}", *teacher[7:]]
+    proc = subprocess.run(test, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    assert "cmkd test finished" in proc.stdout and "test Top-1 %" in proc.stdout
+    assert "dirpath has changed" not in proc.stderr and "wandb: WARNING" not in proc.stderr
