@@ -27,7 +27,13 @@ from typing import Any, Literal
 import torch
 from torch import Tensor, nn
 
-from cmkd_lightning.errors import CheckpointReadError, UnsafeCheckpointError
+from cmkd_lightning.errors import (
+    ArgumentTypeError,
+    CheckpointNotFoundError,
+    CheckpointReadError,
+    InvalidArgumentError,
+    UnsafeCheckpointError,
+)
 
 __all__ = ["kind_of_file", "load_state_dict_file", "load_weights"]
 
@@ -176,11 +182,13 @@ def _find_state_dict(obj: Any, path: Path) -> dict[str, Any]:
         if obj and all(isinstance(v, Tensor) for v in obj.values()):
             return dict(obj)
         keys = [str(k) for k in obj]
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected '{path}' to hold a state_dict, or a dict with a 'state_dict' or 'model' state_dict, but got "
             f"a dict with keys {_listing(keys)}."
         )
-    raise TypeError(f"Expected '{path}' to hold a dict (a state_dict or a checkpoint), but got {type(obj).__name__}.")
+    raise ArgumentTypeError(
+        f"Expected '{path}' to hold a dict (a state_dict or a checkpoint), but got {type(obj).__name__}."
+    )
 
 
 def load_state_dict_file(
@@ -224,31 +232,35 @@ def load_state_dict_file(
         ['fc.weight']
     """
     if part is not None and part not in _PARTS:
-        raise ValueError(f"Expected `part` to be one of {_PARTS} or None, but got {part!r}.")
+        raise InvalidArgumentError(f"Expected `part` to be one of {_PARTS} or None, but got {part!r}.")
     if not isinstance(weights_only, bool):
-        raise TypeError(f"Expected `weights_only` to be a bool, but got {type(weights_only).__name__}.")
+        raise ArgumentTypeError(f"Expected `weights_only` to be a bool, but got {type(weights_only).__name__}.")
     file = Path(path).expanduser()
     if not file.is_file():
-        raise FileNotFoundError(f"Expected `path` to be an existing checkpoint file, but got '{file}' (not found).")
+        raise CheckpointNotFoundError(
+            f"Expected `path` to be an existing checkpoint file, but got '{file}' (not found)."
+        )
 
     state_dict = _strip_wrappers(_find_state_dict(_read(file, weights_only), file))
     present = [p for p in _PARTS if any(k.startswith(f"{p}.") for k in state_dict)]
     if present:
         if part is None and len(present) == 2:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected '{file}' to hold one model, but it holds both 'student.' and 'teacher.' keys: pass "
                 "`part='student'` or `part='teacher'`."
             )
         chosen = part if part is not None else present[0]
         if chosen not in present:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected '{file}' to hold keys starting with '{chosen}.', but it holds only '{present[0]}.' keys."
             )
         state_dict = _strip_wrappers(_strip(state_dict, f"{chosen}."))
 
     bad = [k for k, v in state_dict.items() if not isinstance(v, Tensor)]
     if bad:
-        raise TypeError(f"Expected every value of the state_dict in '{file}' to be a tensor, but got {_listing(bad)}.")
+        raise ArgumentTypeError(
+            f"Expected every value of the state_dict in '{file}' to be a tensor, but got {_listing(bad)}."
+        )
     return state_dict
 
 
@@ -303,7 +315,7 @@ def load_weights(
         True
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
+        raise ArgumentTypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
     state_dict = load_state_dict_file(path, part=part, weights_only=weights_only)
     model_state = model.state_dict()
     missing = [k for k in model_state if k not in state_dict and not k.endswith("num_batches_tracked")]
@@ -318,7 +330,7 @@ def load_weights(
         problems.append(f"{len(mismatched)} shape mismatches {_listing(mismatched)}")
     if problems:
         where = f" (part={part!r})" if part is not None else ""
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected the state_dict in '{path}'{where} to match `model` ({type(model).__name__}), but got "
             + "; ".join(problems)
             + "."

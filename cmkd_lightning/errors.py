@@ -16,7 +16,11 @@ __all__ = [
     "CheckpointNotFoundError",
     "CheckpointReadError",
     "ConfigFileError",
+    "ConfigFileNotFoundError",
     "DataError",
+    "DataNotFoundError",
+    "DownloadError",
+    "IndexOutOfRangeError",
     "InvalidArgumentError",
     "LabelRangeError",
     "NonFiniteError",
@@ -26,7 +30,9 @@ __all__ = [
     "TeacherCacheError",
     "TeacherCacheWriteError",
     "TrainingDeviceError",
+    "UnknownKeyError",
     "UnsafeCheckpointError",
+    "UsageError",
     "WandbSetupError",
 ]
 
@@ -68,8 +74,35 @@ class ConfigFileError(CMKDError, ValueError):
     """A config file cannot be read (not UTF-8, not YAML)."""
 
 
+class ConfigFileNotFoundError(ConfigFileError, FileNotFoundError):
+    """A config, space or method file that does not exist."""
+
+
 class DataError(CMKDError, ValueError):
     """The data cannot be trained on: an empty split, labels outside ``[0, num_classes)``, non-finite inputs."""
+
+
+class DataNotFoundError(DataError, FileNotFoundError):
+    """A data set's files are not where the data module looks for them."""
+
+
+class DownloadError(CMKDError, ConnectionError):
+    """A data set could not be downloaded; the message says how to place its files by hand."""
+
+
+class IndexOutOfRangeError(CMKDError, IndexError):
+    """An index outside a data set or a list (``dataset[i]`` with ``i >= len(dataset)``)."""
+
+
+class UnknownKeyError(CMKDError, KeyError):
+    """A key (a config path, a name) that the mapping it indexes does not hold."""
+
+    def __str__(self) -> str:  # KeyError quotes its message; a person reads it plain
+        return str(self.args[0]) if self.args else ""
+
+
+class UsageError(CMKDError, RuntimeError):
+    """A method called out of order: a dataloader before ``setup()``, a feature loss before ``build(...)``."""
 
 
 class LabelRangeError(DataError, IndexError):

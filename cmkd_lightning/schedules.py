@@ -23,6 +23,8 @@ from collections.abc import Sequence
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LRScheduler
 
+from cmkd_lightning.errors import InvalidArgumentError
+
 __all__ = ["RunLengthScheduler", "StepOrCosine", "WarmupCosine"]
 
 
@@ -33,7 +35,7 @@ class RunLengthScheduler(LRScheduler):
         if max_epochs is not None and (
             isinstance(max_epochs, bool) or not isinstance(max_epochs, int) or max_epochs < 1
         ):
-            raise ValueError(f"Expected `max_epochs` to be an integer >= 1 or None, but got {max_epochs!r}.")
+            raise InvalidArgumentError(f"Expected `max_epochs` to be an integer >= 1 or None, but got {max_epochs!r}.")
         self.max_epochs = max_epochs
         super().__init__(optimizer, last_epoch)
 
@@ -144,11 +146,11 @@ class WarmupCosine(RunLengthScheduler):
         last_epoch: int = -1,
     ) -> None:
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"Expected `warmup_epochs` to be an integer >= 0, but got {warmup_epochs!r}.")
+            raise InvalidArgumentError(f"Expected `warmup_epochs` to be an integer >= 0, but got {warmup_epochs!r}.")
         if not 0 < start_factor <= 1:
-            raise ValueError(f"Expected `start_factor` to be in (0, 1], but got {start_factor!r}.")
+            raise InvalidArgumentError(f"Expected `start_factor` to be in (0, 1], but got {start_factor!r}.")
         if not 0 <= min_factor < 1:
-            raise ValueError(f"Expected `min_factor` to be in [0, 1), but got {min_factor!r}.")
+            raise InvalidArgumentError(f"Expected `min_factor` to be in [0, 1), but got {min_factor!r}.")
         self.warmup_epochs, self.start_factor, self.min_factor = warmup_epochs, float(start_factor), float(min_factor)
         super().__init__(optimizer, max_epochs, last_epoch)
 
@@ -159,7 +161,7 @@ class WarmupCosine(RunLengthScheduler):
         if epoch == self.warmup_epochs:  # the cosine's start: no run length needed yet
             return 1.0
         if self.max_epochs is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "Expected `max_epochs` (the run's length) to place the cosine, but got None: pass it, or let "
                 "DistillationModule fill it in from the trainer."
             )

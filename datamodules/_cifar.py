@@ -20,6 +20,7 @@ from torch.utils.data import Dataset
 from torchvision import transforms
 from torchvision.datasets import CIFAR10, VisionDataset
 
+from cmkd_lightning.errors import DataNotFoundError, DownloadError
 from cmkd_lightning.utilities.validation import check_bool, check_int, check_optional_bool, check_path
 from datamodules._io import SplitLoaders, file_md5, load_data_pickle
 
@@ -87,7 +88,7 @@ class _SafeCIFARDataset(CIFAR10):
         folder = root / self.base_folder
         missing = [name for name in self._files() if not (folder / name).is_file()]
         if missing and not download:
-            raise FileNotFoundError(self._missing_message(root, missing))
+            raise DataNotFoundError(self._missing_message(root, missing))
         # torchvision's __init__ would `pickle.load` the files, which runs any code stored in them:
         # the files are read here with the restricted data unpickler instead.
         VisionDataset.__init__(self, str(root), transform=transform)
@@ -143,7 +144,7 @@ class _SafeCIFARDataset(CIFAR10):
         except (URLError, OSError) as err:
             reason = getattr(err, "reason", None) or err
             placed = "" if self._PLACED is None else f" so that {root / self.base_folder}/{self._PLACED} exist,"
-            raise ConnectionError(
+            raise DownloadError(
                 f"Could not download {self._NAME} from {self.url} ({type(err).__name__}: {reason}). Without network, "
                 f"fetch {self.filename} (md5 {self.tgz_md5}) from {_SOURCE} on another machine, extract it into "
                 f"{root}{placed} and run with `download=False`."

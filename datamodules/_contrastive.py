@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
+from cmkd_lightning.errors import InvalidArgumentError
+
 
 class ContrastiveSampleDataset(Dataset):
     """Wrap a labelled dataset so that item ``i`` is ``(image, target, i, contrast_index)`` (CRD's "exact" mode).
@@ -31,15 +33,19 @@ class ContrastiveSampleDataset(Dataset):
 
     def __init__(self, dataset: Any, targets: Sequence[int], num_negatives: int) -> None:
         if isinstance(num_negatives, bool) or not isinstance(num_negatives, int) or num_negatives < 1:
-            raise ValueError(f"Expected `num_negatives` to be a positive integer, but got {num_negatives!r}.")
+            raise InvalidArgumentError(f"Expected `num_negatives` to be a positive integer, but got {num_negatives!r}.")
         labels = np.asarray([int(t) for t in targets])
         if len(labels) != len(dataset):
-            raise ValueError(f"Expected one target per sample ({len(dataset)}), but got {len(labels)} targets.")
+            raise InvalidArgumentError(
+                f"Expected one target per sample ({len(dataset)}), but got {len(labels)} targets."
+            )
         self.dataset, self.num_negatives = dataset, num_negatives
         self.labels = labels
         self.others = {int(c): np.flatnonzero(labels != c) for c in np.unique(labels)}
         if any(len(v) == 0 for v in self.others.values()):
-            raise ValueError("Expected at least two classes in the training set for CRD's negatives, but got one.")
+            raise InvalidArgumentError(
+                "Expected at least two classes in the training set for CRD's negatives, but got one."
+            )
         self._rng: np.random.Generator | None = None
         self._seed: int | None = None
 
@@ -60,9 +66,11 @@ class ContrastiveSampleDataset(Dataset):
 def check_negatives(value: Any, teacher_cache: Any = None) -> int | None:
     """``contrastive_negatives`` of a data module: ``None`` or a positive integer, not with a teacher cache."""
     if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-        raise ValueError(f"Expected `contrastive_negatives` to be a positive integer or None, but got {value!r}.")
+        raise InvalidArgumentError(
+            f"Expected `contrastive_negatives` to be a positive integer or None, but got {value!r}."
+        )
     if value is not None and teacher_cache is not None:
-        raise ValueError("Expected `contrastive_negatives` (CRD) or `teacher_cache`, but got both.")
+        raise InvalidArgumentError("Expected `contrastive_negatives` (CRD) or `teacher_cache`, but got both.")
     return value
 
 

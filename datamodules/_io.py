@@ -12,6 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from cmkd_lightning.errors import UsageError
+
 
 def loader_kwargs(batch_size: int, num_workers: int, pin_memory: bool | None) -> dict[str, Any]:
     """Keyword arguments common to every DataLoader of a datamodule.
@@ -44,7 +46,7 @@ class SplitLoaders:
 
     def _loader(self, dataset: Any, shuffle: bool) -> DataLoader:
         if dataset is None:
-            raise RuntimeError("Call `setup()` before requesting a dataloader.")
+            raise UsageError("Call `setup()` before requesting a dataloader.")
         return DataLoader(dataset, shuffle=shuffle, **loader_kwargs(self.batch_size, self.num_workers, self.pin_memory))
 
     def train_dataloader(self) -> DataLoader:

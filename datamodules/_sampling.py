@@ -7,6 +7,8 @@ from collections.abc import Iterator
 import torch
 from torch.utils.data import Sampler
 
+from cmkd_lightning.errors import InvalidArgumentError
+
 
 class EpochShuffleSampler(Sampler[int]):
     """Random permutation of ``range(num_samples)`` drawn from ``seed + epoch``.
@@ -44,7 +46,7 @@ class EpochShuffleSampler(Sampler[int]):
             (True, True)
         """
         if not isinstance(num_samples, int) or not 0 <= num_samples <= self.num_samples:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected `num_samples` to be an integer in [0, {self.num_samples}], but got {num_samples!r}."
             )
         self._skip = (epoch, num_samples)

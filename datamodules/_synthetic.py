@@ -9,6 +9,8 @@ import numpy as np
 from PIL import Image
 from torch.utils.data import Dataset
 
+from cmkd_lightning.errors import IndexOutOfRangeError
+
 
 class SyntheticImageDataset(Dataset):
     """Deterministic random ``uint8`` images as PIL images, passed through the real dataset's transform.
@@ -54,7 +56,7 @@ class SyntheticImageDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         if not 0 <= index < self.length:
-            raise IndexError(f"Expected an index in [0, {self.length}), but got {index}.")
+            raise IndexOutOfRangeError(f"Expected an index in [0, {self.length}), but got {index}.")
         rng = np.random.default_rng((self.seed, index))
         image = Image.fromarray(rng.integers(0, 256, self.shape, dtype=np.uint8))
         return (self.transform(image) if self.transform is not None else image), self.targets[index]

@@ -7,6 +7,7 @@ from pathlib import Path
 
 from torchvision.datasets import CIFAR10
 
+from cmkd_lightning.errors import InvalidArgumentError
 from datamodules._cifar import _CIFARDataModule, _SafeCIFARDataset, test_transform, train_transform
 from datamodules.cifar100c import CIFAR100CDataset
 
@@ -73,7 +74,7 @@ class CIFAR10CDataset(CIFAR100CDataset):
     def __init__(self, root: str | Path, corruption: str, severity: int, transform: Callable | None = None) -> None:
         super().__init__(root, corruption, severity, transform)
         if self.labels.max() >= 10:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected the labels in {self.root / 'labels.npy'} to lie in [0, 10) (CIFAR-10-C), but got values "
                 f"up to {self.labels.max()}."
             )

@@ -11,6 +11,13 @@ from lightning import LightningDataModule
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from cmkd_lightning.errors import (
+    ArgumentTypeError,
+    DataNotFoundError,
+    IndexOutOfRangeError,
+    InvalidArgumentError,
+    UsageError,
+)
 from cmkd_lightning.utilities.validation import check_bool, check_int, check_optional_bool, check_path
 from datamodules._io import loader_kwargs
 from datamodules.cifar100 import cifar100_test_transform
@@ -50,7 +57,7 @@ _HOW_TO_GET = (
 def check_corruption(corruption: Any, name: str = "corruption") -> str:
     """Return ``corruption`` if it names a CIFAR-100-C corruption, else raise listing the valid names."""
     if corruption not in _VALID:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `{name}` to be one of {', '.join(CIFAR100C_CORRUPTIONS)} (or the extra corruptions "
             f"{', '.join(CIFAR100C_EXTRA_CORRUPTIONS)}), but got {corruption!r}."
         )
@@ -59,11 +66,11 @@ def check_corruption(corruption: Any, name: str = "corruption") -> str:
 
 def _load_npy(path: Path) -> np.ndarray:
     if not path.is_file():
-        raise FileNotFoundError(f"CIFAR-100-C file {path} not found. {_HOW_TO_GET}")
+        raise DataNotFoundError(f"CIFAR-100-C file {path} not found. {_HOW_TO_GET}")
     try:
         return np.load(path, mmap_mode="r", allow_pickle=False)
     except (ValueError, OSError, EOFError) as err:
-        raise ValueError(f"Expected {path} to be a .npy array file, but reading it failed: {err}") from err
+        raise InvalidArgumentError(f"Expected {path} to be a .npy array file, but reading it failed: {err}") from err
 
 
 class CIFAR100CDataset(Dataset):
@@ -97,20 +104,20 @@ class CIFAR100CDataset(Dataset):
         self.path = self.root / f"{corruption}.npy"
         images = _load_npy(self.path)
         if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected {self.path} to be a uint8 array of shape (rows, 32, 32, 3), but got {images.dtype} "
                 f"of shape {images.shape}."
             )
         rows = images.shape[0]
         if rows == 0 or rows % _NUM_SEVERITIES:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected the number of rows of {self.path} to be a positive multiple of {_NUM_SEVERITIES} "
                 f"(one block per severity), but got {rows}."
             )
         labels_path = self.root / "labels.npy"
         labels = _load_npy(labels_path)
         if labels.shape != (rows,) or not np.issubdtype(labels.dtype, np.integer):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected {labels_path} to be an integer array of shape ({rows},) matching {self.path}, but got "
                 f"{labels.dtype} of shape {labels.shape}."
             )
@@ -118,7 +125,7 @@ class CIFAR100CDataset(Dataset):
         self.offset = (severity - 1) * self.block
         self.labels = np.array(labels[self.offset : self.offset + self.block], dtype=np.int64)
         if self.labels.min() < 0 or self.labels.max() >= 100:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected the labels in {labels_path} to lie in [0, 100), but got values in "
                 f"[{self.labels.min()}, {self.labels.max()}]."
             )
@@ -129,7 +136,7 @@ class CIFAR100CDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Any, int]:
         if not 0 <= index < self.block:
-            raise IndexError(f"Expected `index` to be in [0, {self.block}), but got {index}.")
+            raise IndexOutOfRangeError(f"Expected `index` to be in [0, {self.block}), but got {index}.")
         if self._images is None:  # first access in a worker process
             self._images = np.load(self.path, mmap_mode="r", allow_pickle=False)
         image = Image.fromarray(np.asarray(self._images[self.offset + index]))
@@ -145,26 +152,26 @@ class CIFAR100CDataset(Dataset):
 
 def _check_names(values: Any, name: str) -> list[str]:
     if isinstance(values, str) or not isinstance(values, Sequence):
-        raise TypeError(f"Expected `{name}` to be a list of corruption names, but got {values!r}.")
+        raise ArgumentTypeError(f"Expected `{name}` to be a list of corruption names, but got {values!r}.")
     if not values:
-        raise ValueError(f"Expected `{name}` to be a non-empty list, but got {list(values)}.")
+        raise InvalidArgumentError(f"Expected `{name}` to be a non-empty list, but got {list(values)}.")
     for value in values:
         check_corruption(value, name)
     if len(set(values)) != len(values):
-        raise ValueError(f"Expected `{name}` to hold no duplicates, but got {list(values)}.")
+        raise InvalidArgumentError(f"Expected `{name}` to hold no duplicates, but got {list(values)}.")
     return list(values)
 
 
 def _check_severities(values: Any) -> list[int]:
     if isinstance(values, str) or not isinstance(values, Sequence):
-        raise TypeError(f"Expected `severities` to be a list of ints in 1..5, but got {values!r}.")
+        raise ArgumentTypeError(f"Expected `severities` to be a list of ints in 1..5, but got {values!r}.")
     if not values:
-        raise ValueError(f"Expected `severities` to be a non-empty list, but got {list(values)}.")
+        raise InvalidArgumentError(f"Expected `severities` to be a non-empty list, but got {list(values)}.")
     for value in values:
         if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= _NUM_SEVERITIES:
-            raise ValueError(f"Expected `severities` to hold ints in 1..5, but got {list(values)}.")
+            raise InvalidArgumentError(f"Expected `severities` to hold ints in 1..5, but got {list(values)}.")
     if len(set(values)) != len(values):
-        raise ValueError(f"Expected `severities` to hold no duplicates, but got {list(values)}.")
+        raise InvalidArgumentError(f"Expected `severities` to hold no duplicates, but got {list(values)}.")
     return list(values)
 
 
@@ -235,7 +242,7 @@ class CIFAR100CDataModule(LightningDataModule):
         needed = [self.data_dir / f"{c}.npy" for c in self.corruptions] + [self.data_dir / "labels.npy"]
         missing = [str(path) for path in needed if not path.is_file()]
         if missing:
-            raise FileNotFoundError(f"CIFAR-100-C files not found: {', '.join(missing)}. {_HOW_TO_GET}")
+            raise DataNotFoundError(f"CIFAR-100-C files not found: {', '.join(missing)}. {_HOW_TO_GET}")
         transform = cifar100_test_transform()
         self.test_sets = [
             CIFAR100CDataset(self.data_dir, c, s, transform=transform)
@@ -246,7 +253,7 @@ class CIFAR100CDataModule(LightningDataModule):
     def test_dataloader(self) -> list[DataLoader]:
         """One loader per entry of :attr:`test_names`, in that order, unshuffled."""
         if not self.test_sets:
-            raise RuntimeError("Call `setup()` before requesting the test dataloaders.")
+            raise UsageError("Call `setup()` before requesting the test dataloaders.")
         kwargs = loader_kwargs(self.batch_size, self.num_workers, self.pin_memory)
         kwargs["persistent_workers"] = False  # each loader is read once; 75 kept-alive worker pools would pile up
         return [DataLoader(dataset, shuffle=False, **kwargs) for dataset in self.test_sets]

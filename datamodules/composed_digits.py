@@ -8,6 +8,7 @@ from lightning import LightningDataModule
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
+from cmkd_lightning.errors import InvalidArgumentError, UsageError
 from cmkd_lightning.utilities.optional import require
 from cmkd_lightning.utilities.validation import check_bool, check_fraction, check_int, check_optional_bool
 from datamodules._io import loader_kwargs
@@ -86,7 +87,7 @@ def split_source_pools(
         cuts = [0, *(min(int(round(b * len(ids))), len(ids)) for b in bounds)]
         for split, lo, hi, frac in zip(_SPLITS, cuts[:-1], cuts[1:], fractions):
             if hi <= lo:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"Expected `{split}_fraction` to leave at least one source image of every digit in the "
                     f"{split} pool, but got {frac} which leaves none of digit {digit} ({len(ids)} images)."
                 )
@@ -210,7 +211,7 @@ class ComposedDigitsDataModule(LightningDataModule):
             check_fraction(test_fraction, "test_fraction"),
         )
         if sum(fractions) > 1.0 + 1e-9:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "Expected `train_fraction`, `val_fraction` and `test_fraction` to sum to at most 1, but got "
                 f"{train_fraction} + {val_fraction} + {test_fraction} = {sum(fractions):g}."
             )
@@ -276,7 +277,7 @@ class ComposedDigitsDataModule(LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if split not in self.datasets:
-            raise RuntimeError(f"Call `setup()` before requesting the {split} dataloader.")
+            raise UsageError(f"Call `setup()` before requesting the {split} dataloader.")
         sampler = EpochShuffleSampler(len(self.datasets[split]), self.seed) if shuffle else None
         return DataLoader(
             self.datasets[split],

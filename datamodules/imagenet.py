@@ -11,6 +11,7 @@ from torchvision import transforms
 from torchvision.datasets import ImageFolder
 from torchvision.datasets.folder import IMG_EXTENSIONS
 
+from cmkd_lightning.errors import DataNotFoundError, InvalidArgumentError
 from cmkd_lightning.utilities.validation import check_bool, check_int, check_optional_bool, check_path
 from datamodules._contrastive import check_negatives, with_contrast
 from datamodules._io import SplitLoaders
@@ -53,10 +54,10 @@ def imagenet_eval_transform(image_size: int = 224, resize_size: int = 256) -> Ca
 
 def _class_folders(split_dir: Path) -> list[str]:
     if not split_dir.is_dir():
-        raise FileNotFoundError(f"ImageNet split folder {split_dir} does not exist. {_LAYOUT}")
+        raise DataNotFoundError(f"ImageNet split folder {split_dir} does not exist. {_LAYOUT}")
     classes = sorted(entry.name for entry in split_dir.iterdir() if entry.is_dir())
     if not classes:
-        raise FileNotFoundError(f"ImageNet split folder {split_dir} holds no class folders. {_LAYOUT}")
+        raise DataNotFoundError(f"ImageNet split folder {split_dir} holds no class folders. {_LAYOUT}")
     return classes
 
 
@@ -64,7 +65,7 @@ def _image_folder(split_dir: Path, transform: Callable) -> ImageFolder:
     try:
         return ImageFolder(str(split_dir), transform=transform)
     except FileNotFoundError as err:  # an empty class folder
-        raise FileNotFoundError(
+        raise DataNotFoundError(
             f"Expected every class folder in {split_dir} to hold at least one image with one of the extensions "
             f"{', '.join(IMG_EXTENSIONS)}, but torchvision reported: {err}"
         ) from err
@@ -129,7 +130,9 @@ class ImageNetDataModule(SplitLoaders, LightningDataModule):
         self.image_size = check_int(image_size, "image_size", minimum=1)
         self.resize_size = check_int(resize_size, "resize_size", minimum=1)
         if resize_size < image_size:
-            raise ValueError(f"Expected `resize_size` to be >= `image_size` = {image_size}, but got {resize_size}.")
+            raise InvalidArgumentError(
+                f"Expected `resize_size` to be >= `image_size` = {image_size}, but got {resize_size}."
+            )
         self.num_classes: int = check_int(num_classes, "num_classes", minimum=2)
         self.augment = check_bool(augment, "augment")
         self.synthetic = check_bool(synthetic, "synthetic")
@@ -142,7 +145,7 @@ class ImageNetDataModule(SplitLoaders, LightningDataModule):
     def _checked_classes(self, split: str) -> list[str]:
         classes = _class_folders(self.data_dir / split)
         if len(classes) != self.num_classes:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected `num_classes` = {self.num_classes} class folders in {self.data_dir / split}, but "
                 f"found {len(classes)}. Pass `num_classes={len(classes)}` for a subset of ImageNet."
             )
@@ -160,7 +163,7 @@ class ImageNetDataModule(SplitLoaders, LightningDataModule):
             if train_classes != val_classes:
                 only_train = sorted(set(train_classes) - set(val_classes))[:5]
                 only_val = sorted(set(val_classes) - set(train_classes))[:5]
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"Expected {self.data_dir / 'train'} and {self.data_dir / 'val'} to have the same class "
                     f"folders, but got {only_train} only in train and {only_val} only in val (first 5 shown)."
                 )

@@ -15,19 +15,23 @@ from torch import Tensor, nn
 from torchmetrics import Metric
 from typing_extensions import override
 
+from cmkd_lightning.errors import ArgumentTypeError
+
 
 def batch_inputs(batch: Any) -> Tensor:
     """The input tensor ``x`` of a ``(x, y, ...)`` batch (or of a bare tensor batch)."""
     x = batch[0] if isinstance(batch, (list, tuple)) else batch
     if not isinstance(x, Tensor):
-        raise TypeError(f"Expected the batch to be `(x, y)` with a tensor `x`, but got {type(x).__name__}.")
+        raise ArgumentTypeError(f"Expected the batch to be `(x, y)` with a tensor `x`, but got {type(x).__name__}.")
     return x
 
 
 def batch_targets(batch: Any) -> Tensor:
     """The targets ``y`` of a ``(x, y, ...)`` batch."""
     if not isinstance(batch, (list, tuple)) or len(batch) < 2 or not isinstance(batch[1], Tensor):
-        raise TypeError(f"Expected the batch to be `(x, y)` with tensor targets `y`, but got {type(batch).__name__}.")
+        raise ArgumentTypeError(
+            f"Expected the batch to be `(x, y)` with tensor targets `y`, but got {type(batch).__name__}."
+        )
     return batch[1]
 
 

@@ -26,7 +26,7 @@ from torch import Tensor
 from typing_extensions import override
 
 from cmkd_lightning.callbacks._figures import running_epoch
-from cmkd_lightning.errors import CMKDError
+from cmkd_lightning.errors import ArgumentTypeError, CMKDError
 
 __all__ = ["CheckpointGuard", "CheckpointWriteError", "NonFiniteCheckpointError", "VerifiedCheckpointIO"]
 
@@ -85,7 +85,7 @@ class VerifiedCheckpointIO(TorchCheckpointIO):
         self, checkpoint: dict[str, Any], path: str | os.PathLike[str], storage_options: Any | None = None
     ) -> None:
         if storage_options is not None:
-            raise TypeError(
+            raise ArgumentTypeError(
                 "Expected `storage_options` to be None for VerifiedCheckpointIO, but got "
                 f"{type(storage_options).__name__}."
             )

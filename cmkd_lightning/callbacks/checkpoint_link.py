@@ -12,7 +12,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.utilities import rank_zero_info
 from typing_extensions import override
 
-from cmkd_lightning.errors import OutputExistsError
+from cmkd_lightning.errors import ArgumentTypeError, InvalidArgumentError, OutputExistsError
 from cmkd_lightning.utilities.validation import check_path, check_str
 
 __all__ = ["PublishCheckpoint", "point_link"]
@@ -75,9 +75,9 @@ class PublishCheckpoint(Callback):
         self.link = check_path(link, "link")
         self.which = check_str(which, "which")
         if self.which not in ("last", "best"):
-            raise ValueError(f"Expected `which` to be 'last' or 'best', but got {which!r}.")
+            raise InvalidArgumentError(f"Expected `which` to be 'last' or 'best', but got {which!r}.")
         if not isinstance(overwrite, bool):
-            raise TypeError(f"Expected `overwrite` to be a bool, but got {type(overwrite).__name__}.")
+            raise ArgumentTypeError(f"Expected `overwrite` to be a bool, but got {type(overwrite).__name__}.")
         self.overwrite = overwrite
 
     @override

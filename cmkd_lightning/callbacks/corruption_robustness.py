@@ -19,6 +19,7 @@ from typing_extensions import override
 
 from cmkd_lightning.callbacks._capture import StepLogitsCallback, batch_targets, has_teacher
 from cmkd_lightning.callbacks._figures import epoch_number, run_directory
+from cmkd_lightning.errors import ArgumentTypeError, InvalidArgumentError
 from cmkd_lightning.utilities.validation import (
     check_bool,
     check_filename,
@@ -40,17 +41,19 @@ _EXPECTED = (
 def _parse_names(names: Any) -> list[tuple[str, int]]:
     """``"<corruption>/s<severity>"`` names -> ``(corruption, severity)`` pairs, in order."""
     if isinstance(names, str) or not isinstance(names, Sequence) or not names:
-        raise ValueError(f"Expected `data` to name at least one '<corruption>/s<severity>' set, but got {names!r}.")
+        raise InvalidArgumentError(
+            f"Expected `data` to name at least one '<corruption>/s<severity>' set, but got {names!r}."
+        )
     pairs = []
     for name in names:
         match = _NAME.match(name) if isinstance(name, str) else None
         if match is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected `data` to name its sets '<corruption>/s<severity>' (e.g. 'fog/s3'), but got {name!r}."
             )
         pairs.append((match["corruption"], int(match["severity"])))
     if len(set(pairs)) != len(pairs):
-        raise ValueError(f"Expected `data` to name each set once, but got {list(names)}.")
+        raise InvalidArgumentError(f"Expected `data` to name each set once, but got {list(names)}.")
     return pairs
 
 
@@ -155,23 +158,23 @@ class CorruptionRobustness(StepLogitsCallback):
         super().__init__()
         if isinstance(data, LightningDataModule):
             if not hasattr(data, "test_names"):
-                raise TypeError(
+                raise ArgumentTypeError(
                     f"Expected `data` to be {_EXPECTED}, but got {type(data).__name__} without `test_names`."
                 )
             names = list(data.test_names)
         elif isinstance(data, Mapping):
             if not all(_is_dataset(value) for value in data.values()):
-                raise TypeError(f"Expected `data` to be {_EXPECTED}, but a value is not a map-style dataset.")
+                raise ArgumentTypeError(f"Expected `data` to be {_EXPECTED}, but a value is not a map-style dataset.")
             names = list(data)
         else:
-            raise TypeError(f"Expected `data` to be {_EXPECTED}, but got {type(data).__name__}.")
+            raise ArgumentTypeError(f"Expected `data` to be {_EXPECTED}, but got {type(data).__name__}.")
         self.data = data
         self._keys = _parse_names(names)
         self.corruptions = tuple(dict.fromkeys(c for c, _ in self._keys))
         self.severities = tuple(sorted({s for _, s in self._keys}))
         self.evaluate_teacher = check_bool(evaluate_teacher, "evaluate_teacher")
         if clean_dataset is not None and not _is_dataset(clean_dataset):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"Expected `clean_dataset` to be a map-style torch Dataset or None, but got "
                 f"{type(clean_dataset).__name__}."
             )
@@ -210,7 +213,7 @@ class CorruptionRobustness(StepLogitsCallback):
             loaders = self.data.test_dataloader()
             loaders = list(loaders) if isinstance(loaders, (list, tuple)) else [loaders]
             if len(loaders) != len(self._keys):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"Expected the data module to return {len(self._keys)} test dataloaders (one per `test_names`), "
                     f"but got {len(loaders)}."
                 )

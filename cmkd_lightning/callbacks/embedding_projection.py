@@ -18,6 +18,7 @@ from torch.utils.data import DataLoader, Dataset, Subset, TensorDataset
 from typing_extensions import override
 
 from cmkd_lightning.callbacks._figures import describe_method, log_image_file, run_directory, save_figure
+from cmkd_lightning.errors import ArgumentTypeError, InvalidArgumentError
 from cmkd_lightning.models import extract_features
 from cmkd_lightning.utilities.optional import require
 from cmkd_lightning.utilities.validation import (
@@ -227,7 +228,7 @@ class EmbeddingProjection(Callback):
     ) -> None:
         self.num_samples = check_positive_int(num_samples, "num_samples")
         if num_samples < 5:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected `num_samples` to be an int >= 5 (t-SNE needs a few points), but got {num_samples}."
             )
         self.max_classes = check_optional_positive_int(max_classes, "max_classes")
@@ -239,7 +240,7 @@ class EmbeddingProjection(Callback):
         self.num_workers = check_non_negative_int(num_workers, "num_workers")
         self.num_threads = check_optional_positive_int(num_threads, "num_threads")
         if dataset is not None and not (hasattr(dataset, "__getitem__") and hasattr(dataset, "__len__")):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"Expected `dataset` to be a map-style torch Dataset or None, but got {type(dataset).__name__}."
             )
         self.dataset = dataset

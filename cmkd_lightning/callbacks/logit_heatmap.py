@@ -22,6 +22,7 @@ from cmkd_lightning.callbacks._figures import (
     run_directory,
     save_figure,
 )
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.metrics.class_gap import (
     DKD_MAX_DIFF,
     GAP_MATRICES,
@@ -199,7 +200,9 @@ class LogitCorrelationHeatmap(StepLogitsCallback):
         super().__init__()
         self.every_n_epochs = check_positive_int(every_n_epochs, "every_n_epochs")
         if matrix not in GAP_MATRICES:
-            raise ValueError(f"Expected `matrix` to be 'logit_difference' or 'correlation_gap', but got {matrix!r}.")
+            raise InvalidArgumentError(
+                f"Expected `matrix` to be 'logit_difference' or 'correlation_gap', but got {matrix!r}."
+            )
         self.matrix = matrix
         if vmax is None:
             vmax = DKD_MAX_DIFF if matrix == "logit_difference" else 1.0

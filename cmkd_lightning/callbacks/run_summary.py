@@ -15,6 +15,8 @@ from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.trainer.states import TrainerFn
 from typing_extensions import override
 
+from cmkd_lightning.errors import ArgumentTypeError
+
 _ACCURACY_KEYS = ("acc_top1", "acc_top5", "teacher_acc_top1", "teacher_acc_top5", "acc_top1_best")
 _SKIP_KEYS = {"loss_step", "lr"}
 
@@ -62,7 +64,7 @@ class RunSummary(Callback):
 
     def __init__(self, epoch_lines: bool | None = None, stream: TextIO | None = None) -> None:
         if epoch_lines is not None and not isinstance(epoch_lines, bool):
-            raise TypeError(f"Expected `epoch_lines` to be a bool or None, but got {epoch_lines!r}.")
+            raise ArgumentTypeError(f"Expected `epoch_lines` to be a bool or None, but got {epoch_lines!r}.")
         self.epoch_lines = epoch_lines
         self.stream = stream
         self.summary: dict[str, Any] = {}

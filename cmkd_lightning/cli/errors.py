@@ -28,7 +28,6 @@ _NOISE = (
     "Not a valid subclass of",
     "Subclass types expect one of",
 )
-_PACKAGES = ("cmkd_lightning", "datamodules")
 _SUBCLASS_HELP = ("a class path (str)", "a dict with", "a dict without")
 
 
@@ -55,29 +54,40 @@ def _chain(error: BaseException) -> list[BaseException]:
         seen.add(id(nxt))
 
 
-def _raised_by_project(error: BaseException) -> bool:
-    """Whether the innermost frame of ``error`` is in this repository's packages (its own, precise messages)."""
-    tb = error.__traceback__
-    if tb is None:
-        return False
-    while tb.tb_next is not None:
-        tb = tb.tb_next
-    path = tb.tb_frame.f_code.co_filename.replace(os.sep, "/")
-    return any(f"/{package}/" in path for package in _PACKAGES) and "/site-packages/" not in path
+def _classes_in(config: Any, prefix: str = "") -> list[tuple[str, type]]:
+    """``(dotted key, class)`` for every ``class_path`` of a plain-dict config, outermost first."""
+    found: list[tuple[str, type]] = []
+    if isinstance(config, dict):
+        cls = _resolve(config["class_path"]) if isinstance(config.get("class_path"), str) else None
+        if isinstance(cls, type):
+            found.append((prefix, cls))
+        for key, value in config.items():
+            found += _classes_in(value, f"{prefix}.{key}" if prefix else str(key))
+    elif isinstance(config, list):
+        for i, value in enumerate(config):
+            found += _classes_in(value, f"{prefix}[{i}]")
+    return found
 
 
-def _built_class(chain: list[BaseException]) -> type | None:
-    """The innermost class LightningCLI's instantiator was calling when the error was raised."""
-    for error in reversed(chain):
+def _built_class(chain: list[BaseException], config: Any) -> tuple[str, type, BaseException] | None:
+    """The config's class whose ``__init__`` raised, and the error raised there.
+
+    The innermost traceback frame running the ``__init__`` of a class the config names (by ``class_path``) decides:
+    only the traceback's code objects are compared with those classes, nothing of jsonargparse's.
+    """
+    inits: dict[Any, tuple[str, type]] = {}
+    for key, cls in _classes_in(config):
+        code = getattr(getattr(cls, "__init__", None), "__code__", None)
+        if code is not None:
+            inits.setdefault(code, (key, cls))
+    for error in reversed(chain):  # the innermost error first
         found = None
         tb = error.__traceback__
         while tb is not None:
-            cls = tb.tb_frame.f_locals.get("class_type")
-            if isinstance(cls, type) and tb.tb_frame.f_code.co_name == "__call__":
-                found = cls
+            found = inits.get(tb.tb_frame.f_code, found)
             tb = tb.tb_next
         if found is not None:
-            return found
+            return (*found, error)
     return None
 
 
@@ -89,33 +99,16 @@ def _resolve(class_path: str) -> Any:
         return None
 
 
-def _config_key(config: Any, cls: type, prefix: str = "") -> str | None:
-    """The dotted key (``model.init_args.losses[0]``) whose ``class_path`` names ``cls`` in a plain-dict config."""
-    if isinstance(config, dict):
-        class_path = config.get("class_path")
-        if isinstance(class_path, str) and _resolve(class_path) is cls:
-            return prefix or None
-        for key, value in config.items():
-            found = _config_key(value, cls, f"{prefix}.{key}" if prefix else str(key))
-            if found:
-                return found
-    elif isinstance(config, list):
-        for i, value in enumerate(config):
-            found = _config_key(value, cls, f"{prefix}[{i}]")
-            if found:
-                return found
-    return None
-
-
 def describe_build_error(error: BaseException, config: Any, config_files: list[str]) -> BuildError:
     """A :class:`BuildError` naming the class, its config key and the config files, ending with the root message."""
     chain = _chain(error)
-    root = next((e for e in reversed(chain) if isinstance(e, CMKDError) and not isinstance(e, BuildError)), None)
-    root = root or next((e for e in reversed(chain) if _raised_by_project(e)), chain[-1])
-    cls = _built_class(chain)
+    built = _built_class(chain, config)
+    own = next((e for e in reversed(chain) if isinstance(e, CMKDError) and not isinstance(e, BuildError)), None)
+    # the library's own error by its type; else the error raised in the failing class's __init__; else the innermost
+    root = own or (built[2] if built is not None else chain[-1])
     where = "the model and data"
-    if cls is not None:
-        key = _config_key(config, cls)
+    if built is not None:
+        key, cls, _ = built
         where = f"`{key}` ({cls.__module__}.{cls.__qualname__})" if key else f"{cls.__module__}.{cls.__qualname__}"
     files = f" from {', '.join(config_files)}" if config_files else ""
     message = " ".join(str(root).split()) or "(no message)"

@@ -31,6 +31,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from cmkd_lightning.errors import DataNotFoundError
 from cmkd_lightning.experiments.methods import (
     BUILTIN_METHODS,
     Method,
@@ -377,7 +378,7 @@ def summarize_recorded(
     out = Path(out)
     path = out / "runs.jsonl"
     if not path.is_file():
-        raise FileNotFoundError(f"Expected recorded runs in {path}, but it does not exist.")
+        raise DataNotFoundError(f"Expected recorded runs in {path}, but it does not exist.")
     chosen: dict[tuple[str, int], dict[str, Any]] = {}
     for entry in read_runs(path):
         row = entry["row"]

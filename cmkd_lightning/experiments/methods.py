@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from cmkd_lightning.errors import ConfigFileNotFoundError
 from cmkd_lightning.losses import CMKDLoss, DISTLoss, KDLoss, ReviewKDLoss
 from cmkd_lightning.losses.base import DistillationLoss
 
@@ -137,7 +138,7 @@ def method_from_config(path: str | Path) -> Method:
 
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(
+        raise ConfigFileNotFoundError(
             f"Expected `methods` entries to be built-in names or config files, but {path} is neither."
         )
     config = yaml.safe_load(path.read_text()) or {}

@@ -53,6 +53,9 @@ from typing import Any
 
 import yaml
 
+from cmkd_lightning.errors import ConfigFileNotFoundError, InvalidArgumentError, UnknownKeyError
+from cmkd_lightning.utilities.optional import MissingExtraError
+
 _PARAM_TYPES = ("categorical", "int", "float")
 _SAMPLERS = ("tpe", "random", "grid")
 _PRUNERS = ("median", "none")
@@ -96,7 +99,7 @@ def _require_optuna(integration: bool = False) -> Any:
         if integration:  # imports Lightning: only where trials run
             from optuna_integration import PyTorchLightningPruningCallback  # noqa: F401
     except ImportError as err:  # pragma: no cover - exercised only without the extra
-        raise ImportError(
+        raise MissingExtraError(
             f"cmkd-sweep needs Optuna and its Lightning integration ({err.name} is missing): "
             "pip install 'cmkd-lightning[sweep]'"
         ) from err
@@ -108,7 +111,7 @@ def _load_yaml(source: str | Path | Mapping[str, Any], what: str) -> dict[str, A
         return copy.deepcopy(dict(source))
     path = Path(source)
     if not path.is_file():
-        raise FileNotFoundError(f"Expected `{what}` to be a YAML file, but {str(path)!r} does not exist.")
+        raise ConfigFileNotFoundError(f"Expected `{what}` to be a YAML file, but {str(path)!r} does not exist.")
     try:
         loaded = yaml.safe_load(path.read_text())
     except yaml.YAMLError as err:
@@ -137,7 +140,9 @@ def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
     for i, part in enumerate(parts[:-1]):
         if isinstance(node, list):
             if not part.isdigit() or int(part) >= len(node):
-                raise KeyError(f"Expected `{key}` to index an existing list item at {'.'.join(parts[: i + 1])!r}.")
+                raise UnknownKeyError(
+                    f"Expected `{key}` to index an existing list item at {'.'.join(parts[: i + 1])!r}."
+                )
             node = node[int(part)]
         else:
             if node.get(part) is None:
@@ -146,7 +151,9 @@ def set_dotted(config: dict[str, Any], key: str, value: Any) -> None:
     last = parts[-1]
     if isinstance(node, list):
         if not last.isdigit() or int(last) >= len(node):
-            raise KeyError(f"Expected `{key}` to index an existing list item, but the list has {len(node)} items.")
+            raise UnknownKeyError(
+                f"Expected `{key}` to index an existing list item, but the list has {len(node)} items."
+            )
         node[int(last)] = value
     else:
         node[last] = value
@@ -585,7 +592,7 @@ def run_sweep(
     from sqlalchemy.engine import make_url
 
     if isinstance(trials, bool) or not isinstance(trials, int) or trials < 1:
-        raise ValueError(f"Expected `trials` to be an integer >= 1, but got {trials!r}.")
+        raise InvalidArgumentError(f"Expected `trials` to be an integer >= 1, but got {trials!r}.")
     base = _load_yaml(config, "config")
     spec = _load_yaml(space, "space")
     params = _check_space(spec, "the space" if isinstance(space, Mapping) else f"space file {space}")
@@ -770,11 +777,11 @@ def _parse_overrides(extra: Sequence[str]) -> dict[str, Any]:
     while i < len(items):
         item = items[i]
         if not item.startswith("--"):
-            raise ValueError(f"Expected config overrides of the form --key=value, but got {item!r}.")
+            raise InvalidArgumentError(f"Expected config overrides of the form --key=value, but got {item!r}.")
         key, sep, value = item[2:].partition("=")
         if not sep:
             if i + 1 >= len(items):
-                raise ValueError(f"Expected a value after {item!r}.")
+                raise InvalidArgumentError(f"Expected a value after {item!r}.")
             i += 1
             value = items[i]
         overrides[key] = yaml.safe_load(value)

@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.functional.correlation import _pearson_corr
 from cmkd_lightning.functional.rank import rank
 from cmkd_lightning.functional.soft_rank import soft_rank
@@ -78,16 +79,16 @@ def resolve_preset(preset: str, **settings: object) -> dict[str, object]:
         {'pearson_scale': 2.0, 'entropy_source': 'teacher', 'temperature_units': 'zscore'}
     """
     if preset not in CMKD_PRESETS:
-        raise ValueError(f"Expected `preset` to be one of {tuple(CMKD_PRESETS)}, but got {preset!r}.")
+        raise InvalidArgumentError(f"Expected `preset` to be one of {tuple(CMKD_PRESETS)}, but got {preset!r}.")
     unknown = sorted(set(settings) - set(CMKD_PRESETS[preset]))
     if unknown:
-        raise ValueError(f"Expected preset settings among {sorted(CMKD_PRESETS[preset])}, but got {unknown}.")
+        raise InvalidArgumentError(f"Expected preset settings among {sorted(CMKD_PRESETS[preset])}, but got {unknown}.")
     resolved = dict(CMKD_PRESETS[preset])
     for key, value in settings.items():
         if value is None:
             continue
         if preset == "paper" and value != resolved[key]:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected `{key}` to be {resolved[key]!r} or None with preset='paper' (Eq. 16 as written), but "
                 f"got {value!r}; use preset='library' to change it."
             )
@@ -98,7 +99,7 @@ def resolve_preset(preset: str, **settings: object) -> dict[str, object]:
 def check_temperature_units(temperature_units: str) -> None:
     """Raise a ``ValueError`` unless ``temperature_units`` is ``"zscore"`` or ``"logits"``."""
     if temperature_units not in _TEMPERATURE_UNITS:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `temperature_units` to be one of {_TEMPERATURE_UNITS}, but got {temperature_units!r}."
         )
 
@@ -120,7 +121,9 @@ def temperature_factor(teacher_logits: Tensor, temperature_units: str, zscore: b
 def check_entropy_source(entropy_source: str) -> None:
     """Raise a ``ValueError`` unless ``entropy_source`` is ``"loss"`` or ``"teacher"``."""
     if entropy_source not in _ENTROPY_SOURCES:
-        raise ValueError(f"Expected `entropy_source` to be one of {_ENTROPY_SOURCES}, but got {entropy_source!r}.")
+        raise InvalidArgumentError(
+            f"Expected `entropy_source` to be one of {_ENTROPY_SOURCES}, but got {entropy_source!r}."
+        )
 
 
 def check_cmkd_args(
@@ -187,9 +190,13 @@ def resolve_scale(scale: CMKDScale, num_classes: int) -> float:
             return math.sqrt(num_classes)
         if scale == "paper":
             return 1.0
-        raise ValueError(f"Expected `pearson_scale` to be one of {_SCALES} or a number > 0, but got {scale!r}.")
+        raise InvalidArgumentError(
+            f"Expected `pearson_scale` to be one of {_SCALES} or a number > 0, but got {scale!r}."
+        )
     if isinstance(scale, bool) or not isinstance(scale, (int, float)) or not 0 < scale < float("inf"):
-        raise ValueError(f"Expected `pearson_scale` to be one of {_SCALES} or a finite number > 0, but got {scale!r}.")
+        raise InvalidArgumentError(
+            f"Expected `pearson_scale` to be one of {_SCALES} or a finite number > 0, but got {scale!r}."
+        )
     return float(scale)
 
 

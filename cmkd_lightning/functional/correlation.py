@@ -7,6 +7,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from cmkd_lightning.errors import ArgumentTypeError, InvalidArgumentError
 from cmkd_lightning.functional.rank import rank
 from cmkd_lightning.functional.soft_rank import soft_rank
 from cmkd_lightning.utilities.validation import check_positive
@@ -15,13 +16,15 @@ from cmkd_lightning.utilities.validation import check_positive
 def _check_same_2d(x: Tensor, y: Tensor, names: tuple[str, str]) -> None:
     for t, name in zip((x, y), names):
         if not isinstance(t, Tensor):
-            raise TypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(t).__name__}.")
+            raise ArgumentTypeError(f"Expected `{name}` to be a torch.Tensor, but got {type(t).__name__}.")
         if not t.is_floating_point():
-            raise TypeError(f"Expected `{name}` to be a floating-point tensor, but got dtype {t.dtype}.")
+            raise ArgumentTypeError(f"Expected `{name}` to be a floating-point tensor, but got dtype {t.dtype}.")
         if t.ndim != 2:
-            raise ValueError(f"Expected `{name}` to be 2-D with shape (N, C), but got shape {tuple(t.shape)}.")
+            raise InvalidArgumentError(
+                f"Expected `{name}` to be 2-D with shape (N, C), but got shape {tuple(t.shape)}."
+            )
     if x.shape != y.shape:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `{names[0]}` and `{names[1]}` to have the same shape, but got "
             f"{tuple(x.shape)} and {tuple(y.shape)}."
         )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.functional._features import check_feature
 
 
@@ -35,7 +36,7 @@ def crd_nce_loss(scores: Tensor, num_samples: int, *, eps: float = 1e-7) -> Tens
     """
     check_feature(scores, "scores", ndim=2)
     if scores.shape[1] < 2:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `scores` to hold a positive and >= 1 negative per row, but got {tuple(scores.shape)}."
         )
     k = scores.shape[1] - 1

@@ -6,6 +6,7 @@ from typing import Literal
 
 from torch import Tensor
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.functional.correlation import _pearson_corr
 from cmkd_lightning.utilities.validation import check_non_negative, check_pair, check_positive, check_result, upcast
 
@@ -65,7 +66,7 @@ def dist_loss(
         check_non_negative(beta, "beta")
         check_non_negative(gamma, "gamma")
     if reduction != "mean":
-        raise ValueError(
+        raise InvalidArgumentError(
             "Expected `reduction` to be 'mean' for DIST (its intra-class term is a batch statistic), "
             f"but got {reduction!r}."
         )

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 from torch.nn import functional as F
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.functional._features import check_feature
 
 
@@ -34,7 +35,7 @@ def fitnet_loss(student_hint: Tensor, teacher_hint: Tensor) -> Tensor:
     check_feature(student_hint, "student_hint")
     check_feature(teacher_hint, "teacher_hint")
     if student_hint.shape != teacher_hint.shape:
-        raise ValueError(
+        raise InvalidArgumentError(
             "Expected `student_hint` and `teacher_hint` to have the same shape, but got "
             f"{tuple(student_hint.shape)} and {tuple(teacher_hint.shape)}."
         )

@@ -6,6 +6,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.utilities.validation import (
     Reduction,
     check_non_negative,
@@ -122,12 +123,14 @@ def _class_indices(targets: Tensor | None, logits: Tensor, validate_args: bool) 
     if not (isinstance(targets, Tensor) and targets.is_floating_point() and targets.ndim == 2):
         return check_targets(targets, logits, validate_args=validate_args)
     if targets.shape != logits.shape:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected soft `targets` to have the shape of the logits {tuple(logits.shape)}, but got "
             f"{tuple(targets.shape)}."
         )
     if validate_args and not bool((torch.isfinite(targets) & (targets >= 0)).all()):
-        raise ValueError("Expected soft `targets` to be finite and >= 0, but got NaN, Inf or negative entries.")
+        raise InvalidArgumentError(
+            "Expected soft `targets` to be finite and >= 0, but got NaN, Inf or negative entries."
+        )
     return targets.argmax(dim=-1)
 
 

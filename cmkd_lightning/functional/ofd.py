@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.functional._features import check_feature_lists
 
 
@@ -94,12 +95,14 @@ def ofd_loss(
     """
     check_feature_lists(student_features, teacher_features, ndim=4)
     if len(margins) != len(student_features):
-        raise ValueError(f"Expected one margin per stage ({len(student_features)}), but got {len(margins)} margins.")
+        raise InvalidArgumentError(
+            f"Expected one margin per stage ({len(student_features)}), but got {len(margins)} margins."
+        )
     n = len(student_features)
     total = None
     for i, (fs, ft, margin) in enumerate(zip(student_features, teacher_features, margins, strict=True)):
         if fs.shape[1] != ft.shape[1] or margin.shape != (fs.shape[1],):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected stage {i}'s student feature, teacher feature and margin to have the same channels, "
                 f"but got {fs.shape[1]}, {ft.shape[1]} and margin shape {tuple(margin.shape)}."
             )

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from cmkd_lightning.errors import InvalidArgumentError
+
 
 def rank(x: Tensor) -> Tensor:
     r"""Ascending ranks ``1..C`` of every row of ``x``; tied values share their average rank.
@@ -23,7 +25,7 @@ def rank(x: Tensor) -> Tensor:
         tensor([[3.5000, 1.0000, 3.5000, 2.0000]])
     """
     if x.ndim != 2:
-        raise ValueError(f"Expected `x` to be 2-D with shape (N, C), but got shape {tuple(x.shape)}.")
+        raise InvalidArgumentError(f"Expected `x` to be 2-D with shape (N, C), but got shape {tuple(x.shape)}.")
     out_dtype = x.dtype if x.is_floating_point() else torch.float32
     with torch.no_grad():
         n, c = x.shape

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor
 from torch.nn import functional as F
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.functional._features import check_feature_lists
 
 
@@ -40,7 +41,7 @@ def hcl_loss(student_features: Sequence[Tensor], teacher_features: Sequence[Tens
     total = None
     for i, (fs, ft) in enumerate(zip(student_features, teacher_features, strict=True)):
         if fs.shape != ft.shape:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected the student's and teacher's level-{i} features to have the same shape, but got "
                 f"{tuple(fs.shape)} and {tuple(ft.shape)}."
             )

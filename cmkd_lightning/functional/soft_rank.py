@@ -16,6 +16,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from cmkd_lightning.errors import ArgumentTypeError, InvalidArgumentError
+from cmkd_lightning.utilities.optional import MissingExtraError
 from cmkd_lightning.utilities.validation import check_positive
 
 SoftRankBackend = Literal["auto", "torch", "torchsort"]
@@ -131,11 +133,11 @@ def soft_rank(
         check_positive(regularization_strength, "regularization_strength")
         if values.numel() and not bool(torch.isfinite(values).all()):
             bad = int((~torch.isfinite(values)).sum())
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected `values` to be finite, but got {bad} NaN/Inf entries (soft ranks of NaN are undefined)."
             )
     if backend not in _BACKENDS:
-        raise ValueError(f"Expected `backend` to be one of {_BACKENDS}, but got {backend!r}.")
+        raise InvalidArgumentError(f"Expected `backend` to be one of {_BACKENDS}, but got {backend!r}.")
     eps = float(regularization_strength)
     if backend == "auto":
         backend = "torchsort" if _torchsort_supports(values) else "torch"
@@ -401,11 +403,11 @@ def _decision_dtype(device: torch.device) -> torch.dtype:
 
 def _check_values(values: Tensor) -> None:
     if not isinstance(values, Tensor):
-        raise TypeError(f"Expected `values` to be a torch.Tensor, but got {type(values).__name__}.")
+        raise ArgumentTypeError(f"Expected `values` to be a torch.Tensor, but got {type(values).__name__}.")
     if not values.is_floating_point():
-        raise TypeError(f"Expected `values` to be a floating-point tensor, but got dtype {values.dtype}.")
+        raise ArgumentTypeError(f"Expected `values` to be a floating-point tensor, but got dtype {values.dtype}.")
     if values.ndim != 2:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `values` to be 2-D with shape (N, n), but got {values.ndim}-D shape {tuple(values.shape)}."
         )
 
@@ -418,7 +420,7 @@ def _import_torchsort(required: bool) -> ModuleType | None:
         except ImportError:
             _torchsort_missing = True
     if _torchsort is None and required:
-        raise ImportError(
+        raise MissingExtraError(
             "soft_rank(backend='torchsort') needs the torchsort package, which is not installed. Install it "
             "after torch with `pip install --no-build-isolation torchsort`, or use backend='torch' (pure "
             "PyTorch, same results)."

@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from typing_extensions import override
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.functional.at import at_loss
 from cmkd_lightning.losses.feature import FeatureDistillationLoss
 from cmkd_lightning.utilities.validation import check_positive
@@ -49,7 +50,7 @@ class ATLoss(FeatureDistillationLoss):
     @override
     def build_connectors(self, student_shapes, teacher_shapes, student, teacher) -> None:  # type: ignore[no-untyped-def]
         if len(student_shapes) != len(teacher_shapes):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected as many student as teacher features for AT, but got {len(student_shapes)} and "
                 f"{len(teacher_shapes)}: pass `student_layers` / `teacher_layers`."
             )

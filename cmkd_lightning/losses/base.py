@@ -10,6 +10,8 @@ from typing import Any, ClassVar
 from torch import Tensor, nn
 from typing_extensions import override
 
+from cmkd_lightning.errors import InvalidArgumentError
+
 
 class DistillationLoss(nn.Module, ABC):
     """Base class of the distillation losses.
@@ -48,7 +50,7 @@ class DistillationLoss(nn.Module, ABC):
     def __init__(self, warmup_epochs: int = 0) -> None:
         super().__init__()
         if isinstance(warmup_epochs, bool) or not isinstance(warmup_epochs, int) or warmup_epochs < 0:
-            raise ValueError(f"Expected `warmup_epochs` to be an integer >= 0, but got {warmup_epochs!r}.")
+            raise InvalidArgumentError(f"Expected `warmup_epochs` to be an integer >= 0, but got {warmup_epochs!r}.")
         self.warmup_epochs = warmup_epochs
 
     def warmup_factor(self, epoch: int) -> float:

@@ -10,6 +10,7 @@ import torch.distributed as dist
 from torch import Tensor
 from typing_extensions import override
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.functional.cmkd import (
     CMKDPreset,
     CMKDScale,
@@ -129,7 +130,9 @@ class CMKDLoss(DistillationLoss):
         check_entropy_source(entropy_source)
         check_temperature_units(temperature_units)
         if rank_backend not in _RANK_BACKENDS:
-            raise ValueError(f"Expected `rank_backend` to be one of {_RANK_BACKENDS}, but got {rank_backend!r}.")
+            raise InvalidArgumentError(
+                f"Expected `rank_backend` to be one of {_RANK_BACKENDS}, but got {rank_backend!r}."
+            )
         if spearman and not zscore:
             warnings.warn(
                 "CMKDLoss(spearman=True, zscore=False): the Spearman term on un-normalised logits rewards "
@@ -150,9 +153,9 @@ class CMKDLoss(DistillationLoss):
         self.eps = eps
         self.rank_backend = rank_backend
         if fused not in (True, False, "auto"):
-            raise ValueError(f"Expected `fused` to be True, False or 'auto', but got {fused!r}.")
+            raise InvalidArgumentError(f"Expected `fused` to be True, False or 'auto', but got {fused!r}.")
         if fused is True and temperature_units != "zscore":
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected `fused` to be False or 'auto' with temperature_units={temperature_units!r} (the fused "
                 "kernels divide the z-scored logits by T), but got True."
             )

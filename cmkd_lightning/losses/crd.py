@@ -9,6 +9,7 @@ import torch
 from torch import Tensor, nn
 from typing_extensions import override
 
+from cmkd_lightning.errors import InvalidArgumentError, UsageError
 from cmkd_lightning.functional.crd import crd_nce_loss
 from cmkd_lightning.losses.feature import FeatureDistillationLoss
 from cmkd_lightning.utilities.validation import check_positive
@@ -84,11 +85,11 @@ class CRDLoss(FeatureDistillationLoss):
             ("num_negatives", num_negatives),
         ):
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"Expected `{name}` to be a positive integer, but got {value!r}.")
+                raise InvalidArgumentError(f"Expected `{name}` to be a positive integer, but got {value!r}.")
         check_positive(temperature, "temperature")
         check_positive(eps, "eps")
         if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"Expected `momentum` to be in [0, 1), but got {momentum!r}.")
+            raise InvalidArgumentError(f"Expected `momentum` to be in [0, 1), but got {momentum!r}.")
         self.num_samples, self.feature_dim, self.num_negatives = num_samples, feature_dim, num_negatives
         self.temperature, self.momentum, self.eps = temperature, momentum, eps
         self.embed_student: Embedding | None = None
@@ -130,9 +131,9 @@ class CRDLoss(FeatureDistillationLoss):
         contrast_indices: Tensor | None = None,
     ) -> dict[str, Tensor]:
         if self.embed_student is None or self.embed_teacher is None:
-            raise RuntimeError("CRDLoss has no embeddings yet: call `build(student, teacher)` first.")
+            raise UsageError("CRDLoss has no embeddings yet: call `build(student, teacher)` first.")
         if indices is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "Expected the batch to carry the samples' dataset `indices` (its third item) for CRD, but got none: "
                 "set the data module's `contrastive_negatives`."
             )

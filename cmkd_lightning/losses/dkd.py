@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 from typing_extensions import override
 
+from cmkd_lightning.errors import ArgumentTypeError
 from cmkd_lightning.functional.dkd import dkd_terms
 from cmkd_lightning.losses.base import DistillationLoss
 from cmkd_lightning.utilities.validation import check_non_negative, check_positive
@@ -51,7 +52,9 @@ class DKDLoss(DistillationLoss):
         check_non_negative(beta, "beta")
         check_positive(temperature, "temperature")
         if not isinstance(logit_standardization, bool):
-            raise TypeError(f"Expected `logit_standardization` to be a bool, but got {logit_standardization!r}.")
+            raise ArgumentTypeError(
+                f"Expected `logit_standardization` to be a bool, but got {logit_standardization!r}."
+            )
         check_positive(eps, "eps")
         self.alpha, self.beta, self.temperature = alpha, beta, temperature
         self.logit_standardization = logit_standardization

@@ -9,6 +9,7 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
+from cmkd_lightning.errors import ArgumentTypeError, InvalidArgumentError
 from cmkd_lightning.losses.base import DistillationLoss
 
 
@@ -16,9 +17,9 @@ def _check_names(value: Any, name: str) -> list[str] | None:
     if value is None:
         return None
     if isinstance(value, str) or not isinstance(value, Sequence) or not all(isinstance(v, str) for v in value):
-        raise TypeError(f"Expected `{name}` to be a list of layer names or None, but got {value!r}.")
+        raise ArgumentTypeError(f"Expected `{name}` to be a list of layer names or None, but got {value!r}.")
     if not value:
-        raise ValueError(f"Expected `{name}` to name at least one layer, but got an empty list.")
+        raise InvalidArgumentError(f"Expected `{name}` to name at least one layer, but got an empty list.")
     return list(value)
 
 
@@ -62,7 +63,9 @@ class FeatureDistillationLoss(DistillationLoss):
         if isinstance(input_shape, (str, bytes)) or not all(
             isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in input_shape
         ):
-            raise ValueError(f"Expected `input_shape` to be a list of positive integers, but got {input_shape!r}.")
+            raise InvalidArgumentError(
+                f"Expected `input_shape` to be a list of positive integers, but got {input_shape!r}."
+            )
         self.input_shape = list(input_shape)
         self.student_specs: list[str] = []
         self.teacher_specs: list[str] = []
@@ -70,7 +73,7 @@ class FeatureDistillationLoss(DistillationLoss):
     # ----------------------------------------------------------------------------------------------- building
     def default_layers(self, role: str, model: nn.Module) -> list[str]:
         """The method's feature names of ``model`` (``role``: ``"student"`` or ``"teacher"``)."""
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `{role}_layers` to be given for {type(self).__name__}, but got None and it has no default."
         )
 
@@ -81,7 +84,7 @@ class FeatureDistillationLoss(DistillationLoss):
 
         names = [n for n in feature_layers(model) if n.startswith("stage") and n.endswith("_preact") == preact]
         if not names:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected {type(model).__name__} to name {'pre-activation ' if preact else ''}stage features, "
                 "but it names none: pass the layers explicitly."
             )

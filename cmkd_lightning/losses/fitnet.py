@@ -7,6 +7,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from typing_extensions import override
 
+from cmkd_lightning.errors import InvalidArgumentError, UsageError
 from cmkd_lightning.functional.fitnet import fitnet_loss
 from cmkd_lightning.losses.feature import FeatureDistillationLoss
 
@@ -28,7 +29,7 @@ class ConvRegressor(nn.Module):
         elif sh >= th and sw >= tw:
             self.conv = nn.Conv2d(sc, tc, kernel_size=(1 + sh - th, 1 + sw - tw))
         else:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected the student's hint feature {tuple(student_shape)} to be at least as large as the "
                 f"teacher's {tuple(teacher_shape)} or half its size, but it is neither."
             )
@@ -78,7 +79,7 @@ class FitNetLoss(FeatureDistillationLoss):
         super().__init__(student_layers, teacher_layers, input_shape, warmup_epochs)
         for role, names in (("student", self.student_layers), ("teacher", self.teacher_layers)):
             if names is not None and len(names) != 1:
-                raise ValueError(f"Expected `{role}_layers` to name one hint layer, but got {names!r}.")
+                raise InvalidArgumentError(f"Expected `{role}_layers` to name one hint layer, but got {names!r}.")
         self.regressor: ConvRegressor | None = None
 
     @override
@@ -103,6 +104,6 @@ class FitNetLoss(FeatureDistillationLoss):
         contrast_indices: Tensor | None = None,
     ) -> dict[str, Tensor]:
         if self.regressor is None:
-            raise RuntimeError("FitNetLoss has no regressor yet: call `build(student, teacher)` first.")
+            raise UsageError("FitNetLoss has no regressor yet: call `build(student, teacher)` first.")
         loss = fitnet_loss(self.regressor(student_features[0]), teacher_features[0])
         return {"loss": loss, "hint_loss": loss.detach()}

@@ -5,6 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 from typing_extensions import override
 
+from cmkd_lightning.errors import ArgumentTypeError
 from cmkd_lightning.functional.kd import kd_loss
 from cmkd_lightning.losses.base import DistillationLoss
 from cmkd_lightning.utilities.validation import check_positive
@@ -42,7 +43,9 @@ class KDLoss(DistillationLoss):
         super().__init__(warmup_epochs)
         check_positive(temperature, "temperature")
         if not isinstance(logit_standardization, bool):
-            raise TypeError(f"Expected `logit_standardization` to be a bool, but got {logit_standardization!r}.")
+            raise ArgumentTypeError(
+                f"Expected `logit_standardization` to be a bool, but got {logit_standardization!r}."
+            )
         check_positive(eps, "eps")
         self.temperature = temperature
         self.logit_standardization = logit_standardization

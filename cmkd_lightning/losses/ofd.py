@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from typing_extensions import override
 
+from cmkd_lightning.errors import InvalidArgumentError, UsageError
 from cmkd_lightning.functional.ofd import ofd_loss, ofd_margin
 from cmkd_lightning.losses.feature import FeatureDistillationLoss
 
@@ -59,11 +60,11 @@ class OFDLoss(FeatureDistillationLoss):
     ) -> None:
         super().__init__(student_layers, teacher_layers, input_shape, warmup_epochs)
         if margin_layers is not None and (isinstance(margin_layers, str) or not margin_layers):
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected `margin_layers` to be a non-empty list of module paths, but got {margin_layers!r}."
             )
         if isinstance(kernel_size, bool) or not isinstance(kernel_size, int) or kernel_size < 1 or kernel_size % 2 == 0:
-            raise ValueError(f"Expected `kernel_size` to be an odd integer >= 1, but got {kernel_size!r}.")
+            raise InvalidArgumentError(f"Expected `kernel_size` to be an odd integer >= 1, but got {kernel_size!r}.")
         self.margin_layers = None if margin_layers is None else list(margin_layers)
         self.kernel_size = kernel_size
         self.connectors = nn.ModuleList()
@@ -92,19 +93,19 @@ class OFDLoss(FeatureDistillationLoss):
             known = zoo_margins(teacher)
             missing = [name for name in names if name not in known]
             if missing:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"Expected `margin_layers` for the teacher features {missing} (the zoo knows the BatchNorms "
                     f"of {sorted(known)}), but got None."
                 )
             paths = [known[name] for name in names]
         if len(paths) != n:
-            raise ValueError(f"Expected one margin layer per stage ({n}), but got {len(paths)}.")
+            raise InvalidArgumentError(f"Expected one margin layer per stage ({n}), but got {len(paths)}.")
         modules = dict(teacher.named_modules())
         self.connectors = nn.ModuleList()
         for i, (s, t, path) in enumerate(zip(student_shapes, teacher_shapes, paths, strict=True)):
             bn = modules.get(path)
             if not isinstance(bn, nn.BatchNorm2d) or bn.weight is None or bn.weight.shape[0] != t[0]:
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"Expected margin layer {path!r} to be an affine BatchNorm2d of the teacher with {t[0]} channels, "
                     f"but got {type(bn).__name__ if bn is not None else 'no such module'}."
                 )
@@ -128,7 +129,7 @@ class OFDLoss(FeatureDistillationLoss):
         contrast_indices: Tensor | None = None,
     ) -> dict[str, Tensor]:
         if not len(self.connectors):
-            raise RuntimeError("OFDLoss has no connectors yet: call `build(student, teacher)` first.")
+            raise UsageError("OFDLoss has no connectors yet: call `build(student, teacher)` first.")
         connected = [c(f) for c, f in zip(self.connectors, student_features, strict=True)]
         loss = ofd_loss(connected, teacher_features, self.margins())
         return {"loss": loss, "ofd_loss": loss.detach()}

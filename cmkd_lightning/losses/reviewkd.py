@@ -9,6 +9,7 @@ from torch import Tensor, nn
 from torch.nn import functional as F
 from typing_extensions import override
 
+from cmkd_lightning.errors import InvalidArgumentError, UsageError
 from cmkd_lightning.functional.reviewkd import hcl_loss
 from cmkd_lightning.losses.feature import FeatureDistillationLoss
 
@@ -82,7 +83,9 @@ class ReviewKDLoss(FeatureDistillationLoss):
     ) -> None:
         super().__init__(student_layers, teacher_layers, input_shape, warmup_epochs)
         if isinstance(max_mid_channels, bool) or not isinstance(max_mid_channels, int) or max_mid_channels < 1:
-            raise ValueError(f"Expected `max_mid_channels` to be a positive integer, but got {max_mid_channels!r}.")
+            raise InvalidArgumentError(
+                f"Expected `max_mid_channels` to be a positive integer, but got {max_mid_channels!r}."
+            )
         self.max_mid_channels = max_mid_channels
         self.abfs = nn.ModuleList()
         self._sizes: list[tuple[int, int]] = []
@@ -119,7 +122,7 @@ class ReviewKDLoss(FeatureDistillationLoss):
         contrast_indices: Tensor | None = None,
     ) -> dict[str, Tensor]:
         if not len(self.abfs):
-            raise RuntimeError("ReviewKDLoss has no ABF connectors yet: call `build(student, teacher)` first.")
+            raise UsageError("ReviewKDLoss has no ABF connectors yet: call `build(student, teacher)` first.")
         xs = [_as_map(f) for f in student_features][::-1]
         outputs: list[Tensor] = []
         residual = None

@@ -8,6 +8,7 @@ import torch
 from torch import Tensor
 from torchmetrics import Metric
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.utilities.validation import check_pair, check_targets
 
 #: Upper end of the colour scale of :func:`logit_difference` in DKD's figure (its ``MAX_DIFF``).
@@ -151,9 +152,11 @@ class ClassLogitGap(Metric):
     ) -> None:
         super().__init__(**kwargs)
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"Expected `num_classes` to be an int >= 2, but got {num_classes!r}.")
+            raise InvalidArgumentError(f"Expected `num_classes` to be an int >= 2, but got {num_classes!r}.")
         if matrix not in GAP_MATRICES:
-            raise ValueError(f"Expected `matrix` to be 'logit_difference' or 'correlation_gap', but got {matrix!r}.")
+            raise InvalidArgumentError(
+                f"Expected `matrix` to be 'logit_difference' or 'correlation_gap', but got {matrix!r}."
+            )
         self.num_classes = num_classes
         self.matrix = matrix
         self.validate_args = validate_args
@@ -166,7 +169,7 @@ class ClassLogitGap(Metric):
         """Add a batch: ``(N, C)`` student and teacher logits and ``(N,)`` true classes."""
         check_pair(student_logits, teacher_logits, self.validate_args)
         if student_logits.shape[1] != self.num_classes:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected the logits to have `num_classes` = {self.num_classes} columns, but got "
                 f"{student_logits.shape[1]}."
             )

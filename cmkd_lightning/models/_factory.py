@@ -9,6 +9,7 @@ from typing import Any, Literal
 
 from torch import nn
 
+from cmkd_lightning.errors import ArgumentTypeError, InvalidArgumentError
 from cmkd_lightning.models import imagenet
 from cmkd_lightning.models.digits_cnn import digits_student, digits_teacher
 from cmkd_lightning.models.mobilenetv1 import mobilenetv1
@@ -137,7 +138,7 @@ def resolve_model_name(name: str) -> str:
         ('shufflenetv1', 'wrn_40_2', 'mobilenetv2')
     """
     if not isinstance(name, str):
-        raise TypeError(f"Expected `name` to be a str, but got {type(name).__name__}.")
+        raise ArgumentTypeError(f"Expected `name` to be a str, but got {type(name).__name__}.")
     if name in MODELS:
         return name
     if name in MODEL_ALIASES:
@@ -148,12 +149,12 @@ def resolve_model_name(name: str) -> str:
     if len(matches) == 1:
         return matches.pop()
     if len(matches) > 1:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `name` to match exactly one model, but {name!r} matches {sorted(matches)} when case is "
             "ignored; pass the exact name ('resnet50_cifar' or 'ResNet50' is the CIFAR ResNet-50, 'resnet50' "
             "torchvision's)."
         )
-    raise ValueError(
+    raise InvalidArgumentError(
         f"Expected `name` to be one of {list_models()} or an alias {sorted(MODEL_ALIASES)} (case-insensitive), "
         f"but got {name!r}."
     )
@@ -197,15 +198,15 @@ def create_model(
         (2, 100)
     """
     if isinstance(num_classes, bool) or not isinstance(num_classes, int):
-        raise TypeError(f"Expected `num_classes` to be an int >= 2, but got {type(num_classes).__name__}.")
+        raise ArgumentTypeError(f"Expected `num_classes` to be an int >= 2, but got {type(num_classes).__name__}.")
     if num_classes < 2:
-        raise ValueError(f"Expected `num_classes` to be an int >= 2, but got {num_classes}.")
+        raise InvalidArgumentError(f"Expected `num_classes` to be an int >= 2, but got {num_classes}.")
     registered = resolve_model_name(name)
     constructor = MODELS[registered]
     accepted = [p for p in inspect.signature(constructor).parameters if p != "num_classes"]
     unknown = sorted(set(kwargs) - set(accepted))
     if unknown:
-        raise TypeError(
+        raise ArgumentTypeError(
             f"Expected keyword arguments of model {registered!r} to be among {accepted}, but got {unknown}."
         )
     model = constructor(num_classes=num_classes, **kwargs)
@@ -214,7 +215,7 @@ def create_model(
 
         load_weights(model, checkpoint_path, part=part)
     elif part is not None:
-        raise ValueError(f"Expected a `checkpoint_path` to read part={part!r} from, but got None.")
+        raise InvalidArgumentError(f"Expected a `checkpoint_path` to read part={part!r} from, but got None.")
     return model
 
 
@@ -227,5 +228,5 @@ def freeze(model: nn.Module) -> nn.Module:
         (False, False)
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
+        raise ArgumentTypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
     return model.requires_grad_(False).eval()

@@ -13,6 +13,8 @@ from typing import Any
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from cmkd_lightning.errors import ArgumentTypeError, InvalidArgumentError, UsageError
+
 __all__ = [
     "CLASSIFIER_ATTRIBUTES",
     "extract_features",
@@ -52,7 +54,7 @@ def get_classifier(model: nn.Module) -> nn.Linear:
         Linear(in_features=256, out_features=100, bias=True)
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
+        raise ArgumentTypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
     for name in CLASSIFIER_ATTRIBUTES:
         head = getattr(model, name, None)
         if isinstance(head, nn.Linear):
@@ -61,7 +63,7 @@ def get_classifier(model: nn.Module) -> nn.Linear:
             linears = [m for m in head.modules() if isinstance(m, nn.Linear)]
             if linears:
                 return linears[-1]
-    raise ValueError(
+    raise InvalidArgumentError(
         f"Expected `model` ({type(model).__name__}) to keep its final nn.Linear under one of the attributes "
         f"{list(CLASSIFIER_ATTRIBUTES)}, but found none."
     )
@@ -105,7 +107,7 @@ def extract_features(model: nn.Module, x: Tensor) -> tuple[Tensor, Tensor]:
     finally:
         handle.remove()
     if not captured:
-        raise RuntimeError(
+        raise UsageError(
             f"Expected the classifier of `model` ({type(model).__name__}) to run during forward, but it was not called."
         )
     return captured[-1], logits
@@ -118,7 +120,7 @@ def _parse(spec: str) -> tuple[str, str]:
     path, _, kind = spec.partition(":")
     kind = kind or "output"
     if kind not in _KINDS:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected the layer spec {spec!r} to end in one of {[':' + k for k in _KINDS]}, but got {kind!r}."
         )
     return path, kind
@@ -175,7 +177,7 @@ def feature_hooks(
     parsed = {name: _parse(spec) for name, spec in named.items()}
     for name, (path, _) in parsed.items():
         if path not in modules:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected the layer spec {named[name]!r} (feature {name!r}) to name a submodule of "
                 f"{type(model).__name__}, but it has no module {path!r}; "
                 f"zoo stage names: {list(feature_layers(model)) if _has_stages(model) else 'none'}."
@@ -204,7 +206,7 @@ def feature_hooks(
             handle.remove()
     missing = [named[name] for name, key in parsed.items() if key not in seen]
     if missing:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected the layers {missing} of {type(model).__name__} to run during forward, but they did not."
         )
     features.update({name: seen[key] for name, key in parsed.items()})
@@ -301,7 +303,7 @@ def _zoo_layers(model: nn.Module) -> tuple[dict[str, str], dict[str, str]]:
         layers = {f"stage{k}": f"features.{i}" for k, i in enumerate(ends, start=1)}
         layers["pooled"] = "pool"
         return layers, bns
-    raise TypeError(
+    raise ArgumentTypeError(
         f"Expected a model of the zoo or a torchvision ResNet to name its stages, but got {type(model).__name__}: "
         "pass module paths instead (e.g. 'layer2', 'layer2.1.relu:input')."
     )
@@ -330,7 +332,7 @@ def feature_layers(model: nn.Module) -> dict[str, str]:
         'layer3.2.relu:input'
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
+        raise ArgumentTypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
     return _zoo_layers(model)[0]
 
 
@@ -343,5 +345,5 @@ def margin_layers(model: nn.Module) -> dict[str, str]:
         'bn1'
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
+        raise ArgumentTypeError(f"Expected `model` to be a torch.nn.Module, but got {type(model).__name__}.")
     return _zoo_layers(model)[1]

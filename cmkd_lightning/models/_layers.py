@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
+from cmkd_lightning.errors import InvalidArgumentError
+
 
 def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     """Interleave the channels of ``groups`` groups: ``(N, g·c, H, W) -> (N, c·g, H, W)``.
@@ -28,5 +30,5 @@ def channel_shuffle(x: Tensor, groups: int) -> Tensor:
     """
     n, c, h, w = x.shape
     if c % groups != 0:
-        raise ValueError(f"Expected the channel count to be divisible by `groups`={groups}, but got {c}.")
+        raise InvalidArgumentError(f"Expected the channel count to be divisible by `groups`={groups}, but got {c}.")
     return x.reshape(n, groups, c // groups, h, w).transpose(1, 2).reshape(n, c, h, w)

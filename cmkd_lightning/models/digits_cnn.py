@@ -8,6 +8,8 @@ from typing import Literal
 import torch
 from torch import Tensor, nn
 
+from cmkd_lightning.errors import InvalidArgumentError
+
 DigitsHead = Literal["grid", "global", "factorised"]
 _HEADS = ("grid", "global", "factorised")
 
@@ -52,15 +54,17 @@ class DigitsCNN(nn.Module):
     ) -> None:
         super().__init__()
         if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(f"Expected `num_classes` to be an integer >= 2, but got {num_classes!r}.")
+            raise InvalidArgumentError(f"Expected `num_classes` to be an integer >= 2, but got {num_classes!r}.")
         if not widths or any(int(w) < 1 for w in widths):
-            raise ValueError(f"Expected `widths` to be a non-empty list of positive integers, but got {widths!r}.")
+            raise InvalidArgumentError(
+                f"Expected `widths` to be a non-empty list of positive integers, but got {widths!r}."
+            )
         if isinstance(num_digits, bool) or not isinstance(num_digits, int) or num_digits < 1:
-            raise ValueError(f"Expected `num_digits` to be an integer >= 1, but got {num_digits!r}.")
+            raise InvalidArgumentError(f"Expected `num_digits` to be an integer >= 1, but got {num_digits!r}.")
         if head not in _HEADS:
-            raise ValueError(f"Expected `head` to be one of {_HEADS}, but got {head!r}.")
+            raise InvalidArgumentError(f"Expected `head` to be one of {_HEADS}, but got {head!r}.")
         if head == "factorised" and num_classes != 10**num_digits:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected `num_classes` to be 10 ** num_digits = {10**num_digits} for head='factorised', "
                 f"but got {num_classes}."
             )

@@ -17,6 +17,8 @@ from collections.abc import Callable
 import torchvision
 from torchvision.models import ResNet
 
+from cmkd_lightning.errors import ArgumentTypeError, InvalidArgumentError
+
 __all__ = ["resnet18", "resnet34", "resnet50"]
 
 
@@ -24,9 +26,11 @@ def _build(
     arch: str, num_classes: int, pretrained: bool, weights: str | torchvision.models.WeightsEnum | None
 ) -> ResNet:
     if not isinstance(pretrained, bool):
-        raise TypeError(f"Expected `pretrained` to be a bool, but got {type(pretrained).__name__}.")
+        raise ArgumentTypeError(f"Expected `pretrained` to be a bool, but got {type(pretrained).__name__}.")
     if pretrained and weights is not None:
-        raise ValueError(f"Expected either `pretrained=True` or `weights`, but got both (weights={weights!r}).")
+        raise InvalidArgumentError(
+            f"Expected either `pretrained=True` or `weights`, but got both (weights={weights!r})."
+        )
     if pretrained:
         weights = "IMAGENET1K_V1"
     if weights is not None:
@@ -34,13 +38,13 @@ def _build(
         if isinstance(weights, str):
             valid = list(enum.__members__)
             if weights not in valid:
-                raise ValueError(f"Expected `weights` for {arch} to be one of {valid}, but got {weights!r}.")
+                raise InvalidArgumentError(f"Expected `weights` for {arch} to be one of {valid}, but got {weights!r}.")
             weights = enum[weights]
         elif not isinstance(weights, enum):
-            raise TypeError(f"Expected `weights` to be a {enum.__name__} or its name, but got {weights!r}.")
+            raise ArgumentTypeError(f"Expected `weights` to be a {enum.__name__} or its name, but got {weights!r}.")
         n_weights = len(weights.meta["categories"])
         if num_classes != n_weights:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected `num_classes` to be {n_weights} with pretrained {arch} weights, but got {num_classes}."
             )
     builder: Callable[..., ResNet] = getattr(torchvision.models, arch)

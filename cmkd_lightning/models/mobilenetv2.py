@@ -16,6 +16,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.models._init import init_weights
 
 __all__ = ["MobileNetV2Cifar", "mobilenetv2_half"]
@@ -68,7 +69,7 @@ class MobileNetV2Cifar(nn.Module):
     def __init__(self, num_classes: int = 100, width_mult: float = 0.5, expand_ratio: int = 6) -> None:
         super().__init__()
         if not width_mult > 0:
-            raise ValueError(f"Expected `width_mult` to be > 0, but got {width_mult}.")
+            raise InvalidArgumentError(f"Expected `width_mult` to be > 0, but got {width_mult}.")
         settings = [
             (1, 16, 1, 1),
             (expand_ratio, 24, 2, 1),

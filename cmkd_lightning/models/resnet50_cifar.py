@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.models._init import init_weights
 
 __all__ = ["CifarResNetBottleneck", "resnet50_cifar"]
@@ -62,7 +63,7 @@ class CifarResNetBottleneck(nn.Module):
     def __init__(self, num_blocks: Sequence[int] = (3, 4, 6, 3), num_classes: int = 100) -> None:
         super().__init__()
         if len(num_blocks) != 4:
-            raise ValueError(f"Expected `num_blocks` to hold 4 entries, but got {list(num_blocks)}.")
+            raise InvalidArgumentError(f"Expected `num_blocks` to hold 4 entries, but got {list(num_blocks)}.")
         self.conv1 = nn.Conv2d(3, 64, 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         in_planes = 64

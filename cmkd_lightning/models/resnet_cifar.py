@@ -16,6 +16,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.models._init import init_weights
 
 __all__ = [
@@ -70,9 +71,9 @@ class CifarResNet(nn.Module):
     def __init__(self, depth: int, widths: Sequence[int], num_classes: int = 100) -> None:
         super().__init__()
         if depth < 8 or (depth - 2) % 6 != 0:
-            raise ValueError(f"Expected `depth` to be 6n + 2 with n >= 1, but got {depth}.")
+            raise InvalidArgumentError(f"Expected `depth` to be 6n + 2 with n >= 1, but got {depth}.")
         if len(widths) != 4:
-            raise ValueError(f"Expected `widths` to hold 4 channel counts, but got {list(widths)}.")
+            raise InvalidArgumentError(f"Expected `widths` to hold 4 channel counts, but got {list(widths)}.")
         n = (depth - 2) // 6
         self.conv1 = nn.Conv2d(3, widths[0], 3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0])

@@ -18,6 +18,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.models._layers import channel_shuffle
 
 __all__ = ["ShuffleNetV2", "shufflenetv2"]
@@ -91,7 +92,7 @@ class ShuffleNetV2(nn.Module):
     ) -> None:
         super().__init__()
         if len(out_channels) != 4 or len(num_blocks) != 3:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "Expected `out_channels` to hold 4 and `num_blocks` 3 entries, but got "
                 f"{list(out_channels)} and {list(num_blocks)}."
             )

@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.models._init import init_weights
 
 __all__ = ["VGG", "vgg8", "vgg11", "vgg13", "vgg16", "vgg19"]
@@ -54,7 +55,7 @@ class VGG(nn.Module):
     def __init__(self, config: Sequence[Sequence[int]], num_classes: int = 100) -> None:
         super().__init__()
         if len(config) != 5 or any(len(c) == 0 for c in config):
-            raise ValueError(f"Expected `config` to hold 5 non-empty blocks, but got {config}.")
+            raise InvalidArgumentError(f"Expected `config` to hold 5 non-empty blocks, but got {config}.")
         in_channels = 3
         for i, channels in enumerate(config):
             self.add_module(f"block{i}", _make_block(channels, in_channels))

@@ -13,6 +13,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.models._init import init_weights
 
 __all__ = ["WideResNet", "wrn_16_1", "wrn_16_2", "wrn_40_1", "wrn_40_2"]
@@ -78,7 +79,7 @@ class WideResNet(nn.Module):
     def __init__(self, depth: int, widen_factor: int = 1, num_classes: int = 100, drop_rate: float = 0.0) -> None:
         super().__init__()
         if depth < 10 or (depth - 4) % 6 != 0:
-            raise ValueError(f"Expected `depth` to be 6n + 4 with n >= 1, but got {depth}.")
+            raise InvalidArgumentError(f"Expected `depth` to be 6n + 4 with n >= 1, but got {depth}.")
         n = (depth - 4) // 6
         channels = [16, 16 * widen_factor, 32 * widen_factor, 64 * widen_factor]
         self.conv1 = nn.Conv2d(3, channels[0], 3, stride=1, padding=1, bias=False)

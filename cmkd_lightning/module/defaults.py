@@ -14,6 +14,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
 from torch.optim.lr_scheduler import MultiStepLR
 
+from cmkd_lightning.errors import ArgumentTypeError, InvalidArgumentError
 from cmkd_lightning.losses.base import DistillationLoss
 from cmkd_lightning.module import records as _records
 from cmkd_lightning.schedules import RunLengthScheduler, StepOrCosine
@@ -36,27 +37,27 @@ def resolve_losses(
     losses = [_records.build_loss(loss, f"losses[{i}]") for i, loss in enumerate(losses)]
     for i, loss in enumerate(losses):
         if not isinstance(loss, DistillationLoss):
-            raise TypeError(
+            raise ArgumentTypeError(
                 f"Expected `losses[{i}]` to be a DistillationLoss (e.g. cmkd_lightning.losses.CMKDLoss), "
                 f"but got {type(loss).__name__}."
             )
     weights = loss_weights_for(losses, loss_weights)
     if len(weights) != len(losses):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `loss_weights` to have one weight per loss ({len(losses)}), but got {len(weights)}."
         )
     if any(not math.isfinite(w) or w < 0 for w in weights):
-        raise ValueError(f"Expected `loss_weights` to be finite numbers >= 0, but got {weights}.")
+        raise InvalidArgumentError(f"Expected `loss_weights` to be finite numbers >= 0, but got {weights}.")
     ce = ce_weight_for(losses, ce_weight)
     if not math.isfinite(ce) or ce < 0:
-        raise ValueError(f"Expected `ce_weight` to be a finite number >= 0, but got {ce!r}.")
+        raise InvalidArgumentError(f"Expected `ce_weight` to be a finite number >= 0, but got {ce!r}.")
     if losses and not has_teacher:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected a `teacher` when distillation `losses` are given, but got teacher=None and "
             f"{len(losses)} loss(es). Drop `losses` to train with cross-entropy alone."
         )
     if has_teacher and not losses and ce == 0:
-        raise ValueError("Expected `losses` or `ce_weight > 0`: with neither there is nothing to train.")
+        raise InvalidArgumentError("Expected `losses` or `ce_weight > 0`: with neither there is nothing to train.")
     return losses, weights, ce
 
 

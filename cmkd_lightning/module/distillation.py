@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import AttributeDict
 from torch import Tensor, nn
 from typing_extensions import override
 
+from cmkd_lightning.errors import UsageError
 from cmkd_lightning.losses.base import DistillationLoss
 from cmkd_lightning.losses.feature import FeatureDistillationLoss
 from cmkd_lightning.models import extract_features, feature_hooks, freeze
@@ -172,7 +173,7 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
     def teacher_forward(self, x: Tensor) -> Tensor:
         """Teacher logits under ``torch.no_grad()`` (never ``inference_mode``, whose tensors autograd rejects)."""
         if self.teacher is None:
-            raise RuntimeError("This DistillationModule has no teacher.")
+            raise UsageError("This DistillationModule has no teacher.")
         with torch.no_grad():
             return self.teacher(x)
 

@@ -16,6 +16,8 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
+from cmkd_lightning.errors import ArgumentTypeError
+
 
 class EpochMeans(Metric):
     r"""Sample-weighted means of named scalars over an epoch: :math:`\bar v_k = \sum_b n_b v_{k,b} / \sum_b n_b`.
@@ -47,7 +49,7 @@ class EpochMeans(Metric):
         super().__init__(**kwargs)
         names = [keys] if isinstance(keys, str) else list(keys)
         if isinstance(keys, str) or not all(isinstance(k, str) for k in names):
-            raise TypeError(f"Expected `keys` to be strings, but got {names!r}.")
+            raise ArgumentTypeError(f"Expected `keys` to be strings, but got {names!r}.")
         self.keys: tuple[str, ...] = tuple(sorted(set(names)))
         self._slots = {k: i for i, k in enumerate(self.keys)}
         self.add_state("sums", default=torch.zeros(len(self.keys)), dist_reduce_fx="sum")

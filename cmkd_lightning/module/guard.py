@@ -8,13 +8,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from cmkd_lightning.errors import LabelRangeError, NonFiniteError
+from cmkd_lightning.errors import InvalidArgumentError, LabelRangeError, NonFiniteError
 
 
 def check_every(check_finite: Any) -> int:
     """``check_finite`` as a step interval: ``True`` -> 1 (every step), ``False``/``0`` -> never."""
     if not isinstance(check_finite, (bool, int)) or check_finite < 0:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `check_finite` to be a bool or an integer >= 0 (check every n-th step), but got "
             f"{check_finite!r}."
         )
@@ -25,13 +25,15 @@ def add_extra_terms(terms: dict[str, Tensor], extra: dict[str, Tensor], owner: s
     """Add a subclass's ``extra_losses`` to the total; each is kept under its own key (shape checks only)."""
     for key, value in extra.items():
         if key in terms:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected the keys of `{owner}.extra_losses` to differ from the module's own {sorted(terms)}, "
                 f"but got {key!r}."
             )
         if not isinstance(value, Tensor) or value.ndim != 0:
             shape = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
-            raise ValueError(f"Expected `{owner}.extra_losses()[{key!r}]` to be a scalar tensor, but got {shape}.")
+            raise InvalidArgumentError(
+                f"Expected `{owner}.extra_losses()[{key!r}]` to be a scalar tensor, but got {shape}."
+            )
         terms["loss"] = terms["loss"] + value.float()
         terms[key] = value
     return terms

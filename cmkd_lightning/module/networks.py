@@ -9,6 +9,8 @@ from typing import Any, NamedTuple
 import torch
 from torch import Tensor, nn
 
+from cmkd_lightning.errors import ArgumentTypeError, InvalidArgumentError, UsageError
+
 
 class Features(NamedTuple):
     """Features of a step.
@@ -42,9 +44,9 @@ def build_feature_losses(
         return None
     names = [type(loss).__name__ for loss in feature_losses]
     if teacher is None:
-        raise ValueError(f"Expected a `teacher` for the feature losses {names}, but got teacher=None.")
+        raise InvalidArgumentError(f"Expected a `teacher` for the feature losses {names}, but got teacher=None.")
     if teacher_cache is not None:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected no `teacher_cache` with the feature losses {names} (they read the teacher's intermediate "
             "features, which the cache does not hold), but got one."
         )
@@ -59,7 +61,7 @@ def build_feature_losses(
 def feature_inputs(loss: nn.Module, features: Features | None, batch: Any) -> dict[str, Any]:
     """The keyword arguments of a feature loss: its features (float32) and, for CRD, the batch's indices."""
     if features is None or features.student_layers is None or features.teacher_layers is None:
-        raise RuntimeError(f"Expected the step to have captured the features of {type(loss).__name__}, but it did not.")
+        raise UsageError(f"Expected the step to have captured the features of {type(loss).__name__}, but it did not.")
     inputs: dict[str, Any] = {
         "student_features": [features.student_layers[s].float() for s in loss.student_specs],
         "teacher_features": [features.teacher_layers[s].detach().float() for s in loss.teacher_specs],
@@ -84,16 +86,18 @@ def build(spec: Any, role: str, num_classes: int | None, checkpoint: str | None,
 
     if spec is None:
         if checkpoint is not None:
-            raise ValueError(f"Expected a `{role}` to load `{role}_checkpoint` into, but got {role}=None.")
+            raise InvalidArgumentError(f"Expected a `{role}` to load `{role}_checkpoint` into, but got {role}=None.")
         return None
     if isinstance(spec, str):
         if num_classes is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected `num_classes` to be set when `{role}` is a model-zoo name ({spec!r}), but got None."
             )
         return create_model(spec, num_classes=num_classes, checkpoint_path=checkpoint, part=part)
     if not isinstance(spec, nn.Module):
-        raise TypeError(f"Expected `{role}` to be an nn.Module or a model-zoo name, but got {type(spec).__name__}.")
+        raise ArgumentTypeError(
+            f"Expected `{role}` to be an nn.Module or a model-zoo name, but got {type(spec).__name__}."
+        )
     return spec if checkpoint is None else load_weights(spec, checkpoint, part=part)
 
 
@@ -112,15 +116,15 @@ def resolve_num_classes(student: nn.Module, teacher: nn.Module | None, num_class
     if num_classes is None:
         num_classes = classifier_classes(student)
         if num_classes is None:
-            raise ValueError(
+            raise InvalidArgumentError(
                 "Expected `num_classes` (the student has no final nn.Linear to infer it from), but got None."
             )
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(f"Expected `num_classes` to be an integer >= 2, but got {num_classes!r}.")
+        raise InvalidArgumentError(f"Expected `num_classes` to be an integer >= 2, but got {num_classes!r}.")
     for role, model in (("student", student), ("teacher", teacher)):
         classes = None if model is None else classifier_classes(model)
         if classes is not None and classes != num_classes:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected the {role}'s classifier to output `num_classes` = {num_classes} classes, "
                 f"but its final linear layer has {classes} outputs."
             )
@@ -130,12 +134,12 @@ def resolve_num_classes(student: nn.Module, teacher: nn.Module | None, num_class
 def check_logits(logits: Tensor, role: str, targets: Tensor, num_classes: int) -> None:
     """Shape checks only (no device read): ``(N, num_classes)`` logits, one row per target."""
     if logits.ndim != 2 or logits.shape[1] != num_classes:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected the {role} to output logits of shape (N, {num_classes}) (`num_classes`), "
             f"but got {tuple(logits.shape)}."
         )
     if logits.shape[0] != targets.shape[0]:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected as many {role} logits as targets, but got {logits.shape[0]} and {targets.shape[0]}."
         )
 

@@ -19,6 +19,7 @@ from typing import Any
 from lightning.pytorch.utilities import rank_zero_warn
 from torch import nn
 
+from cmkd_lightning.errors import ArgumentTypeError, InvalidArgumentError
 from cmkd_lightning.losses.base import DistillationLoss
 
 # Checkpoint key listing the arguments that were nn.Module objects: {argument: "package.module.ClassName"}.
@@ -31,7 +32,7 @@ def build_loss(spec: Any, where: str) -> Any:
         return spec
     class_path = spec.get("class_path")
     if not isinstance(class_path, str) or "." not in class_path:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `{where}` to be a DistillationLoss or a config with a `class_path` such as "
             f"'cmkd_lightning.losses.CMKDLoss', but got {dict(spec)!r}."
         )
@@ -39,22 +40,28 @@ def build_loss(spec: Any, where: str) -> Any:
     try:
         cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"Expected `{where}.class_path` to name an importable class, but got {class_path!r}.") from err
+        raise InvalidArgumentError(
+            f"Expected `{where}.class_path` to name an importable class, but got {class_path!r}."
+        ) from err
     if not (isinstance(cls, type) and issubclass(cls, DistillationLoss)):
-        raise TypeError(f"Expected `{where}.class_path` to name a DistillationLoss subclass, but got {class_path!r}.")
+        raise ArgumentTypeError(
+            f"Expected `{where}.class_path` to name a DistillationLoss subclass, but got {class_path!r}."
+        )
     return cls(**dict(spec.get("init_args") or {}))
 
 
 def _import_class(class_path: Any, where: str) -> type:
     if not isinstance(class_path, str) or "." not in class_path:
-        raise ValueError(f"Expected `{where}.class_path` to be a dotted class path, but got {class_path!r}.")
+        raise InvalidArgumentError(f"Expected `{where}.class_path` to be a dotted class path, but got {class_path!r}.")
     module_name, _, name = class_path.rpartition(".")
     try:
         cls = getattr(importlib.import_module(module_name), name)
     except (ImportError, AttributeError) as err:
-        raise ValueError(f"Expected `{where}.class_path` to name an importable class, but got {class_path!r}.") from err
+        raise InvalidArgumentError(
+            f"Expected `{where}.class_path` to name an importable class, but got {class_path!r}."
+        ) from err
     if not isinstance(cls, type):
-        raise TypeError(f"Expected `{where}.class_path` to name a class, but got {class_path!r}.")
+        raise ArgumentTypeError(f"Expected `{where}.class_path` to name a class, but got {class_path!r}.")
     return cls
 
 
@@ -66,13 +73,13 @@ def build_callable(spec: Any, where: str) -> Callable[..., Any]:
     """
     if isinstance(spec, Mapping):
         if "class_path" not in spec:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected `{where}` to be a callable or a config with a `class_path` such as 'torch.optim.SGD', "
                 f"but got {dict(spec)!r}."
             )
         return functools.partial(_import_class(spec["class_path"], where), **dict(spec.get("init_args") or {}))
     if not callable(spec):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"Expected `{where}` to be a callable (e.g. a torch.optim class or functools.partial of one), but got "
             f"{type(spec).__name__}."
         )

@@ -36,7 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from cmkd_lightning.errors import CMKDError, TeacherCacheError, TeacherCacheWriteError
+from cmkd_lightning.errors import CMKDError, InvalidArgumentError, TeacherCacheError, TeacherCacheWriteError
 from cmkd_lightning.teacher_cache.store import (
     DTYPES,
     FORMAT_VERSION,
@@ -354,19 +354,19 @@ def build_cache(
             marked unfinished).
     """
     if dtype not in DTYPES:
-        raise ValueError(f"Expected `dtype` to be one of {tuple(DTYPES)}, but got {dtype!r}.")
+        raise InvalidArgumentError(f"Expected `dtype` to be one of {tuple(DTYPES)}, but got {dtype!r}.")
     if split not in _SPLITS:
-        raise ValueError(f"Expected `split` to be one of {_SPLITS}, but got {split!r}.")
+        raise InvalidArgumentError(f"Expected `split` to be one of {_SPLITS}, but got {split!r}.")
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"Expected `batch_size` to be an int >= 1, but got {batch_size!r}.")
+        raise InvalidArgumentError(f"Expected `batch_size` to be an int >= 1, but got {batch_size!r}.")
     images = np.ascontiguousarray(images)
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[1:] != (32, 32, 3) or len(images) < 1:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `images` to be uint8 of shape (N, 32, 32, 3) with N >= 1, but got {images.dtype} of shape "
             f"{images.shape}."
         )
     if len(targets) != len(images):
-        raise ValueError(f"Expected one target per image ({len(images)}), but got {len(targets)}.")
+        raise InvalidArgumentError(f"Expected one target per image ({len(images)}), but got {len(targets)}.")
     try:
         device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         teacher = teacher.to(device).eval()

@@ -9,6 +9,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from cmkd_lightning.errors import IndexOutOfRangeError, InvalidArgumentError
 from cmkd_lightning.teacher_cache.views import IDENTITY_VIEW, NUM_VIEWS, render_views
 
 
@@ -43,7 +44,7 @@ class ViewIndexedDataset(Dataset):
         augment: bool = True,
     ) -> None:
         if len(images) != len(targets):
-            raise ValueError(f"Expected one target per image ({len(images)}), but got {len(targets)}.")
+            raise InvalidArgumentError(f"Expected one target per image ({len(images)}), but got {len(targets)}.")
         self.images = torch.from_numpy(np.ascontiguousarray(images))
         self.targets = [int(t) for t in targets]
         self.mean, self.std = tuple(mean), tuple(std)
@@ -54,7 +55,7 @@ class ViewIndexedDataset(Dataset):
 
     def __getitem__(self, index: int) -> tuple[Tensor, int, int, int]:
         if not 0 <= index < len(self.targets):
-            raise IndexError(f"Expected an index in [0, {len(self.targets)}), but got {index}.")
+            raise IndexOutOfRangeError(f"Expected an index in [0, {len(self.targets)}), but got {index}.")
         view = int(torch.randint(NUM_VIEWS, ())) if self.augment else IDENTITY_VIEW
         x = render_views(self.images[index : index + 1], [view], self.mean, self.std)[0]
         return x, self.targets[index], int(index), view

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from cmkd_lightning.errors import TeacherCacheError
+from cmkd_lightning.errors import InvalidArgumentError, TeacherCacheError, TeacherCacheWriteError
 
 MAGIC = b"CMKDTLC1"
 HEADER_BYTES = 4096
@@ -171,7 +171,7 @@ def encode_header(header: Mapping[str, Any]) -> bytes:
     blob = json.dumps(header, sort_keys=True).encode("utf-8")
     room = HEADER_BYTES - 16 - TRAILER_BYTES
     if len(blob) > room:
-        raise ValueError(f"Expected the cache header to fit in {room} bytes, but it has {len(blob)}.")
+        raise InvalidArgumentError(f"Expected the cache header to fit in {room} bytes, but it has {len(blob)}.")
     body = MAGIC + struct.pack("<Q", len(blob)) + blob.ljust(room, b" ")
     return body + TRAILER_TAG + hashlib.sha256(body).hexdigest().encode("ascii")
 
@@ -186,7 +186,9 @@ def write_header(target: str | os.PathLike[str] | int, header: Mapping[str, Any]
     data = encode_header(header)
     if isinstance(target, int):
         if os.pwrite(target, data, 0) != len(data):
-            raise OSError(f"Expected to write the {len(data)}-byte cache header in one call, but the write was short.")
+            raise TeacherCacheWriteError(
+                f"Expected to write the {len(data)}-byte cache header in one call, but the write was short."
+            )
         os.fsync(target)
         return
     with open(target, "r+b") as file:
@@ -451,19 +453,19 @@ class TeacherLogitCache:
         ):
             if not isinstance(index, Tensor) or index.dtype.is_floating_point or index.ndim != 1:
                 got = f"{index.dtype} tensor of shape {tuple(index.shape)}" if isinstance(index, Tensor) else index
-                raise ValueError(f"Expected `{name}` to be a 1-d integer tensor, but got {got}.")
+                raise InvalidArgumentError(f"Expected `{name}` to be a 1-d integer tensor, but got {got}.")
             if index.device.type != "cpu":
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"Expected `{name}` on the CPU (the cache is read on the host before the batch moves to the "
                     f"device), but got a tensor on {index.device}."
                 )
             if index.numel() and (int(index.min()) < 0 or int(index.max()) >= bound):
-                raise ValueError(
+                raise InvalidArgumentError(
                     f"Expected `{name}` in [0, {bound}) for the cache {self.path}, but got values in "
                     f"[{int(index.min())}, {int(index.max())}]."
                 )
         if sample_index.shape != view_index.shape:
-            raise ValueError(
+            raise InvalidArgumentError(
                 f"Expected one view index per sample index, but got shapes {tuple(sample_index.shape)} and "
                 f"{tuple(view_index.shape)}."
             )
@@ -481,7 +483,7 @@ class TeacherLogitCache:
             return batch[4]
         if not isinstance(batch, (list, tuple)) or len(batch) != 4:
             got = f"{len(batch)} items" if isinstance(batch, (list, tuple)) else type(batch).__name__
-            raise ValueError(
+            raise InvalidArgumentError(
                 "Expected training batches (images, targets, sample_index, view_index) from a data module given "
                 f"the same `teacher_cache` ({self.path}), but got a batch of {got}."
             )
@@ -503,7 +505,7 @@ def open_for_module(path: str | os.PathLike[str], teacher: nn.Module | None, num
         StaleTeacherCacheError: if the cache belongs to other weights or another class count, or is unfinished.
     """
     if teacher is None:
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected a `teacher` with `teacher_cache` ({path}): the cache is checked against its weights and "
             "validation runs it, but got teacher=None."
         )

@@ -23,6 +23,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from cmkd_lightning.errors import InvalidArgumentError
+
 #: Crop size, zero padding and the number of offsets per axis of CIFAR's RandomCrop(32, padding=4).
 CROP, PADDING = 32, 4
 OFFSETS = 2 * PADDING + 1
@@ -40,7 +42,7 @@ def view_params(view: int) -> tuple[int, int, bool]:
         ((0, 0, False), (4, 4, False), (8, 8, True))
     """
     if isinstance(view, bool) or not isinstance(view, (int, np.integer)) or not 0 <= view < NUM_VIEWS:
-        raise ValueError(f"Expected `view` to be an int in [0, {NUM_VIEWS}), but got {view!r}.")
+        raise InvalidArgumentError(f"Expected `view` to be an int in [0, {NUM_VIEWS}), but got {view!r}.")
     view = int(view)
     return view // (2 * OFFSETS), (view // 2) % OFFSETS, bool(view % 2)
 
@@ -88,7 +90,7 @@ def _check_images(images: np.ndarray | Tensor) -> Tensor:
     """``images`` as a uint8 tensor of shape ``(N, 32, 32, 3)``, or a ValueError saying what it was."""
     images = torch.as_tensor(images)
     if images.dtype != torch.uint8 or images.ndim != 4 or tuple(images.shape[1:]) != (CROP, CROP, 3):
-        raise ValueError(
+        raise InvalidArgumentError(
             f"Expected `images` to be uint8 of shape (N, {CROP}, {CROP}, 3), but got {images.dtype} of shape "
             f"{tuple(images.shape)}."
         )
@@ -116,7 +118,7 @@ def render_views(images: np.ndarray | Tensor, views: np.ndarray | Tensor | Seque
     images = _check_images(images)
     views = torch.as_tensor(views, dtype=torch.int64).reshape(-1)
     if views.shape[0] != images.shape[0]:
-        raise ValueError(f"Expected one view per image ({images.shape[0]}), but got {views.shape[0]}.")
+        raise InvalidArgumentError(f"Expected one view per image ({images.shape[0]}), but got {views.shape[0]}.")
     x = _normalise(_pad(images), mean, std)
     out = []
     for image, view in zip(x, views.tolist()):

@@ -26,6 +26,8 @@ from typing import Any, TextIO
 import torch
 from lightning.pytorch.trainer.states import TrainerFn
 
+from cmkd_lightning.errors import InvalidArgumentError
+
 CPU_THREADS_ENV = "CMKD_CPU_THREADS"
 DEFAULT_CPU_THREADS = 1
 
@@ -78,7 +80,9 @@ def cpu_threads(value: int | str | None = None) -> int:
     except (TypeError, ValueError):
         count = -1
     if count < 0 or isinstance(value, bool):
-        raise ValueError(f"Expected `{source}` to be an integer >= 0 (0: torch's default), but got {value!r}.")
+        raise InvalidArgumentError(
+            f"Expected `{source}` to be an integer >= 0 (0: torch's default), but got {value!r}."
+        )
     return count
 
 

@@ -331,7 +331,7 @@ def _teacher_file(tmp_path: Path, kind: str) -> Path:
         (
             ["--model.init_args.teacher_checkpoint=TMP/wrong_arch.ckpt"],
             1,
-            "ValueError: Expected the state_dict in 'TMP/wrong_arch.ckpt'",
+            "InvalidArgumentError: Expected the state_dict in 'TMP/wrong_arch.ckpt'",
         ),
         (
             [
