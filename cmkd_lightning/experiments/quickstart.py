@@ -18,9 +18,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from lightning.pytorch.callbacks import RichProgressBar
 
 from cmkd_lightning.callbacks import CorrelationMonitor, EmbeddingProjection, LogitCorrelationHeatmap, TrainingCost
+from cmkd_lightning.callbacks.progress_bar import EpochRichProgressBar
 from cmkd_lightning.experiments.methods import BUILTIN_METHODS, methods_help, resolve_methods
 from cmkd_lightning.experiments.outputs import format_tables, summarize, write_outputs
 from cmkd_lightning.experiments.training import digits_data, evaluate, isolated_run, train_student, train_teacher
@@ -126,7 +126,7 @@ def _run(args: argparse.Namespace, threads: int) -> dict[str, Any]:
     progress = not args.no_progress
 
     def bars() -> list[Any]:
-        return [RichProgressBar(leave=False)] if progress else []
+        return [EpochRichProgressBar(leave=False)] if progress else []
 
     data = digits_data(NUM_DIGITS, args.train_size, args.eval_size)
     t0 = time.perf_counter()

@@ -118,7 +118,7 @@ def make_trainer(
         epochs: ``max_epochs``.
         out: Lightning's ``default_root_dir``.
         validate: run the validation loop after each epoch (the quickstart's figure callbacks read it).
-        progress: show a progress bar (pass a ``RichProgressBar`` in ``callbacks`` for rich's).
+        progress: show a progress bar (pass an ``EpochRichProgressBar`` in ``callbacks`` for rich's).
         logger: a Lightning logger, or ``False``.
         callbacks: Lightning callbacks.
     """

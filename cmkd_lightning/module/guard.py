@@ -58,10 +58,10 @@ def cross_entropy(logits: Tensor, targets: Tensor) -> Tensor:
 
 
 def where(stage: str, batch_idx: int, global_step: int, epoch: int) -> str:
-    """The step a guard error names."""
+    """The step a guard error names; ``epoch`` is Lightning's (from 0), named from 1 as the bar and summary do."""
     if stage == "train":
-        return f"train global step {global_step} (epoch {epoch})"
-    return f"{stage} batch {batch_idx} (global step {global_step}, epoch {epoch})"
+        return f"train global step {global_step} (epoch {epoch + 1})"
+    return f"{stage} batch {batch_idx} (global step {global_step}, epoch {epoch + 1})"
 
 
 def _finite(t: Tensor | None) -> bool:

@@ -225,7 +225,7 @@ def test_non_finite_loss_names_the_component_and_keeps_the_last_checkpoint(tmp_p
     ckpt = ModelCheckpoint(dirpath=tmp_path / "ckpt", save_last=True, every_n_train_steps=2)
     trainer = _trainer(tmp_path, max_epochs=3, enable_checkpointing=True, callbacks=[ckpt], limit_val_batches=0)
     with pytest.raises(
-        FloatingPointError, match=r"Non-finite loss at train global step 6 \(epoch 1\): train/boom/loss"
+        FloatingPointError, match=r"Non-finite loss at train global step 6 \(epoch 2\): train/boom/loss"
     ):
         trainer.fit(module, _loader())
     assert all(torch.isfinite(p).all() for p in module.parameters())  # no optimiser step on the bad batch
@@ -245,7 +245,7 @@ def test_non_finite_student_logits_stop_training(tmp_path):
             return super().forward(x) * (float("nan") if self.training else 1.0)
 
     module = _module(student=Explode(seed=1))
-    with pytest.raises(FloatingPointError, match=r"Non-finite student logits at train global step 0 \(epoch 0\)"):
+    with pytest.raises(FloatingPointError, match=r"Non-finite student logits at train global step 0 \(epoch 1\)"):
         _trainer(tmp_path).fit(module, _loader())
 
 
