@@ -47,7 +47,7 @@ start here (offline, a CPU is enough):
 # Appended to a parse error that misses the model or the data: the run has no config to start from.
 NO_MODEL_HINT = (
     f"A run needs a config: start from {EXAMPLES}/*.yaml, e.g. `cmkd fit -c {EXAMPLES}/teacher.yaml` then "
-    f"`cmkd fit -c {EXAMPLES}/cmkd.yaml` (README, Quickstart; or `cmkd-quickstart` for the whole tour)."
+    f"`cmkd fit -c {EXAMPLES}/cmkd.yaml` (README, 'From the shell'; or `cmkd-quickstart` for the whole tour)."
 )
 
 _ROLE = re.compile(r":(?:[a-z]+:)?[a-z]+:`(~?)([^`<]*?)(?:\s*<[^`>]*>)?`")

@@ -90,7 +90,7 @@ def set_cpu_threads(value: int | str | None = None) -> int:
     """Set torch's intra-op thread count to :func:`cpu_threads` ``(value)`` unless it is 0; return the count used.
 
     The small models of the digits runs train 2-3x faster with one thread than with one per core on a 2-core
-    machine (measured in the README), because per-op threading overhead dominates their tiny kernels.
+    machine (docs/RESULTS.md), because per-op threading overhead dominates their tiny kernels.
 
     Example:
         >>> n = set_cpu_threads(1)

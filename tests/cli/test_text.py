@@ -49,7 +49,7 @@ def test_a_run_without_a_config_points_at_the_example_configs(subcommand, capsys
     assert NO_MODEL_HINT == (
         "A run needs a config: start from examples/configs/digits/*.yaml, e.g. "
         "`cmkd fit -c examples/configs/digits/teacher.yaml` then `cmkd fit -c examples/configs/digits/cmkd.yaml` "
-        "(README, Quickstart; or `cmkd-quickstart` for the whole tour)."
+        "(README, 'From the shell'; or `cmkd-quickstart` for the whole tour)."
     )
 
 
