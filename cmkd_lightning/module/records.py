@@ -36,14 +36,8 @@ def build_loss(spec: Any, where: str) -> Any:
             f"Expected `{where}` to be a DistillationLoss or a config with a `class_path` such as "
             f"'cmkd_lightning.losses.CMKDLoss', but got {dict(spec)!r}."
         )
-    module_name, _, name = class_path.rpartition(".")
-    try:
-        cls = getattr(importlib.import_module(module_name), name)
-    except (ImportError, AttributeError) as err:
-        raise InvalidArgumentError(
-            f"Expected `{where}.class_path` to name an importable class, but got {class_path!r}."
-        ) from err
-    if not (isinstance(cls, type) and issubclass(cls, DistillationLoss)):
+    cls = _import_class(class_path, where)
+    if not issubclass(cls, DistillationLoss):
         raise ArgumentTypeError(
             f"Expected `{where}.class_path` to name a DistillationLoss subclass, but got {class_path!r}."
         )
