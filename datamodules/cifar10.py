@@ -7,7 +7,7 @@ from pathlib import Path
 
 from torchvision.datasets import CIFAR10
 
-from cmkd_lightning.errors import InvalidArgumentError
+from cmkd_lightning.errors import DataError, InvalidArgumentError
 from datamodules._cifar import _CIFARDataModule, _SafeCIFARDataset, test_transform, train_transform
 from datamodules.cifar100c import CIFAR100CDataset
 
@@ -16,7 +16,7 @@ CIFAR10_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR10_STD = (0.2470, 0.2435, 0.2616)
 
 
-class MalformedCIFAR10Error(ValueError):
+class MalformedCIFAR10Error(DataError):
     """A CIFAR-10 file exists but does not hold what the official archive holds."""
 
 

@@ -10,6 +10,7 @@ import numpy as np
 from torch.utils.data import Dataset
 from torchvision.datasets import CIFAR100
 
+from cmkd_lightning.errors import DataError
 from cmkd_lightning.utilities.validation import check_path
 from datamodules._cifar import _CIFARDataModule, _SafeCIFARDataset, test_transform, train_transform
 from datamodules._contrastive import check_negatives, with_contrast
@@ -19,7 +20,7 @@ CIFAR100_MEAN = (0.5071, 0.4867, 0.4408)
 CIFAR100_STD = (0.2675, 0.2565, 0.2761)
 
 
-class MalformedCIFAR100Error(ValueError):
+class MalformedCIFAR100Error(DataError):
     """A CIFAR-100 file exists but does not hold what the official archive holds."""
 
 

@@ -44,6 +44,27 @@ def test_the_library_raises_its_own_error_types():
     assert found == [], "raise a CMKDError subclass (cmkd_lightning/errors.py) instead:\n" + "\n".join(found)
 
 
+def test_every_exception_class_the_code_defines_is_a_cmkd_error():
+    import importlib
+    import inspect
+    import pkgutil
+
+    import cmkd_lightning
+    import datamodules
+
+    outside = []
+    for package in (cmkd_lightning, datamodules):
+        for info in pkgutil.walk_packages(package.__path__, f"{package.__name__}."):
+            if info.name.endswith("__main__"):
+                continue
+            module = importlib.import_module(info.name)
+            for name, obj in inspect.getmembers(module, inspect.isclass):
+                private = name.startswith("_")  # internal control flow, never shown to a person
+                if obj.__module__ == info.name and issubclass(obj, Exception) and not issubclass(obj, CMKDError) and not private:
+                    outside.append(f"{info.name}.{name}")
+    assert outside == [], f"exception classes outside the CMKDError hierarchy: {outside}"
+
+
 def test_every_error_type_is_a_cmkd_error_and_the_builtin_a_caller_expects():
     for name in errors.__all__:
         cls = getattr(errors, name)

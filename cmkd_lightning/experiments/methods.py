@@ -15,12 +15,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from cmkd_lightning.errors import ConfigFileNotFoundError
+from cmkd_lightning.errors import ConfigFileNotFoundError, InvalidArgumentError
 from cmkd_lightning.losses import CMKDLoss, DISTLoss, KDLoss, ReviewKDLoss
 from cmkd_lightning.losses.base import DistillationLoss
 
 
-class MethodError(ValueError):
+class MethodError(InvalidArgumentError):
     """A method name, config or list that cannot be used; the commands print the message as one line."""
 
 

@@ -84,7 +84,7 @@ The space file names the config keys to search (dotted paths, list items by inde
 files under --out: <study name>.db (the study, unless --storage) and <study name>/trial-<n>/ (each trial's run)"""
 
 
-class SweepError(ValueError):
+class SweepError(InvalidArgumentError):
     """A space file, storage URL or trial configuration that cannot be used; the message says which and why."""
 
 
