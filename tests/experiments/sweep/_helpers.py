@@ -39,7 +39,7 @@ def offline_runs(study_dir: Path) -> dict[str, dict]:
         data = record.read_bytes() if record.is_file() else b""  # a run killed as it started may not have it yet
         found = _SWEEP_CONFIG.search(data)
         runs[run_id] = {
-            "trial_dir": folder.parents[2].name,
+            "trial_dir": folder.parents[1].name,
             "sweep": json.loads(found.group(0)) if found else None,
         }
     return runs

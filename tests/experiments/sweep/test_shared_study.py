@@ -52,7 +52,7 @@ sweep.open_study(sys.argv[1], "race", {space!r}, heartbeat_interval=1)
 def test_many_workers_start_together_on_a_fresh_database(backend, tmp_path, request):
     url = request.getfixturevalue("postgres_url") if backend == "postgresql" else f"sqlite:///{tmp_path / 'race.db'}"
     go = tmp_path / "go"
-    script = _OPEN.format(path=str(ROOT / "cmkd_lightning" / "sweep.py"), space=SPACE)
+    script = _OPEN.format(path=str(ROOT / "cmkd_lightning" / "experiments" / "sweep.py"), space=SPACE)
     procs = [
         subprocess.Popen(
             [sys.executable, "-c", script, url, str(go), str(i)], env=_env(), stderr=subprocess.PIPE, text=True
