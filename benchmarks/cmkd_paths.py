@@ -40,7 +40,8 @@ Usage::
     python benchmarks/cmkd_paths.py --device cuda    # on a GPU: the NumPy kernel is CPU-only and is skipped
     # options: --configs digits cifar digits1000, --rounds N, --threads N, --out PATH
 
-Writes ``benchmarks/results-cmkd-paths-<device>.json`` (every raw time, the machine, the command) unless ``--out``.
+Writes ``benchmarks/results-cmkd-paths-<device>.json`` (``...-quick.json`` with ``--quick``; every raw time, the
+machine, the command) unless ``--out``.
 """
 
 from __future__ import annotations
@@ -66,7 +67,7 @@ import torch.nn.functional as F  # noqa: E402
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from _timing import machine_info, now  # noqa: E402
+from _timing import machine_info, now, timed_distillation_step  # noqa: E402
 
 from cmkd_lightning.losses import CMKDLoss, KDLoss  # noqa: E402
 from cmkd_lightning.models import create_model  # noqa: E402
@@ -189,15 +190,7 @@ def run_config(name: str, device: torch.device, quick: bool, rounds: int | None)
 
     def step(loss_fn: Any, ce_weight: float, weight: float) -> float:
         restore()
-        start = now(device)
-        opt.zero_grad(set_to_none=True)
-        zs = student(x)
-        with torch.no_grad():
-            zt = teacher(x)
-        total = ce_weight * F.cross_entropy(zs, y) + weight * loss_fn(zs, zt, y)["loss"]
-        total.backward()
-        opt.step()
-        return now(device) - start
+        return timed_distillation_step(student, teacher, opt, x, y, loss_fn, ce_weight, weight, device)
 
     # the loss alone, forward + backward, on the step's own logits
     with torch.no_grad():
@@ -313,7 +306,9 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--configs", nargs="+", choices=tuple(CONFIGS), default=list(CONFIGS))
     p.add_argument("--rounds", type=int, default=None, help="rounds per configuration (default: per config)")
     p.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default: %(default)s)")
-    p.add_argument("--out", type=Path, default=None, help="JSON path (default: results-cmkd-paths-<device>.json)")
+    p.add_argument(
+        "--out", type=Path, default=None, help="JSON path (default: results-cmkd-paths-<device>[-quick].json)"
+    )
     args = p.parse_args(argv)
     if args.threads < 1:
         p.error(f"Expected `--threads` to be >= 1, but got {args.threads}.")
@@ -340,7 +335,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         print_table(name, results["configs"][name])
     results["wall_s"] = time.perf_counter() - start
     print(f"\nwall time {results['wall_s']:.0f} s; a path stays where it saves >= {100 * THRESHOLD:.0f} % of a step")
-    out = args.out or HERE / f"results-cmkd-paths-{device.type}.json"
+    # a --quick run never replaces the tracked full-run results
+    out = args.out or HERE / f"results-cmkd-paths-{device.type}{'-quick' if args.quick else ''}.json"
     out.write_text(json.dumps(results, indent=1) + "\n")
     print(f"wrote {out}")
     return results

@@ -19,8 +19,7 @@ import statistics
 from typing import Any
 
 import torch
-import torch.nn.functional as F
-from _timing import now, paired_ratio
+from _timing import now, paired_ratio, timed_distillation_step
 
 from cmkd_lightning.losses import CMKDLoss, DistillationLoss, KDLoss
 from cmkd_lightning.models import create_model
@@ -49,15 +48,7 @@ def run(device: torch.device, quick: bool, threads: int, loss_results: dict[str,
         loss_fn, ce_weight, weight = setups[name]
         student.load_state_dict(initial)
         opt = torch.optim.SGD(student.parameters(), lr=0.05, momentum=0.9, weight_decay=5e-4)
-        start = now(device)
-        opt.zero_grad(set_to_none=True)
-        zs = student(x)
-        with torch.no_grad():
-            zt = teacher(x)
-        total = ce_weight * F.cross_entropy(zs, y) + weight * loss_fn(zs, zt, y)["loss"]
-        total.backward()
-        opt.step()
-        return now(device) - start
+        return timed_distillation_step(student, teacher, opt, x, y, loss_fn, ce_weight, weight, device)
 
     for _ in range(warmup):
         for name in setups:
