@@ -7,17 +7,49 @@ from typing import Any
 from lightning.pytorch import LightningModule, Trainer
 from lightning.pytorch.callbacks import RichProgressBar, TQDMProgressBar
 from lightning.pytorch.callbacks.progress.tqdm_progress import convert_inf
+from torch import Tensor
 from typing_extensions import override
 
+#: The key the bars show the latest training loss under (the name the module logs it as on logging steps).
+LOSS_KEY = "train/loss_step"
 
-class EpochProgressBar(TQDMProgressBar):
+
+class _LiveLoss:
+    """Keeps the last training step's loss (a device tensor, no read) and adds it to the bar's metrics.
+
+    :class:`~cmkd_lightning.DistillationModule` sends ``train/loss_step`` through ``self.log`` only on the
+    logger's steps; the bar reads the step's ``outputs["loss"]`` instead, so it still shows every step's loss.
+    The value is read from the device only when the bar redraws (every ``refresh_rate`` steps), as Lightning's
+    bars read logged values.
+    """
+
+    _live_loss: Tensor | None = None
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Keep the step's loss, then Lightning's bar update (which redraws with :meth:`get_metrics`)."""
+        loss = outputs.get("loss") if isinstance(outputs, dict) else outputs
+        self._live_loss = loss if isinstance(loss, Tensor) and loss.numel() == 1 else None
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)  # type: ignore[misc]
+
+    def get_metrics(self, trainer: Trainer, pl_module: LightningModule) -> dict[str, Any]:
+        """Lightning's bar metrics, with ``train/loss_step`` the last training step's loss."""
+        metrics = super().get_metrics(trainer, pl_module)  # type: ignore[misc]
+        if self._live_loss is not None:
+            metrics[LOSS_KEY] = float(self._live_loss)  # the redraw's one read
+        return metrics
+
+
+class EpochProgressBar(_LiveLoss, TQDMProgressBar):
     r"""Lightning's TQDM bar whose training description reads ``Epoch 3/5`` in the third of five epochs.
 
     Lightning's own bar shows ``Epoch 2`` there (``trainer.current_epoch``, counted from 0); cmkd's
     :class:`~cmkd_lightning.callbacks.RunSummary` lines, callback records and figure files count from 1
     (``logit_correlation_epoch003.png`` is drawn after the third epoch), and so does this bar. Without an epoch
     limit (``max_epochs=-1``) it shows ``Epoch 3``. The description is set before the bar is redrawn, so no
-    frame shows Lightning's count or the previous epoch's. Everything else is Lightning's
+    frame shows Lightning's count or the previous epoch's. It shows every training step's loss
+    (``train/loss_step``, from the step's ``outputs``). Everything else is Lightning's
     :class:`~lightning.pytorch.callbacks.TQDMProgressBar`.
 
     Args:
@@ -51,12 +83,13 @@ class EpochProgressBar(TQDMProgressBar):
         bar.reset(total=convert_inf(self.total_train_batches))
 
 
-class EpochRichProgressBar(RichProgressBar):
+class EpochRichProgressBar(_LiveLoss, RichProgressBar):
     r"""Lightning's rich bar whose training description reads ``Epoch 3/5`` in the third of five epochs.
 
     Lightning's own rich bar shows ``Epoch 2/4`` there (the epoch counted from 0, out of ``max_epochs - 1``); this
-    one counts as :class:`EpochProgressBar`, :class:`~cmkd_lightning.callbacks.RunSummary` and the figure files do.
-    Everything else is Lightning's :class:`~lightning.pytorch.callbacks.RichProgressBar` (needs ``rich``).
+    one counts as :class:`EpochProgressBar`, :class:`~cmkd_lightning.callbacks.RunSummary` and the figure files do,
+    and shows every training step's loss as :class:`EpochProgressBar` does. Everything else is Lightning's
+    :class:`~lightning.pytorch.callbacks.RichProgressBar` (needs ``rich``).
 
     Args:
         args, kwargs: as :class:`~lightning.pytorch.callbacks.RichProgressBar` (``refresh_rate``, ``leave``,

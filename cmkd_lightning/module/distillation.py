@@ -48,10 +48,11 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
     Extending: override :meth:`extra_losses` (terms added to the loss, logged, averaged and checked like the
     others); set ``capture_features = True`` to receive the penultimate features in it.
 
-    Logged: ``train/loss_step`` and ``train/lr`` per step; per epoch, for ``<stage>`` in train, val, test (sample
-    means, all-reduced over DDP ranks): ``<stage>/loss``, ``<stage>/ce``, ``<stage>/<loss>/loss`` (weighted) and
-    ``<stage>/<loss>/<component>``, ``train/<loss>/warmup`` while below 1, ``<stage>/<extra key>``,
-    ``<stage>/acc_top1``, ``<stage>/acc_top5``, ``val/acc_top1_best``, ``val/teacher_acc_top1`` / ``_top5``.
+    Logged: ``train/loss_step`` and ``train/lr`` on the steps Lightning sends to the logger (every
+    ``log_every_n_steps``); per epoch, for ``<stage>`` in train, val, test (sample means, all-reduced over DDP
+    ranks): ``<stage>/loss``, ``<stage>/ce``, ``<stage>/<loss>/loss`` (weighted) and ``<stage>/<loss>/<component>``,
+    ``train/<loss>/warmup`` while below 1, ``<stage>/<extra key>``, ``<stage>/acc_top1``, ``<stage>/acc_top5``,
+    ``val/acc_top1_best``, ``val/teacher_acc_top1`` / ``_top5``.
 
     Args:
         student: the trainable network, or a model-zoo name (:func:`cmkd_lightning.models.list_models`).
@@ -318,13 +319,25 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
         """``{"loss", "student_logits", "teacher_logits"}``: the loss Lightning optimises, the logits for callbacks."""
         out = self._step(batch, "train", batch_idx)
         terms = out.pop("terms")
-        self.log("train/loss_step", terms["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True)
-        # The learning rate is only read on the steps Lightning sends to the logger (every `log_every_n_steps`).
+        # Per-step values go through `self.log` only on the steps Lightning sends to the logger (every
+        # `log_every_n_steps`): what the logger receives is unchanged, and the other steps skip ~0.3 ms of Python
+        # per call. cmkd's progress bars show every step's loss from the step's `outputs` (callbacks.progress_bar).
         trainer = self._attached_trainer()
-        if trainer is not None and self.global_step % max(1, trainer.log_every_n_steps) == 0:
-            lr = self.optimizers(use_pl_optimizer=False).param_groups[0]["lr"]
-            self.log("train/lr", lr, on_step=True, on_epoch=False)
+        if trainer is None or self._logger_step(trainer):
+            self.log("train/loss_step", terms["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True)
+            if trainer is not None:
+                lr = self.optimizers(use_pl_optimizer=False).param_groups[0]["lr"]
+                self.log("train/lr", lr, on_step=True, on_epoch=False)
         return out
+
+    def _logger_step(self, trainer: Any) -> bool:
+        """Whether Lightning sends this training step's logged values to the logger.
+
+        As the ``Trainer`` documents it: every ``log_every_n_steps`` optimiser steps, counted from 1, and every
+        step of ``fast_dev_run``.
+        """
+        every = trainer.log_every_n_steps
+        return bool(trainer.fast_dev_run) or (every > 0 and (self.global_step + 1) % every == 0)
 
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> dict[str, Any]:

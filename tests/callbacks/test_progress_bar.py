@@ -63,3 +63,28 @@ def test_rich_bar_counts_epochs_from_one(tmp_path):
     trainer = cpu_trainer(tmp_path, [bar, _Probe()], max_epochs=2, enable_progress_bar=True, limit_val_batches=0)
     trainer.fit(digits_module(), datamodule=digits_data())
     assert seen == ["Epoch 1/2", "Epoch 1/2", "Epoch 2/2", "Epoch 2/2"]  # Lightning's own: "Epoch 0/1" ... "Epoch 1/1"
+
+
+@pytest.mark.parametrize("kind", ["tqdm", "rich"])
+def test_bars_show_every_steps_loss_between_logging_steps(tmp_path, kind):
+    # The module logs train/loss_step only every log_every_n_steps; the bar shows each step's own loss anyway.
+    if kind == "rich":
+        pytest.importorskip("rich")
+        from cmkd_lightning.callbacks import EpochRichProgressBar
+
+        bar = EpochRichProgressBar(leave=False)
+    else:
+        bar = EpochProgressBar()
+    shown, returned = [], []
+
+    class _Probe(Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, *args):
+            returned.append(float(outputs["loss"]))
+            shown.append(bar.get_metrics(trainer, pl_module)["train/loss_step"])
+
+    trainer = cpu_trainer(
+        tmp_path, [bar, _Probe()], max_epochs=2, enable_progress_bar=True, limit_val_batches=0, log_every_n_steps=50
+    )
+    trainer.fit(digits_module(), datamodule=digits_data())
+    assert len(shown) == 4 and shown == pytest.approx(returned, rel=1e-6)
+    assert len(set(shown)) == 4  # a new value every step, not the last logged one

@@ -1,12 +1,14 @@
 """DistillationModule: frozen teacher, loss composition, checks, checkpoints and resume."""
 
 import copy
+import csv
 import warnings
 
 import lightning as L
 import pytest
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -92,7 +94,7 @@ def test_no_teacher_trains_with_cross_entropy_alone(tmp_path):
 
 def test_logged_metrics(tmp_path):
     module = _module(losses=[DKDLoss(warmup_epochs=2), CMKDLoss()], loss_weights=[1.0, 0.5])
-    trainer = _trainer(tmp_path)
+    trainer = _trainer(tmp_path, log_every_n_steps=1)
     trainer.fit(module, _loader(), _loader(n=32))
     logged = set(trainer.callback_metrics)
     expected = {
@@ -513,3 +515,30 @@ def test_epoch_means_under_ddp_when_only_one_rank_reports_a_key(tmp_path):
     single = _trainer(tmp_path / "single")
     single.validate(DistillationModule(student=TinyNet(seed=1), teacher=TinyNet(hidden=32, seed=2), num_classes=C), val)
     assert float(trainer.callback_metrics["val/ce"]) == pytest.approx(float(single.callback_metrics["val/ce"]), rel=1e-5)
+
+
+class _StepLosses(L.Callback):
+    def __init__(self):
+        self.losses = []
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        self.losses.append(float(outputs["loss"]))
+
+
+@pytest.mark.parametrize("every", [1, 3])
+def test_step_values_reach_the_logger_on_lightnings_logging_steps(tmp_path, every):
+    # train/loss_step and train/lr go through self.log only on the steps Lightning sends to the logger: the
+    # logger must still get them on exactly those steps, each with that step's own loss.
+    probe = _StepLosses()
+    logger = CSVLogger(tmp_path, name="run", version=0)
+    trainer = _trainer(tmp_path, logger=logger, log_every_n_steps=every, max_steps=7, callbacks=[probe])
+    trainer.fit(_module(), _loader(n=7 * 16, batch_size=16))
+    with open(tmp_path / "run" / "version_0" / "metrics.csv") as f:
+        rows = list(csv.DictReader(f))
+    logged = {int(r["step"]): float(r["train/loss_step"]) for r in rows if r.get("train/loss_step")}
+    lrs = {int(r["step"]) for r in rows if r.get("train/lr")}
+    expected_steps = [s for s in range(7) if (s + 1) % every == 0]
+    assert sorted(logged) == expected_steps
+    assert lrs == set(expected_steps)
+    for step in expected_steps:
+        assert logged[step] == pytest.approx(probe.losses[step], rel=1e-6)
