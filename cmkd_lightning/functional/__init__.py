@@ -20,6 +20,7 @@ from cmkd_lightning.functional.lskd import ls_kd_loss as ls_kd_loss  # deprecate
 from cmkd_lightning.functional.lskd import lskd_loss
 from cmkd_lightning.functional.nkd import nkd_loss, nkd_terms
 from cmkd_lightning.functional.ofd import ofd_loss, ofd_margin, ofd_partial_l2
+from cmkd_lightning.functional.perplexity import perplexity_scale
 from cmkd_lightning.functional.rank import rank
 from cmkd_lightning.functional.reviewkd import hcl_loss
 from cmkd_lightning.functional.rkd import pairwise_distances, rkd_angle_loss, rkd_distance_loss, rkd_loss
@@ -52,6 +53,7 @@ __all__ = [
     "ofd_partial_l2",
     "pairwise_distances",
     "pearson_corr",
+    "perplexity_scale",
     "rank",
     "rkd_angle_loss",
     "rkd_distance_loss",

@@ -12,6 +12,7 @@ from torch import Tensor
 
 from cmkd_lightning.errors import InvalidArgumentError
 from cmkd_lightning.functional.correlation import _pearson_corr
+from cmkd_lightning.functional.perplexity import check_perplexity, perplexity_scale
 from cmkd_lightning.functional.rank import rank
 from cmkd_lightning.functional.soft_rank import soft_rank
 from cmkd_lightning.functional.zscore import _zscore
@@ -35,11 +36,14 @@ class TeacherStats(NamedTuple):
         ranks: ``(N, C)`` exact ascending ranks of the teacher logits (ties averaged).
         entropy: ``(N,)`` Eq. 14's entropy in nats: of the teacher's own ``softmax(z_t)`` for
             ``entropy_source="teacher"``, of ``probs`` for ``entropy_source="loss"``.
+        scale: ``(N, 1)`` per-row factor of the z-scored logits before the softmax when a ``target_perplexity``
+            sets it (``probs = softmax(zscore(z_t) * scale)``); ``None`` otherwise (the factor is ``1 / T``).
     """
 
     probs: Tensor
     ranks: Tensor
     entropy: Tensor
+    scale: Tensor | None = None
 
 
 CMKDScale = Literal["sqrt_classes", "paper"] | float
@@ -116,6 +120,29 @@ def temperature_factor(teacher_logits: Tensor, temperature_units: str, zscore: b
     with torch.no_grad():
         zt = upcast(teacher_logits.detach())
         return zt.std(dim=-1, keepdim=True).clamp_min(torch.finfo(zt.dtype).tiny)
+
+
+def check_perplexity_settings(
+    target_perplexity: float | None, entropy_source: str, temperature_units: str, num_classes: int
+) -> None:
+    """Raise unless ``target_perplexity`` is ``None``, or in ``(1, C)`` with the teacher's entropy and z-scores.
+
+    With a target perplexity every teacher target has the same entropy, so Eq. 14 must read the teacher's own
+    ``softmax(z_t)`` (``entropy_source="teacher"``), and ``T`` plays no part (``temperature_units="zscore"``).
+    """
+    if target_perplexity is None:
+        return
+    check_perplexity(target_perplexity, num_classes)
+    if entropy_source != "teacher":
+        raise InvalidArgumentError(
+            "Expected `entropy_source='teacher'` with a `target_perplexity` (every target then has the same "
+            f"entropy, log {target_perplexity}, so it cannot split the batch), but got {entropy_source!r}."
+        )
+    if temperature_units != "zscore":
+        raise InvalidArgumentError(
+            "Expected `temperature_units='zscore'` with a `target_perplexity` (the per-row temperature replaces "
+            f"T), but got {temperature_units!r}."
+        )
 
 
 def check_entropy_source(entropy_source: str) -> None:
@@ -247,20 +274,26 @@ def teacher_stats(
     eps: float = 1e-7,
     entropy_source: EntropySource = "teacher",
     temperature_units: TemperatureUnits = "zscore",
+    target_perplexity: float | None = None,
 ) -> TeacherStats:
     """Teacher probabilities, exact ranks and entropy for :func:`cmkd_terms`, without gradient.
 
-    ``entropy_source`` picks the distribution of Eq. 14's entropy and ``temperature_units`` the scale ``T``
-    divides (:func:`cmkd_loss` documents both).
+    ``entropy_source`` picks the distribution of Eq. 14's entropy, ``temperature_units`` the scale ``T``
+    divides and ``target_perplexity`` a per-row temperature instead (:func:`cmkd_loss` documents all three).
     """
     with torch.no_grad():
-        factor = temperature_factor(teacher_logits, temperature_units, zscore)
         zt = upcast(teacher_logits.detach())
         zt = _zscore(zt, eps) if zscore else zt
-        log_pt = F.log_softmax(zt * factor / temperature, dim=-1)
+        if target_perplexity is not None:
+            scale = perplexity_scale(zt, target_perplexity)
+            log_pt = F.log_softmax(zt * scale, dim=-1)
+        else:
+            scale = None
+            factor = temperature_factor(teacher_logits, temperature_units, zscore)
+            log_pt = F.log_softmax(zt * factor / temperature, dim=-1)
         probs = log_pt.exp()
         entropy = teacher_entropy(teacher_logits, probs, log_pt, entropy_source)
-        return TeacherStats(probs=probs, ranks=rank(zt), entropy=entropy)
+        return TeacherStats(probs=probs, ranks=rank(zt), entropy=entropy, scale=scale)
 
 
 def cmkd_terms(
@@ -278,6 +311,7 @@ def cmkd_terms(
     pearson_scale: CMKDScale = "sqrt_classes",
     entropy_source: EntropySource = "teacher",
     temperature_units: TemperatureUnits = "zscore",
+    target_perplexity: float | None = None,
     entropy_threshold: Tensor | float | None = None,
     teacher: TeacherStats | None = None,
     eps: float = 1e-7,
@@ -319,6 +353,7 @@ def cmkd_terms(
         )
     if validate_args:
         check_temperature_units(temperature_units)
+        check_perplexity_settings(target_perplexity, entropy_source, temperature_units, num_classes)
     if teacher is None:
         teacher = teacher_stats(
             teacher_logits,
@@ -327,12 +362,20 @@ def cmkd_terms(
             eps=eps,
             entropy_source=entropy_source,
             temperature_units=temperature_units,
+            target_perplexity=target_perplexity,
         )
 
     zs = upcast(student_logits)
     zs = _zscore(zs, eps) if zscore else zs
-    factor_t = temperature_factor(teacher_logits, temperature_units, zscore)
-    ps = F.softmax((zs * factor_t if temperature_units == "logits" else zs) / temperature, dim=-1)
+    if target_perplexity is not None:
+        scale = teacher.scale
+        if scale is None:  # precomputed stats without it: the same per-row scale, from the teacher's own row
+            zt = upcast(teacher_logits.detach())
+            scale = perplexity_scale(_zscore(zt, eps) if zscore else zt, target_perplexity)
+        ps = F.softmax(zs * scale.to(zs.dtype), dim=-1)
+    else:
+        factor_t = temperature_factor(teacher_logits, temperature_units, zscore)
+        ps = F.softmax((zs * factor_t if temperature_units == "logits" else zs) / temperature, dim=-1)
     pearson = 1.0 - _pearson_corr(ps, teacher.probs.to(ps.dtype))
     scaled_pearson = pearson * factor if factor != 1.0 else pearson
     if spearman:
@@ -375,6 +418,7 @@ def cmkd_loss(
     pearson_scale: CMKDScale = "sqrt_classes",
     entropy_source: EntropySource = "teacher",
     temperature_units: TemperatureUnits = "zscore",
+    target_perplexity: float | None = None,
     eps: float = 1e-7,
     rank_backend: Literal["auto", "torch", "torchsort"] = "auto",
     reduction: Reduction = "mean",
@@ -438,6 +482,12 @@ def cmkd_loss(
             z-scored rows are multiplied by the teacher row's std first, so the teacher's target is
             ``softmax(z_t / T)`` and the student's ``softmax(zscore(z_s) * std(z_t) / T)``. Not in the paper
             (``docs/TEACHER_ZOO.md``); the ranks and Eq. 16's weighting are unchanged.
+        target_perplexity: ``None`` (default) or ``k`` with ``1 < k < C``: a per-row temperature replaces ``T``
+            in the Pearson term, :math:`p_i = \operatorname{softmax}(b_i \hat z_i)` with :math:`b_i` chosen so
+            that the teacher's target has perplexity :math:`\exp H(p^t_i) = k`
+            (:func:`~cmkd_lightning.functional.perplexity.perplexity_scale`); the student's row uses the same
+            :math:`b_i`. Needs ``entropy_source="teacher"`` and ``temperature_units="zscore"``. Not in the paper
+            (``docs/TEACHER_ZOO.md``).
         eps: added to the standard deviation of the z-score.
         rank_backend: soft-rank backend, ``"auto"``, ``"torch"`` or ``"torchsort"``.
         reduction: ``"mean"``, ``"sum"`` or ``"none"`` (per-sample ``(N,)``).
@@ -474,6 +524,7 @@ def cmkd_loss(
         pearson_scale=pearson_scale,
         entropy_source=entropy_source,
         temperature_units=temperature_units,
+        target_perplexity=target_perplexity,
         eps=eps,
         rank_backend=rank_backend,
         validate_args=validate_args,
@@ -492,6 +543,7 @@ __all__ = [
     "TeacherStats",
     "check_cmkd_args",
     "check_entropy_source",
+    "check_perplexity_settings",
     "check_temperature_units",
     "cmkd_loss",
     "cmkd_terms",

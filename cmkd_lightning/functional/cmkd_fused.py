@@ -459,7 +459,7 @@ def _fused_terms(
     solver = resolve_solver(rank_backend, zs) if spearman else "none"
     strength = regularization_strength if spearman else None
     if zs.device.type in NUMPY_DEVICES:
-        probs, ranks, entropy = (t.detach() for t in teacher)
+        probs, ranks, entropy = (t.detach() for t in (teacher.probs, teacher.ranks, teacher.entropy))
         centred = _np.centre(probs.numpy(), ranks.numpy() if spearman else None)
         ent = entropy.numpy()
         if entropy_threshold is None:
@@ -498,7 +498,7 @@ def _weights(hard: Any, dtype: Any, dynamic: bool, beta: float, gamma: float, fa
 def _as_dtype(stats: TeacherStats, dtype: torch.dtype) -> TeacherStats:
     if stats.probs.dtype == dtype:
         return stats
-    return TeacherStats(*(t.to(dtype) for t in stats))
+    return TeacherStats(*(t.to(dtype) for t in (stats.probs, stats.ranks, stats.entropy)))
 
 
 __all__ = ["FusedTeacher", "cmkd_fused_terms", "fast_teacher_stats", "fused_covers", "fused_teacher"]

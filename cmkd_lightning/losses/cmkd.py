@@ -17,6 +17,7 @@ from cmkd_lightning.functional.cmkd import (
     EntropySource,
     TemperatureUnits,
     check_entropy_source,
+    check_perplexity_settings,
     check_temperature_units,
     cmkd_terms,
     resolve_preset,
@@ -24,6 +25,7 @@ from cmkd_lightning.functional.cmkd import (
     teacher_stats,
 )
 from cmkd_lightning.functional.cmkd_fused import cmkd_fused_terms, fast_teacher_stats, fused_covers
+from cmkd_lightning.functional.perplexity import check_perplexity
 from cmkd_lightning.losses.base import DistillationLoss
 from cmkd_lightning.utilities.validation import check_non_negative, check_positive, upcast
 
@@ -82,6 +84,9 @@ class CMKDLoss(DistillationLoss):
             kernel), the general path elsewhere; ``True``: always fused; ``False``: always the general path, the
             reference (e.g. for double backward, which the fused path does not support). Why each kernel is kept:
             ``BENCHMARKS.md``, section F.
+        target_perplexity: ``None`` (default: ``T`` divides the z-scored logits) or ``k`` (``1 < k < C``): a
+            per-row temperature instead, chosen so that the teacher's target has perplexity ``k``; see
+            :func:`~cmkd_lightning.functional.cmkd_loss`. Runs the general path.
 
     Example:
         >>> CMKDLoss.paper(temperature=4.0).init_args()["pearson_scale"], CMKDLoss().init_args()["pearson_scale"]
@@ -113,6 +118,7 @@ class CMKDLoss(DistillationLoss):
         rank_backend: Literal["auto", "torch", "torchsort"] = "auto",
         warmup_epochs: int = 0,
         fused: bool | Literal["auto"] = "auto",
+        target_perplexity: float | None = None,
     ) -> None:
         super().__init__(warmup_epochs)
         check_positive(temperature, "temperature")
@@ -129,6 +135,13 @@ class CMKDLoss(DistillationLoss):
         resolve_scale(pearson_scale, 2)  # validates the value; the factor itself depends on C
         check_entropy_source(entropy_source)
         check_temperature_units(temperature_units)
+        if target_perplexity is not None and preset == "paper":
+            raise InvalidArgumentError(
+                f"Expected `target_perplexity` to be None with preset='paper' (Eq. 16 divides by T), but got "
+                f"{target_perplexity!r}; use preset='library' to set it."
+            )
+        check_perplexity(target_perplexity)
+        check_perplexity_settings(target_perplexity, entropy_source, temperature_units, num_classes=2**62)
         if rank_backend not in _RANK_BACKENDS:
             raise InvalidArgumentError(
                 f"Expected `rank_backend` to be one of {_RANK_BACKENDS}, but got {rank_backend!r}."
@@ -154,12 +167,18 @@ class CMKDLoss(DistillationLoss):
         self.rank_backend = rank_backend
         if fused not in (True, False, "auto"):
             raise InvalidArgumentError(f"Expected `fused` to be True, False or 'auto', but got {fused!r}.")
-        if fused is True and temperature_units != "zscore":
+        if fused is True and (temperature_units != "zscore" or target_perplexity is not None):
+            setting = (
+                f"temperature_units={temperature_units!r}"
+                if temperature_units != "zscore"
+                else f"target_perplexity={target_perplexity!r}"
+            )
             raise InvalidArgumentError(
-                f"Expected `fused` to be False or 'auto' with temperature_units={temperature_units!r} (the fused "
-                "kernels divide the z-scored logits by T), but got True."
+                f"Expected `fused` to be False or 'auto' with {setting} (the fused kernels divide the z-scored "
+                "logits by T), but got True."
             )
         self.fused = fused
+        self.target_perplexity = target_perplexity
 
     @classmethod
     def paper(cls, temperature: float = 4.0, **kwargs: object) -> CMKDLoss:
@@ -182,8 +201,14 @@ class CMKDLoss(DistillationLoss):
         self, student_logits: Tensor, teacher_logits: Tensor, targets: Tensor | None = None
     ) -> dict[str, Tensor]:
         fused = self.fused is True or (
-            self.fused == "auto" and self.temperature_units == "zscore" and fused_covers(student_logits)
+            self.fused == "auto"
+            and self.temperature_units == "zscore"
+            and self.target_perplexity is None
+            and fused_covers(student_logits)
         )
+        general = {} if fused else {"temperature_units": self.temperature_units}
+        if not fused and self.target_perplexity is not None:
+            general["target_perplexity"] = self.target_perplexity
         stats_fn, terms_fn = (fast_teacher_stats, cmkd_fused_terms) if fused else (teacher_stats, cmkd_terms)
         stats = stats_fn(
             teacher_logits,
@@ -191,7 +216,7 @@ class CMKDLoss(DistillationLoss):
             zscore=self.zscore,
             eps=self.eps,
             entropy_source=self.entropy_source,
-            **({"temperature_units": self.temperature_units} if not fused else {}),
+            **general,
         )
         threshold = self._global_threshold(stats.entropy) if self.sync_entropy_threshold else None
         # Hyper-parameters were validated in __init__ (and the un-normalised-Spearman warning given there): no
@@ -209,7 +234,7 @@ class CMKDLoss(DistillationLoss):
             temperature_squared=self.temperature_squared,
             pearson_scale=self.pearson_scale,
             entropy_source=self.entropy_source,
-            **({"temperature_units": self.temperature_units} if not fused else {}),
+            **general,
             entropy_threshold=threshold,
             teacher=stats,
             eps=self.eps,
