@@ -20,9 +20,11 @@ import compare_zoo  # noqa: E402
 import zoo  # noqa: E402
 
 
-def test_factorised_head_is_the_sum_of_per_position_digit_scores():
+@pytest.mark.parametrize("head", ["factorised", "soft_or"])
+def test_per_position_heads_combine_the_digit_scores_of_each_class(head):
+    # factorised: z_c = sum_j s_j[d_j(c)]; soft_or: z_c = log sum_j exp s_j[d_j(c)]
     torch.manual_seed(0)
-    net = DigitsCNN(1000, widths=(4, 8), num_digits=3, double=False, head="factorised").eval()
+    net = DigitsCNN(1000, widths=(4, 8), num_digits=3, double=False, head=head).eval()
     x = torch.randn(5, 1, 8, 24)
     with torch.no_grad():
         z = net(x)
@@ -33,20 +35,24 @@ def test_factorised_head_is_the_sum_of_per_position_digit_scores():
         scores = [weight[j] @ pooled[n, :, j] + bias[j] for j in range(3)]
         for c in (0, 7, 372, 999):
             digits = [c // 100, (c // 10) % 10, c % 10]
-            assert float(z[n, c]) == pytest.approx(float(sum(scores[j][d] for j, d in enumerate(digits))), abs=1e-5)
+            own = [float(scores[j][d]) for j, d in enumerate(digits)]
+            expected = sum(own) if head == "factorised" else math.log(sum(math.exp(v) for v in own))
+            assert float(z[n, c]) == pytest.approx(expected, abs=1e-5)
 
 
-@pytest.mark.parametrize("head", ["grid", "global", "factorised"])
+@pytest.mark.parametrize("head", ["grid", "global", "factorised", "soft_or"])
 def test_every_head_gives_class_logits(head):
     net = DigitsCNN(100, widths=(4,), num_digits=2, head=head)
     assert tuple(net(torch.zeros(2, 1, 8, 16)).shape) == (2, 100)
 
 
 def test_bad_heads_are_refused_with_the_argument_named():
-    with pytest.raises(ValueError, match=r"Expected `head` to be one of \('grid', 'global', 'factorised'\), but got 'x'"):
+    with pytest.raises(ValueError, match=r"Expected `head` to be one of \('grid', 'global', 'factorised', 'soft_or'\), but got 'x'"):
         DigitsCNN(100, head="x")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match=r"Expected `num_classes` to be 10 \*\* num_digits = 100 .* but got 50"):
         DigitsCNN(50, num_digits=2, head="factorised")
+    with pytest.raises(ValueError, match=r"= 1000 for head='soft_or', but got 100"):
+        DigitsCNN(100, num_digits=3, head="soft_or")
 
 
 def test_logit_statistics_match_naive_loops():

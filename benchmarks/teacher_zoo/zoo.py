@@ -179,6 +179,20 @@ def _specs(num_digits: int) -> list[TeacherSpec]:
             head="global",
             description="global average pool (no per-position features), 15 epochs",
         ),
+        TeacherSpec(
+            f"{d}_soft_or",
+            num_digits,
+            head="soft_or",
+            schedule_epochs=6,
+            description="soft-OR head: class logit = log-sum-exp of per-position digit scores, 6 epochs",
+        ),
+        TeacherSpec(
+            f"{d}_soft_or_sharp",
+            num_digits,
+            base=f"{d}_soft_or",
+            logit_scale=8.0,
+            description=f"{d}_soft_or's logits x 8 (flat tail, over-confident scale: same ranking and accuracy)",
+        ),
     ]
 
 

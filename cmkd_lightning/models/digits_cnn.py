@@ -10,8 +10,9 @@ from torch import Tensor, nn
 
 from cmkd_lightning.errors import InvalidArgumentError
 
-DigitsHead = Literal["grid", "global", "factorised"]
-_HEADS = ("grid", "global", "factorised")
+DigitsHead = Literal["grid", "global", "factorised", "soft_or"]
+_HEADS = ("grid", "global", "factorised", "soft_or")
+_PER_POSITION = ("factorised", "soft_or")
 
 
 class DigitsCNN(nn.Module):
@@ -28,6 +29,11 @@ class DigitsCNN(nn.Module):
       :math:`z_c = \sum_j s_j[d_j(c)]` with :math:`d_j(c)` the :math:`j`-th decimal digit of ``c`` (most
       significant first). Classes that share digits with the top class get logits close to it, so the logits
       have a long, structured tail and a small top z-score. Needs ``num_classes == 10 ** num_digits``.
+    - ``"soft_or"``: the same per-position digit scores, combined by a log-sum-exp instead of a sum,
+      :math:`z_c = \log \sum_j \exp s_j[d_j(c)]`: a class scores high when *any* of its digits is seen, so every
+      class sharing a digit with the input lands close to the top class (a top z-score near 2, a flat softmax and
+      a lower accuracy: a teacher whose logit tail carries little of the label). Needs
+      ``num_classes == 10 ** num_digits``.
 
     Args:
         num_classes: number of output classes (``10 ** num_digits`` for composed digits).
@@ -35,7 +41,7 @@ class DigitsCNN(nn.Module):
         num_digits: digits composed side by side (the width of the pooled grid).
         in_channels: input channels (1 for the grayscale digits).
         double: two 3x3 convs per stage instead of one.
-        head: ``"grid"``, ``"global"`` or ``"factorised"`` (above).
+        head: ``"grid"``, ``"global"``, ``"factorised"`` or ``"soft_or"`` (above).
 
     Example:
         >>> net = DigitsCNN(num_classes=100, widths=(8, 16), num_digits=2, head="factorised")
@@ -63,9 +69,9 @@ class DigitsCNN(nn.Module):
             raise InvalidArgumentError(f"Expected `num_digits` to be an integer >= 1, but got {num_digits!r}.")
         if head not in _HEADS:
             raise InvalidArgumentError(f"Expected `head` to be one of {_HEADS}, but got {head!r}.")
-        if head == "factorised" and num_classes != 10**num_digits:
+        if head in _PER_POSITION and num_classes != 10**num_digits:
             raise InvalidArgumentError(
-                f"Expected `num_classes` to be 10 ** num_digits = {10**num_digits} for head='factorised', "
+                f"Expected `num_classes` to be 10 ** num_digits = {10**num_digits} for head={head!r}, "
                 f"but got {num_classes}."
             )
         layers: list[nn.Module] = []
@@ -80,7 +86,7 @@ class DigitsCNN(nn.Module):
         self.features = nn.Sequential(*layers)
         self.head = head
         self.pool = nn.AdaptiveAvgPool2d((1, 1) if head == "global" else (1, num_digits))
-        if head == "factorised":
+        if head in _PER_POSITION:
             # one 10-way digit classifier per position: (num_digits, 10, c_in) weights
             self.fc = nn.Conv1d(c_in * num_digits, 10 * num_digits, 1, groups=num_digits)
             classes = torch.arange(num_classes)
@@ -94,12 +100,13 @@ class DigitsCNN(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """Logits ``(N, num_classes)`` for images ``(N, in_channels, 8, 8 * num_digits)``."""
         pooled = self.pool(self.features(x))  # (N, c, 1, k) or (N, c, 1, 1)
-        if self.head != "factorised":
+        if self.head not in _PER_POSITION:
             return self.fc(pooled.flatten(1))
         n, c, _, k = pooled.shape
         columns = pooled.squeeze(2).transpose(1, 2).reshape(n, k * c, 1)  # position-major groups of c features
         scores = self.fc(columns).squeeze(-1)  # (N, k * 10): position j's digit scores at [10 j, 10 j + 10)
-        return scores[:, self.digit_index].sum(dim=1)
+        per_digit = scores[:, self.digit_index]  # (N, num_digits, C): each class's digit scores
+        return per_digit.sum(dim=1) if self.head == "factorised" else per_digit.logsumexp(dim=1)
 
 
 def digits_teacher(num_classes: int = 100, num_digits: int = 2, **kwargs: object) -> DigitsCNN:
