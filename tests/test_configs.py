@@ -450,6 +450,7 @@ PAPER_CMKD = {
     "rank_backend": "auto",
     "warmup_epochs": 0,
     "fused": "auto",
+    "target_perplexity": None,  # T divides the z-scored logits (Eq. 12), no per-row temperature
 }
 CMKD_CONFIGS = [r for r in EXPERIMENTS if "CMKDLoss" in (CONFIG_DIR / r).read_text()]
 _PAPER_NUMBER = re.compile(r"[Pp]aper[^\n]*\d|(Table|Fig\.) [IVX\d]+")
