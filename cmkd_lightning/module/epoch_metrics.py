@@ -75,8 +75,9 @@ class EpochMeans(Metric):
             return
         if any(k not in self._slots for k in terms):
             self._add_keys(terms)
-        if len(terms) == len(self.keys):  # the usual step: every name present
-            values = torch.stack([terms[k].detach().float().reshape(()) for k in self.keys])
+        if len(terms) == len(self.keys):  # the usual step: every name present; one stack, one cast
+            with torch.no_grad():
+                values = torch.stack([terms[k].reshape(()) for k in self.keys]).to(self.sums.dtype)
             self.sums = self.sums + values * batch_size
             self.counts = self.counts + batch_size
             return
