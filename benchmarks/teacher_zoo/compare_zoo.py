@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import statistics
 import sys
 import time
@@ -42,7 +43,7 @@ import zoo as zoo_lib  # noqa: E402
 from cmkd_lightning.experiments.methods import BUILTIN_METHODS, Method, method_fingerprint, resolve_methods  # noqa: E402
 from cmkd_lightning.experiments.outputs import format_tables, summarize  # noqa: E402
 from cmkd_lightning.experiments.training import train_student  # noqa: E402
-from cmkd_lightning.losses import CMKDLoss  # noqa: E402
+from cmkd_lightning.losses import CMKDLoss, DISTLoss  # noqa: E402
 
 # CMKD variants searched on the zoo (all keep the entropy-weighted Pearson + Spearman of teacher and student).
 ZOO_METHODS: dict[str, Method] = {
@@ -68,6 +69,61 @@ ZOO_METHODS: dict[str, Method] = {
         [1.0],
         1.0,
         "CE 1 + CMKDLoss(T = 2 on the teacher's logit scale)",
+    ),
+    "cmkd_ppl32": Method(
+        "cmkd_ppl32",
+        lambda: [CMKDLoss(target_perplexity=32.0)],
+        [1.0],
+        1.0,
+        "CE 1 + CMKDLoss(per-row temperature: the teacher's target at perplexity 32)",
+    ),
+    "cmkd_ppl10": Method(
+        "cmkd_ppl10",
+        lambda: [CMKDLoss(target_perplexity=10.0)],
+        [1.0],
+        1.0,
+        "CE 1 + CMKDLoss(per-row temperature: the teacher's target at perplexity 10)",
+    ),
+    "cmkd_w05": Method(
+        "cmkd_w05", lambda: [CMKDLoss()], [0.5], 1.0, "CE 1 + 0.5 * CMKDLoss(): half the distillation weight"
+    ),
+    "cmkd_w025": Method(
+        "cmkd_w025", lambda: [CMKDLoss()], [0.25], 1.0, "CE 1 + 0.25 * CMKDLoss(): a quarter of the distillation weight"
+    ),
+    "cmkd_rank_heavy": Method(
+        "cmkd_rank_heavy",
+        lambda: [CMKDLoss(dynamic_weighting=False, beta=1.0, gamma=4.0)],
+        [1.0],
+        1.0,
+        "CE 1 + CMKDLoss(dynamic_weighting=False, beta=1, gamma=4): Spearman-heavy for every sample",
+    ),
+    "cmkd_light": Method(
+        "cmkd_light",
+        lambda: [CMKDLoss(pearson_scale=math.sqrt(1000) / 4)],
+        [1.0],
+        1.0,
+        "CE 1 + CMKDLoss(pearson_scale=sqrt(1000)/4): Eq. 16's entropy swap with a quarter of the Pearson weight",
+    ),
+    "cmkd_static": Method(
+        "cmkd_static",
+        lambda: [CMKDLoss(dynamic_weighting=False)],
+        [1.0],
+        1.0,
+        "CE 1 + CMKDLoss(dynamic_weighting=False): beta on Pearson, gamma on Spearman for every sample",
+    ),
+    "dist_inter": Method(
+        "dist_inter",
+        lambda: [DISTLoss(temperature=4.0, beta=1.0, gamma=0.0)],
+        [2.0],
+        1.0,
+        "CE 1 + 2 * DIST's inter-class term only (tau = 4, beta = 1, gamma = 0): a diagnostic",
+    ),
+    "dist_intra": Method(
+        "dist_intra",
+        lambda: [DISTLoss(temperature=4.0, beta=0.0, gamma=1.0)],
+        [2.0],
+        1.0,
+        "CE 1 + 2 * DIST's intra-class term only (tau = 4, beta = 0, gamma = 1): a diagnostic",
     ),
     "cmkd_paper_preset": Method(
         "cmkd_paper_preset", lambda: [CMKDLoss.paper(temperature=4.0)], [1.0], 1.0, "CE 1 + CMKDLoss.paper(T = 4)"
