@@ -11,7 +11,10 @@ the end of the last step, data loading of the later batches included. Plain and 
 ratio (Lightning images/s over plain images/s) is the median over rounds.
 
 A third, diagnostic runner is the same Lightning run with ``self.log`` turned into a no-op (a subclass defined
-here, not a library option): the gap between it and the full Lightning run is the cost of logging.
+here, not a library option): the gap between it and the full Lightning run is the cost of logging. A fourth is a
+bare ``LightningModule`` whose ``training_step`` does exactly the plain loop's work (the same student, teacher,
+``compute_losses`` and metric updates, nothing else) under the same ``Trainer``: the floor Lightning's own loop
+sets, so that the module's share (bare / module) and Lightning's (plain / bare) are told apart.
 """
 
 from __future__ import annotations
@@ -71,6 +74,26 @@ class _NoLogModule(DistillationModule):
         return None
 
 
+class _BareModule(LightningModule):
+    """Diagnostic only: the plain loop's step under ``Trainer``, without the module's guard, means or logging."""
+
+    def __init__(self, module: DistillationModule) -> None:
+        super().__init__()
+        self.module = module
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        student_logits = self.module.student(x)
+        teacher_logits = self.module.teacher_forward(x)
+        terms = self.module.compute_losses(student_logits, teacher_logits, y)
+        self.module.epoch_metrics["train_top1"].update(student_logits.detach(), y)
+        self.module.epoch_metrics["train_top5"].update(student_logits.detach(), y)
+        return terms["loss"]
+
+    def configure_optimizers(self) -> Any:
+        return self.module.configure_optimizers()
+
+
 def _module(loss: str, no_log: bool = False) -> DistillationModule:
     torch.manual_seed(0)
     if loss == "KD":
@@ -122,12 +145,18 @@ def _trainer(device: torch.device, steps: int, callbacks: list[Callback]) -> Tra
 
 
 def _lightning(
-    loss: str, loader: DataLoader, warmup: int, steps: int, device: torch.device, no_log: bool = False
+    loss: str,
+    loader: DataLoader,
+    warmup: int,
+    steps: int,
+    device: torch.device,
+    no_log: bool = False,
+    bare: bool = False,
 ) -> tuple[float, float]:
     window = _Window(warmup, steps, device)
     trainer = _trainer(device, steps, [window])
     start = time.perf_counter()
-    trainer.fit(_module(loss, no_log), loader)
+    trainer.fit(_BareModule(_module(loss)) if bare else _module(loss, no_log), loader)
     return window.end - window.start, time.perf_counter() - start
 
 
@@ -186,16 +215,18 @@ def run(device: torch.device, quick: bool, threads: int, profile: bool) -> dict[
         "runs": {},
         "profiles": {},
     }
-    kinds = ("plain", "lightning", "lightning_no_log")
+    kinds = ("plain", "lightning", "lightning_no_log", "lightning_bare")
     for loss in ("KD", "CMKD"):
         times: dict[str, list[float]] = {k: [] for k in kinds}
         fit_t: list[float] = []
         for r in range(rounds):
-            for kind in kinds[r % 3:] + kinds[: r % 3]:
+            for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
                 if kind == "plain":
                     times[kind].append(_plain(loss, loader, warmup, steps, device))
                 else:
-                    window, whole = _lightning(loss, loader, warmup, steps, device, no_log=kind == "lightning_no_log")
+                    window, whole = _lightning(
+                        loss, loader, warmup, steps, device, kind == "lightning_no_log", kind == "lightning_bare"
+                    )
                     times[kind].append(window)
                     if kind == "lightning":
                         fit_t.append(whole)
@@ -212,6 +243,10 @@ def run(device: torch.device, quick: bool, threads: int, profile: bool) -> dict[
             "overhead_ms_per_step": 1e3 * (med["lightning"] - med["plain"]) / n_timed,
             "logging_ms_per_step": 1e3 * (med["lightning"] - med["lightning_no_log"]) / n_timed,
             "no_log_ratio": paired_ratio(times["plain"], times["lightning_no_log"])["ratio"],
+            "lightning_bare_step_ms": 1e3 * med["lightning_bare"] / n_timed,
+            # Lightning's own floor (plain / bare) and the module's share on top of it (bare / module)
+            "bare_ratio": paired_ratio(times["plain"], times["lightning_bare"])["ratio"],
+            "module_over_bare": paired_ratio(times["lightning_bare"], times["lightning"])["ratio"],
             "lightning_fit_wall_s": statistics.median(fit_t),
             "times_s": times,
             **ratio,
@@ -227,7 +262,16 @@ def run(device: torch.device, quick: bool, threads: int, profile: bool) -> dict[
 # before / after: the same measurement on several revisions of the repository, side by side
 
 
-_KEYS = ("ratio", "ratio_lo", "ratio_hi", "plain_step_ms", "lightning_step_ms", "logging_ms_per_step")
+_KEYS = (
+    "ratio",
+    "ratio_lo",
+    "ratio_hi",
+    "plain_step_ms",
+    "lightning_step_ms",
+    "logging_ms_per_step",
+    "bare_ratio",
+    "module_over_bare",
+)
 
 
 def _measure_tree(tree: Path, device: str, quick: bool, threads: int, small: bool) -> dict[str, Any]:
@@ -249,7 +293,7 @@ def _measure_tree(tree: Path, device: str, quick: bool, threads: int, small: boo
         "import lightning_overhead as bench\n"
         f"{patch}"
         f"result = bench.run(torch.device({device!r}), {quick!r}, {threads}, False)\n"
-        f"rows = {{loss: {{k: row[k] for k in {_KEYS!r}}} for loss, row in result['runs'].items()}}\n"
+        f"rows = {{loss: {{k: row[k] for k in {_KEYS!r} if k in row}} for loss, row in result['runs'].items()}}\n"
         "print('RESULT ' + json.dumps(rows))\n"
     )
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads), "PYTHONWARNINGS": "ignore"}
@@ -290,7 +334,7 @@ def compare(
                 per_round[name].append(_measure_tree(trees[name], device, quick, threads, small))
     summary = {
         name: {
-            loss: {key: statistics.median(row[loss][key] for row in rows) for key in _KEYS}
+            loss: {key: statistics.median(row[loss][key] for row in rows) for key in _KEYS if key in rows[0][loss]}
             for loss in rows[0]
         }
         for name, rows in per_round.items()
@@ -325,6 +369,11 @@ def main(argv: list[str] | None = None) -> None:
                 f"[{row['ratio_lo']:.3f}, {row['ratio_hi']:.3f}]  plain {row['plain_step_ms']:.2f} ms/step  "
                 f"Lightning {row['lightning_step_ms']:.2f} ms/step  of which self.log {row['logging_ms_per_step']:.2f}"
             )
+            if "bare_ratio" in row:  # revisions older than the bare runner lack it
+                print(
+                    f"{'':>28}  {'':<4}  bare LightningModule/plain {row['bare_ratio']:.3f}  "
+                    f"bare/DistillationModule {row['module_over_bare']:.3f}"
+                )
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
