@@ -333,8 +333,8 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
     def _logger_step(self, trainer: Any) -> bool:
         """Whether Lightning sends this training step's logged values to the logger.
 
-        As the ``Trainer`` documents it: every ``log_every_n_steps`` optimiser steps, counted from 1, and every
-        step of ``fast_dev_run``.
+        Every ``log_every_n_steps`` optimiser steps, counted from 1, and every step of ``fast_dev_run``; a test
+        checks these steps against the rows a logger receives.
         """
         every = trainer.log_every_n_steps
         return bool(trainer.fast_dev_run) or (every > 0 and (self.global_step + 1) % every == 0)
