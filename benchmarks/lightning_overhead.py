@@ -107,26 +107,79 @@ def _module(loss: str, no_log: bool = False) -> DistillationModule:
     )
 
 
-def _plain(loss: str, loader: DataLoader, warmup: int, steps: int, device: torch.device) -> float:
-    module = _module(loss).to(device)
-    module.train()
-    optimizer = module.configure_optimizers()
-    start = 0.0
-    it = iter(loader)
-    for i in range(steps):
-        x, y = next(it)
-        x, y = x.to(device), y.to(device)
-        if i == warmup:
-            start = now(device)
+class _PlainLoop:
+    """The plain PyTorch loop, one step at a time: its own module (same seed), optimiser and batch iterator."""
+
+    def __init__(self, loss: str, loader: DataLoader, device: torch.device) -> None:
+        self.module = _module(loss).to(device)
+        self.module.train()
+        self.optimizer = self.module.configure_optimizers()
+        self.batches = iter(loader)
+        self.device = device
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        x, y = next(self.batches)
+        return x.to(self.device), y.to(self.device)
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        module = self.module
         student_logits = module.student(x)
         teacher_logits = module.teacher_forward(x)
         terms = module.compute_losses(student_logits, teacher_logits, y)
         module.epoch_metrics["train_top1"].update(student_logits.detach(), y)
         module.epoch_metrics["train_top5"].update(student_logits.detach(), y)
-        optimizer.zero_grad()
+        self.optimizer.zero_grad()
         terms["loss"].backward()
-        optimizer.step()
+        self.optimizer.step()
+
+
+def _plain(loss: str, loader: DataLoader, warmup: int, steps: int, device: torch.device) -> float:
+    loop = _PlainLoop(loss, loader, device)
+    start = 0.0
+    for i in range(steps):
+        x, y = loop.next_batch()
+        if i == warmup:
+            start = now(device)
+        loop.step(x, y)
     return now(device) - start
+
+
+class _PlainAlongside(Callback):
+    """Step-interleaved timing: after each Lightning step, one step of the plain loop on its own copy.
+
+    Lightning's step ``k`` is timed from the end of the plain step after step ``k - 1`` to the entry of this hook
+    after step ``k`` (its batch fetch, hooks, forward, backward, optimiser step and the bookkeeping after step
+    ``k - 1``); the plain step from this hook's entry to its end. The two alternate every ~15 ms, so a change in the
+    machine's speed (other jobs, a noisy host) hits both alike, which run-level alternation cannot promise.
+    """
+
+    def __init__(self, loss: str, loader: DataLoader, device: torch.device) -> None:
+        self.plain = _PlainLoop(loss, loader, device)
+        self.device = device
+        self.lightning_s: list[float] = []  # Lightning's steps 1, 2, ... (step 0 has no start)
+        self.plain_s: list[float] = []  # plain steps 0, 1, ...
+        self._exit: float | None = None
+
+    def on_train_batch_end(
+        self, trainer: Trainer, pl_module: LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        entry = now(self.device)
+        if self._exit is not None:
+            self.lightning_s.append(entry - self._exit)
+        with torch.enable_grad():
+            self.plain.step(*self.plain.next_batch())
+        self._exit = now(self.device)
+        self.plain_s.append(self._exit - entry)
+
+
+def _interleaved(
+    loss: str, loader: DataLoader, warmup: int, steps: int, device: torch.device, bare: bool
+) -> tuple[float, float]:
+    """(plain seconds, Lightning seconds) over steps ``warmup`` to ``steps - 1``, the two interleaved step by step."""
+    alongside = _PlainAlongside(loss, loader, device)
+    trainer = _trainer(device, steps, [alongside])
+    trainer.fit(_BareModule(_module(loss)) if bare else _module(loss), loader)
+    return sum(alongside.plain_s[warmup:]), sum(alongside.lightning_s[warmup - 1 :])
 
 
 def _trainer(device: torch.device, steps: int, callbacks: list[Callback]) -> Trainer:
@@ -215,14 +268,19 @@ def run(device: torch.device, quick: bool, threads: int, profile: bool) -> dict[
         "runs": {},
         "profiles": {},
     }
-    kinds = ("plain", "lightning", "lightning_no_log", "lightning_bare")
+    kinds = ("plain", "lightning", "lightning_no_log", "lightning_bare", "interleaved", "interleaved_bare")
     for loss in ("KD", "CMKD"):
         times: dict[str, list[float]] = {k: [] for k in kinds}
+        alongside: dict[str, list[float]] = {k: [] for k in ("interleaved", "interleaved_bare")}  # their plain steps
         fit_t: list[float] = []
         for r in range(rounds):
             for kind in kinds[r % len(kinds) :] + kinds[: r % len(kinds)]:
                 if kind == "plain":
                     times[kind].append(_plain(loss, loader, warmup, steps, device))
+                elif kind.startswith("interleaved"):
+                    plain_s, lightning_s = _interleaved(loss, loader, warmup, steps, device, kind.endswith("bare"))
+                    alongside[kind].append(plain_s)
+                    times[kind].append(lightning_s)
                 else:
                     window, whole = _lightning(
                         loss, loader, warmup, steps, device, kind == "lightning_no_log", kind == "lightning_bare"
@@ -234,6 +292,8 @@ def run(device: torch.device, quick: bool, threads: int, profile: bool) -> dict[
         n_timed = steps - warmup
         # plain time / Lightning time = Lightning images/s / plain images/s
         ratio = paired_ratio(times["plain"], times["lightning"])
+        interleaved = paired_ratio(alongside["interleaved"], times["interleaved"])
+        interleaved_bare = paired_ratio(alongside["interleaved_bare"], times["interleaved_bare"])
         row = {
             "plain_images_per_s": images / med["plain"],
             "lightning_images_per_s": images / med["lightning"],
@@ -247,8 +307,18 @@ def run(device: torch.device, quick: bool, threads: int, profile: bool) -> dict[
             # Lightning's own floor (plain / bare) and the module's share on top of it (bare / module)
             "bare_ratio": paired_ratio(times["plain"], times["lightning_bare"])["ratio"],
             "module_over_bare": paired_ratio(times["lightning_bare"], times["lightning"])["ratio"],
+            # the same ratios with the plain loop's steps interleaved with Lightning's, step by step, in one run
+            "interleaved_ratio": interleaved["ratio"],
+            "interleaved_ratio_lo": interleaved["ratio_lo"],
+            "interleaved_ratio_hi": interleaved["ratio_hi"],
+            "interleaved_bare_ratio": interleaved_bare["ratio"],
+            "interleaved_module_over_bare": interleaved["ratio"] / interleaved_bare["ratio"],
+            "interleaved_plain_step_ms": 1e3 * statistics.median(alongside["interleaved"]) / n_timed,
+            "interleaved_lightning_step_ms": 1e3 * med["interleaved"] / n_timed,
+            "interleaved_bare_step_ms": 1e3 * med["interleaved_bare"] / n_timed,
             "lightning_fit_wall_s": statistics.median(fit_t),
             "times_s": times,
+            "interleaved_plain_times_s": alongside,
             **ratio,
             "target": TARGET,
         }
@@ -271,11 +341,20 @@ _KEYS = (
     "logging_ms_per_step",
     "bare_ratio",
     "module_over_bare",
+    "interleaved_ratio",
+    "interleaved_ratio_lo",
+    "interleaved_ratio_hi",
+    "interleaved_bare_ratio",
+    "interleaved_module_over_bare",
+    "interleaved_plain_step_ms",
+    "interleaved_lightning_step_ms",
 )
 
 
-def _measure_tree(tree: Path, device: str, quick: bool, threads: int, small: bool) -> dict[str, Any]:
-    """One :func:`run` of ``tree``'s own copy of this file, on ``tree``'s package, in a fresh process.
+def _measure_tree(
+    tree: Path, device: str, quick: bool, threads: int, small: bool, harness: Path | None = None
+) -> dict[str, Any]:
+    """One :func:`run` of ``tree``'s copy of this file (or of ``harness``), on ``tree``'s package, in a new process.
 
     ``small``: batch 32 and the student's network as the teacher too, so a step costs a few milliseconds and the
     per-step cost of Lightning and the module is a visible part of it (the digits teacher alone takes tens of ms
@@ -289,7 +368,7 @@ def _measure_tree(tree: Path, device: str, quick: bool, threads: int, small: boo
     )
     code = (
         "import json, sys, torch\n"
-        f"sys.path[:0] = [{str(tree / 'benchmarks')!r}, {str(tree)!r}]\n"
+        f"sys.path[:0] = [{str(harness or tree / 'benchmarks')!r}, {str(tree)!r}]\n"
         "import lightning_overhead as bench\n"
         f"{patch}"
         f"result = bench.run(torch.device({device!r}), {quick!r}, {threads}, False)\n"
@@ -305,15 +384,24 @@ def _measure_tree(tree: Path, device: str, quick: bool, threads: int, small: boo
 
 
 def compare(
-    revisions: list[str], device: str, quick: bool, threads: int, rounds: int, small: bool = False
+    revisions: list[str],
+    device: str,
+    quick: bool,
+    threads: int,
+    rounds: int,
+    small: bool = False,
+    same_harness: bool = False,
 ) -> dict[str, Any]:
     """Section C on each git revision (``"."``: this checkout as it is), alternating revisions round by round.
 
     Each revision runs its own copy of this benchmark on its own package (a ``git archive`` of it), so a ratio is
     always "that revision's module under Trainer" over "the same plain loop", measured back to back; the rounds
-    alternate the revisions so that a change in the machine's load hits all of them alike.
+    alternate the revisions so that a change in the machine's load hits all of them alike. ``same_harness``: every
+    revision runs this checkout's copy of the benchmark (its runners, e.g. the step-interleaved one) on its own
+    package.
     """
     repo = Path(__file__).resolve().parents[1]
+    harness = repo / "benchmarks" if same_harness else None
     with tempfile.TemporaryDirectory() as tmp:
         trees: dict[str, Path] = {}
         for rev in revisions:
@@ -331,7 +419,7 @@ def compare(
         names = list(trees)
         for r in range(rounds):
             for name in names[r % len(names) :] + names[: r % len(names)]:
-                per_round[name].append(_measure_tree(trees[name], device, quick, threads, small))
+                per_round[name].append(_measure_tree(trees[name], device, quick, threads, small, harness))
     summary = {
         name: {
             loss: {key: statistics.median(row[loss][key] for row in rows) for key in _KEYS if key in rows[0][loss]}
@@ -343,6 +431,7 @@ def compare(
         "rounds": rounds,
         "quick": quick,
         "small": small,
+        "same_harness": same_harness,
         "threads": threads,
         "summary": summary,
         "per_round": per_round,
@@ -358,9 +447,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--quick", action="store_true", help="40 steps x 3 rounds per revision and round")
     parser.add_argument("--small", action="store_true", help="batch 32, student-sized teacher: a few ms per step")
+    parser.add_argument(
+        "--same-harness", action="store_true", help="run this checkout's benchmark code on every revision's package"
+    )
     parser.add_argument("--out", type=Path, default=None, help="also write the result as JSON")
     args = parser.parse_args(argv)
-    result = compare(args.revisions, args.device, args.quick, args.threads, args.rounds, args.small)
+    result = compare(
+        args.revisions, args.device, args.quick, args.threads, args.rounds, args.small, args.same_harness
+    )
     result["machine"] = machine_info(torch.device(args.device), args.threads)
     for name, losses in result["summary"].items():
         for loss, row in losses.items():
@@ -373,6 +467,15 @@ def main(argv: list[str] | None = None) -> None:
                 print(
                     f"{'':>28}  {'':<4}  bare LightningModule/plain {row['bare_ratio']:.3f}  "
                     f"bare/DistillationModule {row['module_over_bare']:.3f}"
+                )
+            if "interleaved_ratio" in row:  # revisions older than the interleaved runner lack it
+                print(
+                    f"{'':>28}  {'':<4}  step-interleaved: Lightning/plain {row['interleaved_ratio']:.3f} "
+                    f"[{row['interleaved_ratio_lo']:.3f}, {row['interleaved_ratio_hi']:.3f}]  "
+                    f"bare/plain {row['interleaved_bare_ratio']:.3f}  "
+                    f"DistillationModule/bare {row['interleaved_module_over_bare']:.3f}  "
+                    f"(plain {row['interleaved_plain_step_ms']:.2f}, Lightning "
+                    f"{row['interleaved_lightning_step_ms']:.2f} ms/step)"
                 )
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")

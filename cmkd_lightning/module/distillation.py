@@ -242,20 +242,28 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
 
     def _forward(self, batch: Any, stage: str) -> tuple[Tensor, Tensor | None, Features | None]:
         x, y = batch[0], batch[1]
-        grab = extract_features if self.capture_features else (lambda net, inputs: (None, net(inputs)))
         layers = self._feature_layers
+        grab = extract_features if self.capture_features else (lambda net, inputs: (None, net(inputs)))
         hooks = feature_hooks if layers is not None else (lambda *_: nullcontext())
-        with hooks(self.student, layers.student if layers else None) as named_s:
-            fs, zs = grab(self.student, x)
-        ft = zt = named_t = None
+        # the usual step (no feature hooks, no captured features): the two forward calls with nothing around them
+        plain = layers is None and not self.capture_features
+        fs = ft = zt = named_s = named_t = None
+        if plain:
+            zs = self.student(x)
+        else:
+            with hooks(self.student, layers.student if layers else None) as named_s:
+                fs, zs = grab(self.student, x)
         if self._teacher_cache is not None and stage == "train":
             zt = self._teacher_cache.batch_logits(batch, y)
+        elif self.teacher is not None and plain:
+            with torch.no_grad():
+                zt = self.teacher(x)
         elif self.teacher is not None:
             with torch.no_grad(), hooks(self.teacher, layers.teacher if layers else None) as named_t:
                 ft, zt = grab(self.teacher, x)
-        for role, logits in (("student", zs), ("teacher", zt)):
-            if logits is not None:
-                _networks.check_logits(logits, role, y, self.num_classes)
+        _networks.check_logits(zs, "student", y, self.num_classes)
+        if zt is not None:
+            _networks.check_logits(zt, "teacher", y, self.num_classes)
         if layers is not None:
             return zs, zt, Features(fs, ft, named_s, named_t)
         return zs, zt, (Features(fs, ft) if self.capture_features else None)
@@ -285,18 +293,22 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
         terms = self.compute_losses(student_logits, teacher_logits, y, **feature_args)
         extra = self.extra_losses(batch, student_logits, teacher_logits, features)
         terms = _guard.add_extra_terms(terms, extra, type(self).__name__) if extra else terms
+        means = self.epoch_metrics[f"{stage}_means"]
+        values = means.vector(terms)  # one stack of the terms, shared by the guard and the epoch means
         step = self.global_step if stage == "train" else batch_idx
         if self._check_every and step % self._check_every == 0:
-            where = _guard.where(stage, batch_idx, self.global_step, self.current_epoch)
-            _guard.raise_if_not_finite(
-                terms, stage, student_logits, where, batch[0], teacher_logits, self.global_step == 0
-            )
+            checked = _guard.stack_terms(terms) if values is None else values
+            if not _guard.all_finite(checked, student_logits):  # one read; the error is built only on failure
+                where = _guard.where(stage, batch_idx, self.global_step, self.current_epoch)
+                _guard.raise_if_not_finite(
+                    terms, stage, student_logits, where, batch[0], teacher_logits, self.global_step == 0
+                )
         accuracies = [(f"{stage}_top1", student_logits), (f"{stage}_top5", student_logits)]
         if stage == "val" and teacher_logits is not None:
             accuracies += [("teacher_top1", teacher_logits), ("teacher_top5", teacher_logits)]
         for name, logits in accuracies:
             self.epoch_metrics[name].update(logits.detach(), y)
-        self.epoch_metrics[f"{stage}_means"].update(terms, y.shape[0])
+        means.update(terms if values is None else values, y.shape[0])
         return {
             "loss": terms["loss"],
             "terms": terms,

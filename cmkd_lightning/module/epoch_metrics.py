@@ -16,7 +16,7 @@ from torchmetrics import Metric
 from torchmetrics.classification import MulticlassAccuracy
 from typing_extensions import override
 
-from cmkd_lightning.errors import ArgumentTypeError
+from cmkd_lightning.errors import ArgumentTypeError, InvalidArgumentError
 
 
 class EpochMeans(Metric):
@@ -69,24 +69,49 @@ class EpochMeans(Metric):
         self.sums, self.counts = torch.stack(sums), torch.stack(counts)
         self.keys, self._slots = keys, {k: i for i, k in enumerate(keys)}
 
-    def update(self, terms: Mapping[str, Tensor], batch_size: int) -> None:
-        """Add ``batch_size`` samples of each scalar in ``terms`` (nothing is read from the device)."""
-        if not terms:
-            return
+    def vector(self, terms: Mapping[str, Tensor]) -> Tensor | None:
+        """``terms`` as one vector ``(K,)`` in :attr:`keys` order, in the states' dtype, for :meth:`update`.
+
+        Names not seen before get slots first. ``None`` when some slot has no value in ``terms`` (then pass the
+        mapping to :meth:`update`). One stack, nothing read from the device: the module shares this vector between
+        the means and its ``check_finite`` guard.
+        """
         if any(k not in self._slots for k in terms):
             self._add_keys(terms)
-        if len(terms) == len(self.keys):  # the usual step: every name present; one stack, one cast
-            with torch.no_grad():
-                values = torch.stack([terms[k].reshape(()) for k in self.keys]).to(self.sums.dtype)
-            self.sums = self.sums + values * batch_size
-            self.counts = self.counts + batch_size
+        if len(terms) != len(self.keys) or not terms:
+            return None
+        with torch.no_grad():
+            values = torch.stack([t if (t := terms[k]).ndim == 0 else t.reshape(()) for k in self.keys])
+        return values if values.dtype == self.sums.dtype else values.to(self.sums.dtype)
+
+    def update(self, terms: Mapping[str, Tensor] | Tensor, batch_size: int) -> None:
+        """Add ``batch_size`` samples of each scalar in ``terms`` (nothing is read from the device).
+
+        Args:
+            terms: ``{name: scalar tensor}``, or :meth:`vector` of such a mapping (every name present).
+            batch_size: the samples each value stands for.
+        """
+        if isinstance(terms, Tensor):
+            if terms.shape != (len(self.keys),):
+                raise InvalidArgumentError(
+                    f"Expected `terms` as a tensor to hold one value per name {list(self.keys)} (shape "
+                    f"({len(self.keys)},), from `EpochMeans.vector`), but got shape {tuple(terms.shape)}."
+                )
+            values: Tensor | None = terms
+        else:
+            values = self.vector(terms)
+        if values is not None:  # the usual step: every name present; two in-place adds
+            self.sums.add_(values, alpha=batch_size)
+            self.counts.add_(batch_size)
+            return
+        if not terms:
             return
         zero = self.sums.new_zeros(())
         one = self.sums.new_ones(())
         values = torch.stack([terms[k].detach().float().reshape(()) if k in terms else zero for k in self.keys])
         present = torch.stack([one if k in terms else zero for k in self.keys])
-        self.sums = self.sums + values * batch_size
-        self.counts = self.counts + present * batch_size
+        self.sums.add_(values, alpha=batch_size)
+        self.counts.add_(present, alpha=batch_size)
 
     @override
     def sync(

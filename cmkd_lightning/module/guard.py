@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
@@ -68,6 +69,23 @@ def _finite(t: Tensor | None) -> bool:
     return t is None or not t.is_floating_point() or bool(torch.isfinite(t.detach()).all())
 
 
+def stack_terms(terms: dict[str, Tensor]) -> Tensor:
+    """The scalar loss terms as one float32 vector ``(K,)``, outside autograd."""
+    with torch.no_grad():
+        return torch.stack([t.reshape(()).float() for t in terms.values()])
+
+
+def all_finite(values: Tensor, student_logits: Tensor) -> bool:
+    """Whether a step's loss terms (stacked, ``(K,)``) and the student's logits are all finite: one read.
+
+    The check is ``isfinite(sum(values) + sum(logits))`` (float32 sums): a NaN or Inf anywhere makes the sum
+    non-finite. The converse can fail only by overflow of a finite sum beyond float32's range, which
+    :func:`raise_if_not_finite` then tells apart (no error).
+    """
+    with torch.no_grad():
+        return math.isfinite((values.sum() + student_logits.sum(dtype=torch.float32)).item())
+
+
 def raise_if_not_finite(
     terms: dict[str, Tensor],
     stage: str,
@@ -82,10 +100,8 @@ def raise_if_not_finite(
     Only on failure are the ``inputs`` and ``teacher_logits`` inspected, to tell bad data or a bad teacher (cache)
     from a diverging optimisation.
     """
-    with torch.no_grad():  # the terms are scalars: one stack, one check, one read
-        values = torch.stack([t.reshape(()).float() for t in terms.values()])
-        if bool(torch.isfinite(values).all() & torch.isfinite(student_logits).all()):
-            return
+    if all_finite(stack_terms(terms), student_logits):
+        return
     after = (
         "Training stopped before the optimiser step, so the weights and the last saved checkpoint are intact."
         if stage == "train"

@@ -75,6 +75,42 @@ def test_updates_read_nothing_from_the_device():
     assert metric.sums.device.type == "meta" and metric.keys == ("ce", "loss")
 
 
+def test_a_vector_update_equals_the_mapping_update():
+    updates = _updates(3, 20, ("loss", "ce", "kd/loss"))
+    by_mapping, by_vector = EpochMeans(["loss", "ce", "kd/loss"]), EpochMeans(["loss", "ce", "kd/loss"])
+    for values, n in updates:
+        terms = {k: torch.tensor(v, dtype=torch.float64) for k, v in values.items()}
+        by_mapping.update(terms, n)
+        vector = by_vector.vector(terms)
+        if vector is None:  # a name missing from this step: only the mapping can say which
+            assert len(terms) < 3
+            by_vector.update(terms, n)
+        else:
+            assert vector.dtype == torch.float32 and vector.tolist() == pytest.approx(
+                [values[k] for k in by_vector.keys]
+            )
+            by_vector.update(vector, n)
+    assert by_vector.compute() == pytest.approx(by_mapping.compute())
+    assert by_vector.compute() == pytest.approx(_reference(updates), rel=1e-6, abs=1e-5)
+
+
+def test_vector_gives_new_names_slots_in_sorted_order():
+    metric = EpochMeans(["loss"])
+    vector = metric.vector({"loss": torch.tensor(1.0), "ce": torch.tensor(2.0)})
+    assert metric.keys == ("ce", "loss") and vector.tolist() == [2.0, 1.0]
+    assert metric.vector({"loss": torch.tensor(1.0)}) is None  # "ce" has no value: not a full vector
+
+
+def test_a_vector_of_the_wrong_length_is_refused():
+    metric = EpochMeans(["loss", "ce"])
+    with pytest.raises(
+        ValueError,
+        match=r"Expected `terms` as a tensor to hold one value per name \['ce', 'loss'\] "
+        r"\(shape \(2,\), from `EpochMeans.vector`\), but got shape \(3,\)\.",
+    ):
+        metric.update(torch.zeros(3), 4)
+
+
 def test_states_stay_out_of_the_checkpoint():
     metric = EpochMeans(["loss"])
     _feed(metric, [({"loss": 1.0}, 2)])

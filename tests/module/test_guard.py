@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from cmkd_lightning.errors import NonFiniteError
-from cmkd_lightning.module.guard import raise_if_not_finite
+from cmkd_lightning.module.guard import all_finite, raise_if_not_finite, stack_terms
 
 
 def _terms(**overrides):
@@ -37,3 +37,32 @@ def test_a_finite_float64_term_beyond_float32_range_is_not_an_error():
     raise_if_not_finite(
         _terms(extra=torch.tensor(1e300, dtype=torch.float64)), "train", torch.randn(4, 10), "train global step 0"
     )
+
+
+@pytest.mark.parametrize(
+    ("term", "logit"),
+    [
+        (float("nan"), 0.0),
+        (float("inf"), 0.0),
+        (0.0, float("nan")),
+        (0.0, -float("inf")),
+        (float("inf"), -float("inf")),
+    ],
+)
+def test_the_one_read_check_sees_any_nan_or_inf(term, logit):
+    logits = torch.randn(4, 10)
+    logits[2, 3] = logit
+    finite = all_finite(stack_terms(_terms(**{"cmkd/loss": torch.tensor(term)})), logits)
+    assert finite == (term == 0.0 and logit == 0.0)
+
+
+def test_half_precision_logits_are_summed_in_float32():
+    # 128 x 100 logits of 10 sum to 128,000: beyond float16's range (65,504), within float32's
+    logits = torch.full((128, 100), 10.0, dtype=torch.float16)
+    assert all_finite(stack_terms(_terms()), logits)
+
+
+def test_an_overflowing_sum_of_finite_logits_is_not_an_error():
+    logits = torch.full((4, 10), 3e38)  # each finite in float32; their sum is not
+    assert not all_finite(stack_terms(_terms()), logits)
+    raise_if_not_finite(_terms(), "train", logits, "train global step 0")  # the slow check finds nothing
