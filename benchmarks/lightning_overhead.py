@@ -94,6 +94,36 @@ class _BareModule(LightningModule):
         return self.module.configure_optimizers()
 
 
+class _PhasedBare(_BareModule):
+    """Diagnostic only: the bare module timing the plain loop's phases inside Lightning's step.
+
+    ``training_step`` (forward, loss, metric updates), ``backward`` (``loss.backward()``) and ``optimizer_step``
+    (``optimizer.step`` with Lightning's closure, which runs the other two, ``zero_grad`` and the hooks between them)
+    through the ``LightningModule`` hooks of those names.
+    """
+
+    def __init__(self, module: DistillationModule, device: torch.device) -> None:
+        super().__init__(module)
+        self.clock = device
+        self.phases: dict[str, list[float]] = {"training_step": [], "backward": [], "optimizer_step": []}
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        start = now(self.clock)
+        loss = super().training_step(batch, batch_idx)
+        self.phases["training_step"].append(now(self.clock) - start)
+        return loss
+
+    def backward(self, loss: torch.Tensor, *args: Any, **kwargs: Any) -> None:
+        start = now(self.clock)
+        loss.backward(*args, **kwargs)
+        self.phases["backward"].append(now(self.clock) - start)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Any = None) -> None:
+        start = now(self.clock)
+        optimizer.step(closure=optimizer_closure)
+        self.phases["optimizer_step"].append(now(self.clock) - start)
+
+
 def _module(loss: str, no_log: bool = False) -> DistillationModule:
     torch.manual_seed(0)
     if loss == "KD":
@@ -144,6 +174,37 @@ def _plain(loss: str, loader: DataLoader, warmup: int, steps: int, device: torch
     return now(device) - start
 
 
+class _PhasedPlainLoop(_PlainLoop):
+    """Diagnostic only: the plain loop timing its phases (batch fetch, forward + loss + metrics, zero_grad +
+    backward, optimiser step)."""
+
+    def __init__(self, loss: str, loader: DataLoader, device: torch.device) -> None:
+        super().__init__(loss, loader, device)
+        self.phases: dict[str, list[float]] = {"fetch": [], "forward": [], "backward": [], "optimizer": []}
+
+    def next_batch(self) -> tuple[torch.Tensor, torch.Tensor]:
+        start = now(self.device)
+        batch = super().next_batch()
+        self.phases["fetch"].append(now(self.device) - start)
+        return batch
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        module, t0 = self.module, now(self.device)
+        student_logits = module.student(x)
+        teacher_logits = module.teacher_forward(x)
+        terms = module.compute_losses(student_logits, teacher_logits, y)
+        module.epoch_metrics["train_top1"].update(student_logits.detach(), y)
+        module.epoch_metrics["train_top5"].update(student_logits.detach(), y)
+        t1 = now(self.device)
+        self.optimizer.zero_grad()
+        terms["loss"].backward()
+        t2 = now(self.device)
+        self.optimizer.step()
+        t3 = now(self.device)
+        for key, seconds in (("forward", t1 - t0), ("backward", t2 - t1), ("optimizer", t3 - t2)):
+            self.phases[key].append(seconds)
+
+
 class _PlainAlongside(Callback):
     """Step-interleaved timing: after each Lightning step, one step of the plain loop on its own copy.
 
@@ -153,8 +214,8 @@ class _PlainAlongside(Callback):
     machine's speed (other jobs, a noisy host) hits both alike, which run-level alternation cannot promise.
     """
 
-    def __init__(self, loss: str, loader: DataLoader, device: torch.device) -> None:
-        self.plain = _PlainLoop(loss, loader, device)
+    def __init__(self, loss: str, loader: DataLoader, device: torch.device, phased: bool = False) -> None:
+        self.plain = (_PhasedPlainLoop if phased else _PlainLoop)(loss, loader, device)
         self.device = device
         self.lightning_s: list[float] = []  # Lightning's steps 1, 2, ... (step 0 has no start)
         self.plain_s: list[float] = []  # plain steps 0, 1, ...
@@ -211,6 +272,26 @@ def _lightning(
     start = time.perf_counter()
     trainer.fit(_BareModule(_module(loss)) if bare else _module(loss, no_log), loader)
     return window.end - window.start, time.perf_counter() - start
+
+
+def _phases(loss: str, loader: DataLoader, warmup: int, steps: int, device: torch.device) -> dict[str, float]:
+    """Where Lightning's own time goes, ms per step (medians over steps ``warmup`` on), one step-interleaved run.
+
+    ``closure_and_hooks``: Lightning's ``optimizer_step`` minus the work inside it that the plain loop also does
+    (forward, backward, ``zero_grad`` + SGD step as the plain loop times them); ``loop``: the rest of Lightning's
+    step minus the plain loop's batch fetch (fetcher, batch transfer, the loop's hooks and bookkeeping).
+    """
+    alongside = _PlainAlongside(loss, loader, device, phased=True)
+    module = _PhasedBare(_module(loss), device)
+    _trainer(device, steps, [alongside]).fit(module, loader)
+    ms = {key: 1e3 * statistics.median(values[warmup:]) for key, values in module.phases.items()}
+    ms.update({f"plain_{key}": 1e3 * statistics.median(v[warmup:]) for key, v in alongside.plain.phases.items()})
+    ms["lightning_step"] = 1e3 * statistics.median(alongside.lightning_s[warmup - 1 :])
+    ms["plain_step"] = 1e3 * statistics.median(alongside.plain_s[warmup:])
+    plain_backward_and_optimizer = ms["plain_backward"] + ms["plain_optimizer"]
+    ms["closure_and_hooks"] = ms["optimizer_step"] - ms["training_step"] - plain_backward_and_optimizer
+    ms["loop"] = ms["lightning_step"] - ms["optimizer_step"] - ms["plain_fetch"]
+    return ms
 
 
 def _profile_lightning(loss: str, loader: DataLoader, steps: int, device: torch.device) -> dict[str, Any]:
@@ -322,6 +403,10 @@ def run(device: torch.device, quick: bool, threads: int, profile: bool) -> dict[
             **ratio,
             "target": TARGET,
         }
+        phases = _phases(loss, loader, warmup, steps, device)
+        row["phases_ms"] = phases
+        row["lightning_closure_and_hooks_ms"] = phases["closure_and_hooks"]
+        row["lightning_loop_ms"] = phases["loop"]
         result["runs"][loss] = row
         if profile and (row["ratio"] < TARGET or not quick):
             result["profiles"][loss] = _profile_lightning(loss, loader, steps, device)
@@ -348,6 +433,8 @@ _KEYS = (
     "interleaved_module_over_bare",
     "interleaved_plain_step_ms",
     "interleaved_lightning_step_ms",
+    "lightning_closure_and_hooks_ms",
+    "lightning_loop_ms",
 )
 
 
@@ -476,6 +563,12 @@ def main(argv: list[str] | None = None) -> None:
                     f"DistillationModule/bare {row['interleaved_module_over_bare']:.3f}  "
                     f"(plain {row['interleaved_plain_step_ms']:.2f}, Lightning "
                     f"{row['interleaved_lightning_step_ms']:.2f} ms/step)"
+                )
+            if "lightning_loop_ms" in row:
+                print(
+                    f"{'':>28}  {'':<4}  Lightning's own time, bare module: closure and hooks around the optimiser "
+                    f"step {row['lightning_closure_and_hooks_ms']:.2f} ms/step, the loop {row['lightning_loop_ms']:.2f}"
+                    " ms/step"
                 )
     if args.out is not None:
         args.out.write_text(json.dumps(result, indent=2) + "\n")
