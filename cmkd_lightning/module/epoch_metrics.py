@@ -100,9 +100,11 @@ class EpochMeans(Metric):
             values: Tensor | None = terms
         else:
             values = self.vector(terms)
-        if values is not None:  # the usual step: every name present; two in-place adds
-            self.sums.add_(values, alpha=batch_size)
-            self.counts.add_(batch_size)
+        # Out of place: a state made under `inference_mode` (an evaluation epoch's reset) refuses in-place updates
+        # outside it.
+        if values is not None:  # the usual step: every name present; two adds
+            self.sums = torch.add(self.sums, values, alpha=batch_size)
+            self.counts = self.counts + batch_size
             return
         if not terms:
             return
@@ -110,8 +112,8 @@ class EpochMeans(Metric):
         one = self.sums.new_ones(())
         values = torch.stack([terms[k].detach().float().reshape(()) if k in terms else zero for k in self.keys])
         present = torch.stack([one if k in terms else zero for k in self.keys])
-        self.sums.add_(values, alpha=batch_size)
-        self.counts.add_(present, alpha=batch_size)
+        self.sums = torch.add(self.sums, values, alpha=batch_size)
+        self.counts = torch.add(self.counts, present, alpha=batch_size)
 
     @override
     def sync(

@@ -111,6 +111,17 @@ def test_a_vector_of_the_wrong_length_is_refused():
         metric.update(torch.zeros(3), 4)
 
 
+def test_states_reset_under_inference_mode_still_update_outside_it():
+    # Lightning evaluates under inference_mode: the means reset there must still take the next training updates
+    metric = EpochMeans(["loss"])
+    with torch.inference_mode():
+        metric.reset()
+    metric.update({"loss": torch.tensor(2.0)}, 3)
+    metric.update(metric.vector({"loss": torch.tensor(4.0)}), 1)
+    metric.update({"ce": torch.tensor(1.0)}, 1)  # a new name, and a step without "loss"
+    assert metric.compute() == {"ce": 1.0, "loss": 2.5}
+
+
 def test_states_stay_out_of_the_checkpoint():
     metric = EpochMeans(["loss"])
     _feed(metric, [({"loss": 1.0}, 2)])
