@@ -333,10 +333,12 @@ class DistillationModule(EpochLogging, CheckpointHooks, QuietStart, LightningMod
         terms = out.pop("terms")
         # Per-step values go through `self.log` only on the steps Lightning sends to the logger (every
         # `log_every_n_steps`): what the logger receives is unchanged, and the other steps skip ~0.3 ms of Python
-        # per call. cmkd's progress bars show every step's loss from the step's `outputs` (callbacks.progress_bar).
+        # per call. Not `prog_bar`: Lightning reads a bar value back to the host at the end of every later step of
+        # the epoch (a device sync on a GPU); cmkd's progress bars show every step's loss from the step's `outputs`
+        # (callbacks.progress_bar).
         trainer = self._attached_trainer()
         if trainer is None or self._logger_step(trainer):
-            self.log("train/loss_step", terms["loss"].detach(), on_step=True, on_epoch=False, prog_bar=True)
+            self.log("train/loss_step", terms["loss"].detach(), on_step=True, on_epoch=False)
             if trainer is not None:
                 lr = self.optimizers(use_pl_optimizer=False).param_groups[0]["lr"]
                 self.log("train/lr", lr, on_step=True, on_epoch=False)

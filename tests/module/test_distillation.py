@@ -542,3 +542,42 @@ def test_step_values_reach_the_logger_on_lightnings_logging_steps(tmp_path, ever
     assert lrs == set(expected_steps)
     for step in expected_steps:
         assert logged[step] == pytest.approx(probe.losses[step], rel=1e-6)
+
+
+class _HostReads(L.Callback):
+    """Counts the tensor reads to the host (`item`, `bool`, `float`, `tolist`) made in each training step,
+    Lightning's bookkeeping between steps included (from one step's start to the next one's)."""
+
+    def __init__(self, monkeypatch):
+        self.per_step, self._count = [], None
+        for name in ("item", "__bool__", "__float__", "tolist"):
+            original = getattr(torch.Tensor, name)
+
+            def counted(tensor, *args, _original=original, **kwargs):
+                if self._count is not None:
+                    self._count += 1
+                return _original(tensor, *args, **kwargs)
+
+            monkeypatch.setattr(torch.Tensor, name, counted)
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        if self._count is not None:
+            self.per_step.append(self._count)
+        self._count = 0
+
+    def on_train_end(self, trainer, pl_module):
+        self.per_step.append(self._count)
+        self._count = None
+
+
+@pytest.mark.parametrize("check_finite", [True, False])
+def test_a_training_step_reads_the_device_only_for_the_guard_and_the_logger(tmp_path, monkeypatch, check_finite):
+    # log_every_n_steps=3: Lightning sends the logged values on steps 2 and 5 (two reads: loss and lr); every other
+    # step reads only the guard's one flag, or nothing with check_finite=False (on a GPU, each read is a sync)
+    reads = _HostReads(monkeypatch)
+    logger = CSVLogger(tmp_path, name="run", version=0)
+    trainer = _trainer(tmp_path, logger=logger, log_every_n_steps=3, max_steps=7, callbacks=[reads])
+    trainer.fit(_module(losses=[KDLoss()], check_finite=check_finite), _loader(n=7 * 16, batch_size=16))
+    guard = int(check_finite)
+    # the last entry also holds the epoch's end (the epoch means, read once); steps 0-5 are steps alone
+    assert reads.per_step[:6] == [guard + (2 if step in (2, 5) else 0) for step in range(6)]
