@@ -157,15 +157,22 @@ class _PlainLoop:
         x, y = next(self.batches)
         return x.to(self.device), y.to(self.device)
 
-    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Forward passes, losses and metric updates: the total loss."""
         module = self.module
         student_logits = module.student(x)
         teacher_logits = module.teacher_forward(x)
         terms = module.compute_losses(student_logits, teacher_logits, y)
         module.epoch_metrics["train_top1"].update(student_logits.detach(), y)
         module.epoch_metrics["train_top5"].update(student_logits.detach(), y)
+        return terms["loss"]
+
+    def backward(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad()
-        terms["loss"].backward()
+        loss.backward()
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        self.backward(self.forward(x, y))
         self.optimizer.step()
 
 
@@ -195,15 +202,10 @@ class _PhasedPlainLoop(_PlainLoop):
         return batch
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        module, t0 = self.module, now(self.device)
-        student_logits = module.student(x)
-        teacher_logits = module.teacher_forward(x)
-        terms = module.compute_losses(student_logits, teacher_logits, y)
-        module.epoch_metrics["train_top1"].update(student_logits.detach(), y)
-        module.epoch_metrics["train_top5"].update(student_logits.detach(), y)
+        t0 = now(self.device)
+        loss = self.forward(x, y)
         t1 = now(self.device)
-        self.optimizer.zero_grad()
-        terms["loss"].backward()
+        self.backward(loss)
         t2 = now(self.device)
         self.optimizer.step()
         t3 = now(self.device)
